@@ -1,0 +1,426 @@
+"""The cachelib file format: a protocol-5 pickle with numpy arrays inline, in records.
+
+Rule: this module owns every byte of the raw stream and nothing else (no paths, no
+codecs). ``docs/FORMAT.rst`` specifies the layout; a change here that is not a pure
+refactoring needs a new ``FORMAT_VERSION`` and a new golden file.
+
+The stream is a 16-byte header, then records, each a 16-byte record header, zero
+padding (array records only, so the data starts 64-byte aligned and can be mapped),
+the payload and an xxh3-64 checksum of record header and payload:
+
+* ``P`` records carry the bytes of a pickle written by the C pickler;
+* ``A`` records carry the raw bytes of one numpy array, in C or Fortran order;
+* one ``E`` record ends the stream and counts what came before it.
+
+The pickle names each array by ``rebuild_array(dtype, shape, order, NEXT_BUFFER)``:
+the array's bytes are a protocol-5 out-of-band buffer, and the reader feeds the
+unpickler the ``A`` records in the order they appear. An ``A`` record is always
+written before the pickle bytes that consume it, so one forward pass reads the
+stream: files, pipes and sockets alike.
+"""
+
+from __future__ import annotations
+
+import collections
+import copyreg
+import math
+import pickle
+import struct
+from collections.abc import Iterator
+from typing import IO, Any
+
+import numpy as np
+import xxhash
+
+from ._errors import (
+    CorruptFileError,
+    DeserializationError,
+    SerializationError,
+    UnsupportedFormatError,
+)
+
+MAGIC = b"\x89CLIB\r\n\x1a"
+FORMAT_VERSION = 1
+ALIGNMENT = 64
+
+HEADER = struct.Struct("<8sHHI")  # magic, format version, flags, reserved
+RECORD = struct.Struct("<BBHIQ")  # kind, padding, reserved, reserved, payload length
+CHECKSUM = struct.Struct("<Q")  # xxh3_64 of record header + payload
+END = struct.Struct("<QQ")  # records before the end record, stream offset of the end record
+
+PICKLE = ord("P")
+ARRAY = ord("A")
+FINAL = ord("E")
+
+PICKLE_RECORD_MAX = 1 << 20
+"""The largest pickle record written; a reader refuses larger ones before allocating."""
+
+IO_CHUNK = 4 << 20
+"""Large payloads move in slices of this size, bounding what codecs buffer."""
+
+# The one object the pickler hands to ``buffer_callback`` as "the array record just
+# written": writable, so that no READONLY_BUFFER opcode follows it.
+_OUT_OF_BAND = pickle.PickleBuffer(bytearray())
+
+
+def _bytes_view(data: Any) -> memoryview:
+    """Return a flat unsigned-byte view of any buffer the pickler writes."""
+    if isinstance(data, pickle.PickleBuffer):
+        return data.raw()
+    view = memoryview(data)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+
+
+def _c_order_chunks(array: np.ndarray) -> tuple[str, Iterator[np.ndarray]]:
+    """Return the storage order and byte chunks of ``array``, copying only what must be."""
+    if array.nbytes == 0:
+        return "C", iter(())
+    if array.flags.c_contiguous:
+        return "C", iter((array.reshape(-1).view(np.uint8),))
+    if array.flags.f_contiguous:
+        return "F", iter((array.T.reshape(-1).view(np.uint8),))
+    # A strided view: copy it in bounded C-order slices, never whole.
+    iterator = np.nditer(
+        array,
+        flags=["external_loop", "buffered", "zerosize_ok"],
+        buffersize=max(1, IO_CHUNK // array.itemsize),
+        order="C",
+    )
+    return "C", (np.ascontiguousarray(chunk).view(np.uint8) for chunk in iterator)
+
+
+class RecordWriter:
+    """The file object the pickler writes to; frames its bytes and arrays as records."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self._sink = sink
+        self._position = 0
+        self._records = 0
+        self._pending = bytearray()
+        self._emit(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
+
+    def _emit(self, data: Any) -> None:
+        view = _bytes_view(data)
+        for start in range(0, view.nbytes, IO_CHUNK):
+            self._sink.write(view[start : start + IO_CHUNK])
+        self._position += view.nbytes
+
+    def _record(self, kind: int, length: int, chunks: Any, aligned: bool = False) -> None:
+        padding = (-(self._position + RECORD.size)) % ALIGNMENT if aligned else 0
+        header = RECORD.pack(kind, padding, 0, 0, length) + bytes(padding)
+        hasher = xxhash.xxh3_64(header)
+        self._emit(header)
+        written = 0
+        for chunk in chunks:
+            view = _bytes_view(chunk)
+            hasher.update(view)
+            self._emit(view)
+            written += view.nbytes
+        if written != length:  # pragma: no cover - guards the chunking logic
+            raise AssertionError(f"record of {length} bytes wrote {written}")
+        self._emit(CHECKSUM.pack(hasher.intdigest()))
+        self._records += 1
+
+    def _flush_pickle(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, bytearray()
+            self._record(PICKLE, len(pending), (pending,))
+
+    def write(self, data: Any) -> int:
+        """Take pickle bytes from the pickler (its file-object interface)."""
+        view = _bytes_view(data)
+        size = view.nbytes
+        if size >= PICKLE_RECORD_MAX:
+            self._flush_pickle()
+            for start in range(0, size, PICKLE_RECORD_MAX):
+                piece = view[start : start + PICKLE_RECORD_MAX]
+                self._record(PICKLE, piece.nbytes, (piece,))
+        else:
+            self._pending += view
+            if len(self._pending) >= PICKLE_RECORD_MAX:
+                self._flush_pickle()
+        return size
+
+    def reduce_array(self, array: np.ndarray) -> Any:
+        """Reduce an array for the pickler, writing its bytes as an ``A`` record now."""
+        if array.dtype.hasobject:
+            return array.__reduce_ex__(5)  # elements are pickled, arrays among them too
+        subclass = np.matrix if isinstance(array, np.matrix) else None
+        order, chunks = _c_order_chunks(array)
+        self._flush_pickle()
+        self._record(ARRAY, array.nbytes, chunks, aligned=True)
+        return rebuild_array, (array.dtype, array.shape, order, _OUT_OF_BAND, subclass)
+
+    @staticmethod
+    def buffer_callback(buffer: pickle.PickleBuffer) -> bool:
+        """Keep our array records out of band; every other buffer stays in the pickle."""
+        return buffer is not _OUT_OF_BAND
+
+    def close(self) -> None:
+        """Write what is pending and the end record."""
+        self._flush_pickle()
+        end = self._position
+        self._record(FINAL, END.size, (END.pack(self._records, end),))
+
+
+def rebuild_array(
+    dtype: Any, shape: Any, order: str, buffer: Any, subclass: type | None = None
+) -> np.ndarray:
+    """Rebuild an array from its record's bytes without copying them.
+
+    This is the global the pickle names (``cachelib._format.rebuild_array``); its
+    signature is part of the file format.
+    """
+    dtype = np.dtype(dtype)
+    if order not in ("C", "F") or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise CorruptFileError(f"invalid array description: shape={shape!r}, order={order!r}")
+    data = buffer if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, np.uint8)
+    expected = math.prod(shape) * dtype.itemsize
+    if data.nbytes != expected:
+        raise CorruptFileError(
+            f"array record holds {data.nbytes} bytes, but a {dtype} array of shape "
+            f"{tuple(shape)} needs {expected}"
+        )
+    if expected == 0:
+        array = np.empty(shape, dtype, order=order)
+    elif order == "C":
+        array = data.view(dtype).reshape(shape)
+    else:
+        array = data.view(dtype).reshape(tuple(shape)[::-1]).T
+    return array if subclass is None else array.view(subclass)
+
+
+def write_stream(value: Any, sink: IO[bytes], protocol: int = 5) -> None:
+    """Write ``value`` to ``sink`` as one cachelib stream."""
+    writer = RecordWriter(sink)
+    pickler = pickle.Pickler(writer, protocol=protocol, buffer_callback=writer.buffer_callback)
+    table = copyreg.dispatch_table.copy()
+    for array_type in (np.ndarray, np.memmap, np.matrix):
+        table[array_type] = writer.reduce_array
+    pickler.dispatch_table = table
+    try:
+        pickler.dump(value)
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+        raise SerializationError(
+            f"cannot pickle a {type(value).__name__} value: {exc}"
+        ) from exc
+    writer.close()
+
+
+class RecordReader:
+    """The file object the unpickler reads from; checks records and collects arrays.
+
+    ``source`` is the raw stream (a file, a pipe, or a decompressor). With
+    ``mapping`` (an ``np.memmap`` of the whole raw file, which must then be
+    seekable) array records become views of the mapping instead of being read.
+    ``size``, when known, bounds every length read from the stream.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        mapping: np.memmap | None = None,
+        mapping_offset: int = 0,
+        size: int | None = None,
+    ) -> None:
+        self._source = source
+        self._mapping = mapping
+        self._mapping_offset = mapping_offset
+        self._size = size
+        self._position = 0
+        self._records = 0
+        self._chunk = memoryview(b"")
+        self._arrays: collections.deque[np.ndarray] = collections.deque()
+        self._ended = False
+        self._read_header()
+
+    # -- raw reads ---------------------------------------------------------------
+
+    def _fill(self, view: memoryview, hasher: Any = None) -> None:
+        """Fill ``view`` from the source, or raise CorruptFileError if it ends first."""
+        total = view.nbytes
+        got = 0
+        while got < total:
+            part = view[got : got + IO_CHUNK]
+            try:
+                n = self._source.readinto(part)
+            except CorruptFileError:
+                raise
+            except Exception as exc:
+                raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
+            if not n:
+                raise CorruptFileError(
+                    f"the file is truncated: it ends {total - got} bytes into a "
+                    f"{total}-byte read at offset {self._position + got}"
+                )
+            if hasher is not None:
+                hasher.update(part[:n])
+            got += n
+        self._position += total
+
+    def _read(self, size: int, hasher: Any = None) -> bytearray:
+        buffer = bytearray(size)
+        self._fill(memoryview(buffer), hasher)
+        return buffer
+
+    def _check_length(self, length: int, what: str) -> None:
+        if self._size is not None and length > self._size - self._position:
+            raise CorruptFileError(
+                f"{what} claims {length} bytes at offset {self._position}, "
+                f"but only {self._size - self._position} remain"
+            )
+
+    def _read_header(self) -> None:
+        head = self._read(HEADER.size)
+        magic, version, flags, reserved = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise CorruptFileError("not a cachelib file: the magic number does not match")
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"the file has format version {version}, newer than this cachelib reads "
+                f"({FORMAT_VERSION}); upgrade cachelib to load it"
+            )
+        if version == 0 or flags or reserved:
+            raise CorruptFileError(f"invalid header: version={version}, flags={flags}")
+
+    # -- records -----------------------------------------------------------------
+
+    def _verify(self, hasher: Any, what: str) -> None:
+        (stored,) = CHECKSUM.unpack(self._read(CHECKSUM.size))
+        if hasher is not None and stored != hasher.intdigest():
+            raise CorruptFileError(f"checksum mismatch in {what} ending at offset {self._position}")
+
+    def _next_record(self) -> bool:
+        """Read records until pickle bytes are available; False at the end record."""
+        while not self._ended:
+            start = self._position
+            header = self._read(RECORD.size)
+            kind, padding, reserved_a, reserved_b, length = RECORD.unpack(header)
+            hasher = xxhash.xxh3_64(header)
+            if reserved_a or reserved_b or padding >= ALIGNMENT:
+                raise CorruptFileError(f"invalid record header at offset {start}")
+            if kind == PICKLE:
+                if padding or length > PICKLE_RECORD_MAX:
+                    raise CorruptFileError(f"invalid pickle record at offset {start}")
+                self._check_length(length, "a pickle record")
+                payload = self._read(length, hasher)
+                self._verify(hasher, f"the pickle record at offset {start}")
+                self._records += 1
+                self._chunk = memoryview(payload)
+                return True
+            if kind == ARRAY:
+                self._read_array(start, padding, length, hasher)
+            elif kind == FINAL:
+                self._read_end(start, padding, length, hasher)
+            else:
+                raise CorruptFileError(f"unknown record kind {kind!r} at offset {start}")
+        return False
+
+    def _read_array(self, start: int, padding: int, length: int, hasher: Any) -> None:
+        if (start + RECORD.size + padding) % ALIGNMENT:
+            raise CorruptFileError(f"misaligned array record at offset {start}")
+        self._check_length(padding + length, "an array record")
+        hasher.update(self._read(padding))
+        if self._mapping is not None:
+            offset = self._mapping_offset + self._position
+            if offset + length > len(self._mapping):
+                raise CorruptFileError(f"array record at offset {start} runs past the end")
+            array = self._mapping[offset : offset + length]
+            self._source.seek(length, 1)
+            self._position += length
+            hasher = None  # mapped bytes are read lazily; verify() checks them on demand
+        else:
+            try:
+                array = np.empty(length, np.uint8)
+            except MemoryError:
+                raise CorruptFileError(
+                    f"array record at offset {start} claims {length} bytes"
+                ) from None
+            self._fill(memoryview(array), hasher)
+        self._verify(hasher, f"the array record at offset {start}")
+        self._records += 1
+        self._arrays.append(array)
+
+    def _read_end(self, start: int, padding: int, length: int, hasher: Any) -> None:
+        if padding or length != END.size:
+            raise CorruptFileError(f"invalid end record at offset {start}")
+        records, offset = END.unpack(self._read(length, hasher))
+        self._verify(hasher, "the end record")
+        if records != self._records or offset != start:
+            raise CorruptFileError(
+                f"the end record counts {records} records ending at {offset}, "
+                f"but the file has {self._records} ending at {start}"
+            )
+        self._ended = True
+
+    # -- the unpickler's file-object interface --------------------------------------
+
+    def readinto(self, buffer: Any) -> int:
+        """Copy the next pickle bytes into ``buffer``; fewer only at the end."""
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < view.nbytes:
+            if not self._chunk and not self._next_record():
+                break
+            n = min(view.nbytes - filled, self._chunk.nbytes)
+            view[filled : filled + n] = self._chunk[:n]
+            self._chunk = self._chunk[n:]
+            filled += n
+        return filled
+
+    def read(self, size: int = -1) -> bytes:
+        """Return the next ``size`` pickle bytes; fewer only at the end."""
+        if size < 0:
+            raise CorruptFileError("the pickle asked for an unbounded read")
+        if size <= self._chunk.nbytes:
+            data = self._chunk[:size].tobytes()
+            self._chunk = self._chunk[size:]
+            return data
+        # Grow with the bytes that really arrive: a length read from a damaged
+        # pickle never becomes one huge allocation.
+        data = bytearray()
+        while len(data) < size and (self._chunk or self._next_record()):
+            n = min(size - len(data), self._chunk.nbytes)
+            data += self._chunk[:n]
+            self._chunk = self._chunk[n:]
+        return bytes(data)
+
+    def readline(self) -> bytes:
+        """Return pickle bytes up to a newline (text opcodes; never written by cachelib)."""
+        line = bytearray()
+        while not line.endswith(b"\n") and len(line) <= PICKLE_RECORD_MAX:
+            byte = self.read(1)
+            if not byte:
+                break
+            line += byte
+        return bytes(line)
+
+    def buffers(self) -> Iterator[np.ndarray]:
+        """Yield the array records to the unpickler, in order."""
+        while True:
+            if not self._arrays:
+                raise CorruptFileError("the pickle refers to an array record that is missing")
+            yield self._arrays.popleft()
+
+    def finish(self) -> None:
+        """Check that the pickle consumed every record and that the end record follows."""
+        if self._chunk or self._next_record() or self._arrays:
+            raise CorruptFileError("the file holds data after the end of its pickle")
+
+
+def read_stream(reader: RecordReader) -> Any:
+    """Unpickle the value of one cachelib stream from ``reader``."""
+    unpickler = pickle.Unpickler(reader, buffers=reader.buffers())
+    try:
+        value = unpickler.load()
+    except (CorruptFileError, UnsupportedFormatError):
+        raise
+    except (ImportError, AttributeError) as exc:
+        raise DeserializationError(
+            f"the file is intact but its value cannot be rebuilt here: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise CorruptFileError(f"the pickle in the file is invalid: {exc!r}") from exc
+    reader.finish()
+    return value

@@ -1,0 +1,279 @@
+"""``dump`` and ``load``: one value to one file, a path or any binary file object.
+
+Rule: this module decides *where* bytes go and *which* codec wraps them; the
+record layout belongs to ``_format`` and the codecs to ``_compressors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import uuid
+import warnings
+from typing import IO, Any, Union
+
+import numpy as np
+
+from ._compressors import (
+    DEFAULT_COMPRESSOR,
+    MAGIC_PREFIX_SIZE,
+    Compressor,
+    compressor_for_path,
+    detect_compressor,
+    get_compressor,
+)
+from ._errors import CacheWarning, CorruptFileError, FileAccessError, InvalidOptionError
+from ._format import MAGIC, RecordReader, read_stream, write_stream
+
+__all__ = ["MMAP_MODES", "dump", "load", "resolve_compress"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+CompressSpec = Union[bool, int, str, tuple, Compressor, None]
+
+MMAP_MODES = (None, "r", "r+", "c")
+_BUFFER_SIZE = 1 << 20
+
+
+def _is_path(filename: object) -> bool:
+    return isinstance(filename, (str, os.PathLike))
+
+
+def resolve_compress(compress: CompressSpec, path: PathLike | None = None) -> Compressor | None:
+    """Turn every accepted form of ``compress`` into a compressor, or None for raw.
+
+    With a ``path``, a falsy ``compress`` or a bare level lets the extension
+    (``.z .gz .bz2 .lzma .xz .lz4 .zst``) choose the codec, as joblib does.
+    """
+    by_extension = compressor_for_path(path) if path is not None else None
+    if isinstance(compress, Compressor):
+        return compress
+    if compress is None or compress is False or (type(compress) is int and compress == 0):
+        return by_extension
+    if compress is True:
+        return by_extension or get_compressor(DEFAULT_COMPRESSOR)
+    if isinstance(compress, int) and not isinstance(compress, bool):
+        if compress < 0:
+            raise InvalidOptionError(f"compress level must be positive, got {compress}")
+        return (by_extension or get_compressor(DEFAULT_COMPRESSOR)).with_level(compress)
+    if isinstance(compress, str):
+        return get_compressor(compress)
+    if isinstance(compress, tuple) and len(compress) == 2:
+        name, level = compress
+        if isinstance(name, Compressor):
+            return name.with_level(level)
+        return get_compressor(name, level)
+    raise InvalidOptionError(
+        "compress must be False, True, a level, a codec name, a (name, level) tuple "
+        f"or a cachelib.Compressor, got {compress!r}"
+    )
+
+
+def _checked_protocol(protocol: int | None) -> int:
+    if protocol is None:
+        return 5
+    if isinstance(protocol, bool) or not isinstance(protocol, int):
+        raise InvalidOptionError(f"protocol must be an int, got {protocol!r}")
+    if protocol < 0:
+        protocol = pickle.HIGHEST_PROTOCOL
+    if not 5 <= protocol <= pickle.HIGHEST_PROTOCOL:
+        raise InvalidOptionError(
+            f"cachelib files need pickle protocol 5 or newer (up to {pickle.HIGHEST_PROTOCOL}), "
+            f"got {protocol}; leave protocol=None"
+        )
+    return protocol
+
+
+def write_value(value: Any, fileobj: IO[bytes], compressor: Compressor | None, protocol: int = 5) -> None:
+    """Write ``value`` to an open binary file object, compressed if asked."""
+    if compressor is None:
+        write_stream(value, fileobj, protocol)
+        return
+    stream = compressor.open_writer(fileobj)
+    try:
+        write_stream(value, stream, protocol)
+    finally:
+        stream.close()
+
+
+def _check_not_directory(path: PathLike) -> None:
+    if os.path.isdir(path):
+        raise FileAccessError(f"{os.fspath(path)!r} is a directory; give a file name inside it")
+
+
+def dump(value: Any, filename: Any, compress: CompressSpec = False, protocol: int | None = None) -> list[str]:
+    """Write ``value`` to ``filename`` (a path or a binary file object); return the paths written.
+
+    A path is written atomically (a temporary file in the same directory, then a
+    rename), so a reader sees the old file or the new one, never a torn one.
+    """
+    protocol = _checked_protocol(protocol)
+    if _is_path(filename):
+        compressor = resolve_compress(compress, filename)
+        _dump_to_path(value, os.fspath(filename), compressor, protocol)
+        return [os.fspath(filename)]
+    if hasattr(filename, "write"):
+        write_value(value, filename, resolve_compress(compress), protocol)
+        return []
+    hint = "; the value comes first: dump(value, filename)" if _is_path(value) else ""
+    raise InvalidOptionError(
+        f"filename must be a path or a binary file object, got {type(filename).__name__}{hint}"
+    )
+
+
+def _dump_to_path(value: Any, path: str, compressor: Compressor | None, protocol: int) -> None:
+    _check_not_directory(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        # A device or a pipe: write through it, a rename would replace it.
+        with open(path, "wb") as fileobj:
+            write_value(value, fileobj, compressor, protocol)
+        return
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(temporary, "xb", buffering=_BUFFER_SIZE) as fileobj:
+            write_value(value, fileobj, compressor, protocol)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+class _Prefixed:
+    """A read-only stream that yields ``prefix`` and then the rest of ``fileobj``."""
+
+    def __init__(self, prefix: bytes, fileobj: Any) -> None:
+        self._prefix = memoryview(prefix)
+        self._fileobj = fileobj
+
+    def readinto(self, buffer: Any) -> int:
+        if self._prefix:
+            view = memoryview(buffer).cast("B")
+            n = min(view.nbytes, self._prefix.nbytes)
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        if hasattr(self._fileobj, "readinto"):
+            return self._fileobj.readinto(buffer)  # type: ignore[no-any-return]
+        data = self._fileobj.read(len(memoryview(buffer).cast("B")))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        buffer = bytearray(size if size >= 0 else _BUFFER_SIZE)
+        return bytes(buffer[: self.readinto(buffer)])
+
+
+def _peek_magic(fileobj: Any) -> tuple[bytes, Any]:
+    """Return the first bytes of ``fileobj`` and a stream that still starts with them."""
+    if hasattr(fileobj, "peek"):
+        try:
+            prefix = fileobj.peek(MAGIC_PREFIX_SIZE)[:MAGIC_PREFIX_SIZE]
+            if len(prefix) == MAGIC_PREFIX_SIZE:
+                return prefix, fileobj
+        except (OSError, ValueError):
+            pass
+    prefix = b""
+    while len(prefix) < MAGIC_PREFIX_SIZE:
+        part = fileobj.read(MAGIC_PREFIX_SIZE - len(prefix))
+        if not part:
+            break
+        prefix += part
+    return prefix, _Prefixed(prefix, fileobj)
+
+
+def _stream_size(fileobj: Any) -> tuple[int | None, int]:
+    """Return (bytes from the current position to the end, current position) if knowable."""
+    try:
+        position = fileobj.tell()
+        size = os.fstat(fileobj.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        try:
+            position = fileobj.tell()
+            size = fileobj.seek(0, io.SEEK_END)
+            fileobj.seek(position)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None, 0
+    return size - position, position
+
+
+def _mapping_for(fileobj: Any, path: str | None, mmap_mode: str) -> np.memmap | None:
+    """Map the whole raw file, or None (with a warning) if it is not a mappable file."""
+    target = path
+    if target is None:
+        try:
+            fileobj.fileno()
+            target = fileobj
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            warnings.warn(
+                f"mmap_mode={mmap_mode!r} needs a file on disk; this "
+                f"{type(fileobj).__name__} is loaded into memory instead",
+                CacheWarning,
+                stacklevel=4,
+            )
+            return None
+    return np.memmap(target, dtype=np.uint8, mode=mmap_mode)
+
+
+def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = None) -> Any:
+    """Read one value from an open binary file object, detecting its codec."""
+    prefix, stream = _peek_magic(fileobj)
+    if not prefix:
+        raise CorruptFileError("the file is empty")
+    if prefix.startswith(MAGIC[: len(prefix)]):
+        size, position = _stream_size(stream) if stream is fileobj else (None, 0)
+        mapping = None
+        if mmap_mode is not None and size is not None:
+            mapping = _mapping_for(fileobj, path, mmap_mode)
+        elif mmap_mode is not None:
+            warnings.warn(
+                f"mmap_mode={mmap_mode!r} needs a seekable file; loading into memory instead",
+                CacheWarning,
+                stacklevel=3,
+            )
+        reader = RecordReader(stream, mapping=mapping, mapping_offset=position, size=size)
+        value = read_stream(reader)
+        if path is not None and stream.read(1):
+            raise CorruptFileError(f"{path!r} has bytes after the end of its cachelib stream")
+        return value
+    compressor = detect_compressor(prefix)
+    if compressor is None:
+        raise CorruptFileError(
+            "not a cachelib file: its first bytes match neither the cachelib magic nor a "
+            "registered compressor's"
+        )
+    if mmap_mode is not None:
+        warnings.warn(
+            f"mmap_mode={mmap_mode!r} is not compatible with a {compressor.name}-compressed "
+            "file; it is loaded into memory instead",
+            CacheWarning,
+            stacklevel=3,
+        )
+    decompressed = compressor.open_reader(stream)
+    try:
+        return read_stream(RecordReader(decompressed))
+    finally:
+        decompressed.close()
+
+
+def load(filename: Any, mmap_mode: str | None = None) -> Any:
+    """Read the value stored in ``filename`` (a path or a binary file object).
+
+    The codec is found from the file's magic number, whatever its name. With
+    ``mmap_mode`` ("r", "r+" or "c") the arrays of an uncompressed file are
+    returned as ``np.memmap`` views mapped in place; a compressed file is loaded
+    into memory with a warning. Loading is unpickling: only load trusted files.
+    """
+    if mmap_mode not in MMAP_MODES:
+        raise InvalidOptionError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
+    if _is_path(filename):
+        path = os.fspath(filename)
+        _check_not_directory(path)
+        with open(path, "rb", buffering=_BUFFER_SIZE) as fileobj:
+            return read_value(fileobj, mmap_mode, path)
+    if hasattr(filename, "read"):
+        return read_value(filename, mmap_mode)
+    raise InvalidOptionError(
+        f"filename must be a path or a binary file object, got {type(filename).__name__}"
+    )
