@@ -4,6 +4,7 @@
 computes each distinct call once across processes and restarts.
 """
 
+from ._cache import Cache, CacheInfo, FunctionInfo
 from ._compressors import Compressor, compressors, register_compressor
 from ._errors import (
     CacheError,
@@ -19,18 +20,24 @@ from ._errors import (
     UnknownCompressorError,
     UnsupportedFormatError,
 )
+from ._hashing import hash
+from ._memoize import MemoizedFunction
 from ._persistence import dump, load
 from ._version import __version__
 
 __all__ = [
+    "Cache",
     "CacheError",
+    "CacheInfo",
     "CacheWarning",
     "Compressor",
     "CorruptFileError",
     "DeserializationError",
     "FileAccessError",
+    "FunctionInfo",
     "InvalidOptionError",
     "LockTimeout",
+    "MemoizedFunction",
     "MissingDependencyError",
     "SerializationError",
     "UnhashableError",
@@ -39,6 +46,7 @@ __all__ = [
     "__version__",
     "compressors",
     "dump",
+    "hash",
     "load",
     "register_compressor",
 ]

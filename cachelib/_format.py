@@ -303,11 +303,13 @@ class RecordReader:
             if kind == PICKLE:
                 if padding or length > PICKLE_RECORD_MAX:
                     raise CorruptFileError(f"invalid pickle record at offset {start}")
-                self._check_length(length, "a pickle record")
-                payload = self._read(length, hasher)
-                self._verify(hasher, f"the pickle record at offset {start}")
+                self._check_length(length + CHECKSUM.size, "a pickle record")
+                payload = self._read(length + CHECKSUM.size)  # one read: payload and checksum
+                hasher.update(memoryview(payload)[:length])
+                if CHECKSUM.unpack_from(payload, length)[0] != hasher.intdigest():
+                    raise CorruptFileError(f"checksum mismatch in the pickle record at offset {start}")
                 self._records += 1
-                self._chunk = memoryview(payload)
+                self._chunk = memoryview(payload)[:length]
                 return True
             if kind == ARRAY:
                 self._read_array(start, padding, length, hasher)

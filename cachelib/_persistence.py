@@ -174,6 +174,14 @@ def _peek_magic(fileobj: Any) -> tuple[bytes, Any]:
                 return prefix, fileobj
         except (OSError, ValueError):
             pass
+    try:
+        if fileobj.seekable():
+            position = fileobj.tell()
+            prefix = fileobj.read(MAGIC_PREFIX_SIZE)
+            fileobj.seek(position)
+            return prefix, fileobj
+    except (AttributeError, OSError, ValueError):
+        pass
     prefix = b""
     while len(prefix) < MAGIC_PREFIX_SIZE:
         part = fileobj.read(MAGIC_PREFIX_SIZE - len(prefix))

@@ -1,0 +1,249 @@
+"""``Cache``: a location on disk and the defaults of the functions memoized in it.
+
+Rule: a ``Cache`` holds settings and hands out ``MemoizedFunction`` wrappers; what
+happens on a call lives in ``_memoize``, where bytes go in ``_store``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._compressors import Compressor
+from ._errors import InvalidOptionError
+from ._memoize import MemoizedFunction, memoized
+from ._persistence import MMAP_MODES, resolve_compress
+from ._sizes import parse_size
+from ._store import LocalStore
+
+__all__ = ["Cache", "CacheInfo", "FunctionInfo"]
+
+logger = logging.getLogger("cachelib")
+_UNSET: Any = object()
+_LOCK_TIMEOUT_ACTIONS = ("compute", "raise")
+
+
+@dataclass
+class FunctionInfo:
+    """What one function has in the cache: entries on disk and calls in this process."""
+
+    name: str
+    entries: int = 0
+    bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    compute_seconds: float = 0.0
+    saved_seconds: float = 0.0
+    oldest: float | None = None
+    newest: float | None = None
+
+
+@dataclass
+class CacheInfo:
+    """A summary of a cache location, with one ``FunctionInfo`` per function."""
+
+    location: str | None
+    functions: dict[str, FunctionInfo] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> int:
+        return sum(f.entries for f in self.functions.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.functions.values())
+
+    @property
+    def hits(self) -> int:
+        return sum(f.hits for f in self.functions.values())
+
+    @property
+    def misses(self) -> int:
+        return sum(f.misses for f in self.functions.values())
+
+    @property
+    def saved_seconds(self) -> float:
+        return sum(f.saved_seconds for f in self.functions.values())
+
+    def __str__(self) -> str:
+        lines = [f"cache at {self.location}: {self.entries} entries, {self.bytes / 1e6:.1f} MB, "
+                 f"{self.hits} hits, {self.misses} misses, {self.saved_seconds:.2f} s saved"]
+        for info in self.functions.values():
+            lines.append(
+                f"  {info.name}: {info.entries} entries, {info.bytes / 1e6:.1f} MB, "
+                f"{info.hits} hits, {info.misses} misses, {info.saved_seconds:.2f} s saved"
+            )
+        return "\n".join(lines)
+
+
+class Cache:
+    """A directory of memoized results, and the defaults of the functions that use it.
+
+    ``location=None`` disables caching: memoized functions just call through.
+    ``compress`` and ``mmap_mode`` are defaults each ``memoize`` may override;
+    ``verbose`` sets the ``cachelib`` logger (0 quiet, 1 misses, 2 hits too).
+    ``lock_timeout`` bounds how long a caller waits for another process computing
+    the same call; after it the caller computes anyway, or raises ``LockTimeout``
+    with ``on_lock_timeout="raise"``. ``fsync=False`` trades durability across
+    power loss for speed (entries stay checksummed either way).
+    """
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str] | None,
+        compress: Any = False,
+        mmap_mode: str | None = None,
+        bytes_limit: int | str | None = None,
+        verbose: int = 0,
+        *,
+        expires_after: float | datetime.timedelta | None = None,
+        lock_timeout: float = 600.0,
+        on_lock_timeout: str = "compute",
+        fsync: bool = True,
+    ) -> None:
+        self.store = LocalStore(location, fsync=fsync) if location is not None else None
+        self.compressor = resolve_compress(compress)
+        self.mmap_mode = self._checked_mmap_mode(mmap_mode)
+        self.bytes_limit = parse_size(bytes_limit) if bytes_limit is not None else None
+        self.expires_after = self._seconds_for(expires_after)
+        if on_lock_timeout not in _LOCK_TIMEOUT_ACTIONS:
+            raise InvalidOptionError(f"on_lock_timeout must be one of {_LOCK_TIMEOUT_ACTIONS}")
+        self.lock_timeout = float(lock_timeout)
+        self.on_lock_timeout = on_lock_timeout
+        self.verbose = verbose
+        if verbose:
+            logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+            if not logger.handlers:
+                logger.addHandler(logging.StreamHandler())
+        self._functions: dict[str, MemoizedFunction] = {}
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.store.location) if self.store else None!r})"
+
+    @property
+    def location(self) -> str | None:
+        """The cache directory, or None for a cache that stores nothing."""
+        return str(self.store.location) if self.store else None
+
+    # -- defaults and their overrides ---------------------------------------------------
+
+    @staticmethod
+    def _checked_mmap_mode(mmap_mode: Any) -> str | None:
+        if mmap_mode not in MMAP_MODES:
+            raise InvalidOptionError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
+        return mmap_mode  # type: ignore[no-any-return]
+
+    def _compressor_for(self, compress: Any) -> Compressor | None:
+        return self.compressor if compress is _UNSET else resolve_compress(compress)
+
+    def _mmap_mode_for(self, mmap_mode: Any) -> str | None:
+        return self.mmap_mode if mmap_mode is _UNSET else self._checked_mmap_mode(mmap_mode)
+
+    def _seconds_for(self, expires_after: Any) -> float | None:
+        if expires_after is _UNSET:
+            return self.expires_after
+        if expires_after is None:
+            return None
+        if isinstance(expires_after, datetime.timedelta):
+            expires_after = expires_after.total_seconds()
+        is_number = isinstance(expires_after, (int, float)) and not isinstance(expires_after, bool)
+        if not is_number or expires_after < 0:
+            raise InvalidOptionError(
+                f"expires_after must be seconds >= 0 or a timedelta, got {expires_after!r}"
+            )
+        return float(expires_after)
+
+    # -- the decorator --------------------------------------------------------------------
+
+    def memoize(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        ignore: list[str] | tuple[str, ...] = (),
+        compress: Any = _UNSET,
+        mmap_mode: Any = _UNSET,
+        expires_after: Any = _UNSET,
+    ) -> Any:
+        """Decorate ``func`` so that each distinct call is computed once and then loaded.
+
+        Use bare (``@cache.memoize``) or with options (``@cache.memoize(ignore=["verbose"])``).
+        ``compress``, ``mmap_mode`` and ``expires_after`` override the cache's defaults
+        for this function.
+        """
+        options = {"ignore": ignore, "compress": compress, "mmap_mode": mmap_mode,
+                   "expires_after": expires_after}
+        if func is None:
+            return lambda f: self.memoize(f, **options)
+        wrapper = memoized(func, self, **options)
+        inner = getattr(wrapper, "__func__", wrapper)
+        self._functions[inner.name] = inner
+        return wrapper
+
+    # -- management --------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Remove every stored result under the location (the location itself stays)."""
+        if self.store is not None:
+            self.store.clear()
+
+    def _function_info(self, func: MemoizedFunction) -> FunctionInfo:
+        info = FunctionInfo(func.__qualname__)
+        if func.function_dir is not None:
+            _add_entries(info, self.store.entries(func.function_dir))  # type: ignore[union-attr]
+        _add_stats(info, func)
+        return info
+
+    def info(self) -> CacheInfo:
+        """Return entries and bytes on disk, and hits, misses and time saved, per function."""
+        summary = CacheInfo(self.location)
+        if self.store is None:
+            return summary
+        live = {str(f.function_dir): f for f in self._functions.values()}
+        for directory in self.store.function_dirs():
+            name = directory.name.rsplit("-", 1)[0]
+            info = summary.functions.setdefault(name, FunctionInfo(name))
+            _add_entries(info, self.store.entries(directory))
+            if str(directory) in live:
+                _add_stats(info, live[str(directory)])
+        return summary
+
+    def reduce_size(
+        self,
+        bytes_limit: int | str | None = None,
+        items_limit: int | None = None,
+        age_limit: float | datetime.timedelta | None = None,
+    ) -> int:
+        """Evict least recently stored entries until every given limit holds; return how many."""
+        if self.store is None:
+            return 0
+        limit = parse_size(bytes_limit) if bytes_limit is not None else self.bytes_limit
+        max_age = self._seconds_for(age_limit) if age_limit is not None else None
+        return self.store.evict(bytes_limit=limit, items_limit=items_limit, max_age=max_age)
+
+    def _after_store(self, size: int) -> None:
+        """Keep ``bytes_limit`` after a write (amortised inside the store)."""
+        if self.bytes_limit is not None and self.store is not None:
+            self.store.note_write(size, self.bytes_limit)
+
+
+def _add_entries(info: FunctionInfo, entries: Any) -> None:
+    for entry in entries:
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue
+        info.entries += 1
+        info.bytes += stat.st_size
+        info.oldest = stat.st_mtime if info.oldest is None else min(info.oldest, stat.st_mtime)
+        info.newest = stat.st_mtime if info.newest is None else max(info.newest, stat.st_mtime)
+
+
+def _add_stats(info: FunctionInfo, func: MemoizedFunction) -> None:
+    info.hits += func.stats.hits
+    info.misses += func.stats.misses
+    info.compute_seconds += func.stats.compute_seconds
+    info.saved_seconds += func.stats.saved_seconds

@@ -1,0 +1,220 @@
+"""``MemoizedFunction``: what ``@cache.memoize`` returns, and its call path.
+
+Rule: a hit returns exactly what the function returned, or it is a miss. A hit
+takes no lock; a miss takes the key's lock, looks again (another process may have
+just stored it), computes, publishes, and lets go. The function's own exceptions
+are never cached, and a failure to store warns but still returns the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+import types
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._calls import CallKeyer, function_identity
+from ._compressors import Compressor
+from ._errors import CacheError, CacheWarning, SerializationError
+from ._store import acquire
+
+if TYPE_CHECKING:
+    from ._cache import Cache
+
+__all__ = ["CallStats", "MemoizedFunction"]
+
+logger = logging.getLogger("cachelib")
+
+
+@dataclass
+class CallStats:
+    """Hits, misses and compute time of one function, in this process."""
+
+    hits: int = 0
+    misses: int = 0
+    compute_seconds: float = 0.0
+    saved_seconds: float = 0.0
+
+
+class MemoizedFunction:
+    """A function whose results are stored in a ``Cache``, one entry per distinct call."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        cache: Cache,
+        *,
+        ignore: list[str] | tuple[str, ...] = (),
+        compress: Any = None,
+        mmap_mode: Any = None,
+        expires_after: Any = None,
+    ) -> None:
+        functools.update_wrapper(self, func)
+        self.__wrapped__ = func
+        self.cache = cache
+        self.compressor: Compressor | None = cache._compressor_for(compress)
+        self.mmap_mode: str | None = cache._mmap_mode_for(mmap_mode)
+        self.expires_after: float | None = cache._seconds_for(expires_after)
+        self._keyer = CallKeyer(func, ignore)
+        self.name, identity = function_identity(func)
+        self.function_dir = cache.store.function_dir(self.name, identity) if cache.store else None
+        self.stats = CallStats()
+        self._stats_lock = threading.Lock()
+        self._is_async = inspect.iscoroutinefunction(func)
+        if self._is_async:
+            self._make_async()
+
+    def __repr__(self) -> str:
+        return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """Bind like a function, so that decorated methods receive ``self``."""
+        return self if instance is None else types.MethodType(self, instance)
+
+    # -- keys and paths ------------------------------------------------------------------
+
+    def _entry(self, args: tuple, kwargs: dict) -> Any:
+        key = self._keyer.key(args, kwargs)
+        return self.cache.store.entry_path(self.function_dir, key)  # type: ignore[union-attr]
+
+    def _count(self, hit: bool, seconds: float) -> None:
+        with self._stats_lock:
+            if hit:
+                self.stats.hits += 1
+                self.stats.saved_seconds += seconds
+            else:
+                self.stats.misses += 1
+                self.stats.compute_seconds += seconds
+
+    # -- the call path -----------------------------------------------------------------------
+
+    def _lookup(self, path: Any) -> tuple[bool, Any]:
+        """Return (True, result) on a hit, (False, None) on a miss; damaged entries miss."""
+        started = time.perf_counter()
+        try:
+            metadata, result = self.cache.store.read(path, self.mmap_mode, self.expires_after)  # type: ignore[union-attr]
+        except FileNotFoundError:
+            return False, None
+        except (CacheError, OSError, ValueError, TypeError) as exc:
+            warnings.warn(
+                f"cache entry {str(path)!r} of {self.__qualname__} cannot be read ({exc}); "
+                "recomputing it",
+                CacheWarning,
+                stacklevel=4,
+            )
+            return False, None
+        self._count(True, float(metadata.get("compute_seconds", 0.0)))
+        logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
+        return True, result
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.cache.store is None:
+            return self.__wrapped__(*args, **kwargs)
+        path = self._entry(args, kwargs)
+        hit, result = self._lookup(path)
+        if hit:
+            return result
+        lock = self.cache.store.lock(path, self.cache.lock_timeout)
+        locked = acquire(lock, self.cache.on_lock_timeout)
+        try:
+            if locked:
+                hit, result = self._lookup(path)  # computed while we waited?
+                if hit:
+                    return result
+            started = time.perf_counter()
+            result = self.__wrapped__(*args, **kwargs)
+            return self._store(path, result, time.perf_counter() - started)
+        finally:
+            if locked:
+                lock.release()
+
+    def _store(self, path: Any, result: Any, seconds: float) -> Any:
+        """Publish ``result``; return it (re-read as memmaps when ``mmap_mode`` asks)."""
+        self._count(False, seconds)
+        started = time.perf_counter()
+        metadata = {"function": self.__qualname__, "compute_seconds": seconds, "time": time.time()}
+        try:
+            size = self.cache.store.publish(path, (metadata, result), self.compressor)  # type: ignore[union-attr]
+        except SerializationError:
+            raise
+        except (OSError, CacheError) as exc:
+            warnings.warn(
+                f"the result of {self.__qualname__} could not be stored ({exc}); "
+                "it is returned but will be computed again next time",
+                CacheWarning,
+                stacklevel=3,
+            )
+            return result
+        logger.info(
+            "miss %s: computed in %.3f s, stored %d bytes in %.3f s",
+            self.__qualname__, seconds, size, time.perf_counter() - started,
+        )
+        self.cache._after_store(size)
+        if self.mmap_mode is not None:
+            hit, mapped = self._lookup(path)
+            if hit:
+                with self._stats_lock:  # re-reading our own entry is not a hit
+                    self.stats.hits -= 1
+                    self.stats.saved_seconds -= seconds
+                return mapped
+        return result
+
+    def _make_async(self) -> None:
+        """Replace ``__call__`` for ``async def`` functions: await, then store."""
+        func = self.__wrapped__
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.cache.store is None:
+                return await func(*args, **kwargs)
+            path = self._entry(args, kwargs)
+            hit, result = self._lookup(path)
+            if hit:
+                return result
+            started = time.perf_counter()
+            result = await func(*args, **kwargs)
+            return self._store(path, result, time.perf_counter() - started)
+
+        self._async_call = call
+
+    # -- management ------------------------------------------------------------------------
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Return True if this call's result is stored (and not expired)."""
+        if self.cache.store is None:
+            return False
+        path = self._entry(args, kwargs)
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return self.expires_after is None or age <= self.expires_after
+
+    def clear(self) -> None:
+        """Remove every stored result of this function (all versions of its code)."""
+        if self.cache.store is not None:
+            self.cache.store.clear(self.function_dir)
+
+    def cache_info(self) -> Any:
+        """Return this function's entries, bytes, hits, misses and time saved."""
+        return self.cache._function_info(self)
+
+
+class AsyncMemoizedFunction(MemoizedFunction):
+    """The ``MemoizedFunction`` of an ``async def`` function: calling it returns a coroutine."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._async_call(*args, **kwargs)
+
+
+def memoized(func: Callable[..., Any], cache: Cache, **options: Any) -> Any:
+    """Wrap ``func`` (a function, method, static or class method, partial, coroutine)."""
+    if isinstance(func, (staticmethod, classmethod)):
+        return type(func)(memoized(func.__func__, cache, **options))
+    kind = AsyncMemoizedFunction if inspect.iscoroutinefunction(func) else MemoizedFunction
+    return kind(func, cache, **options)

@@ -1,0 +1,242 @@
+"""The local store: where entries live on disk, and how they are published and locked.
+
+Rule: an entry is one file, and it appears whole or not at all. It is written to a
+temporary file beside its final name, fsynced, then renamed over it; readers take
+no lock and see the old file, the new one, or none. A per-key file lock only keeps
+concurrent callers from computing the same entry twice: correctness never rests on it.
+
+Layout under the location::
+
+    .gitignore, CACHEDIR.TAG
+    <module.qualname>-<12 hex>/        one directory per function
+        <2 hex>/<32 hex>.cl            entries, sharded by key prefix
+        <2 hex>/<32 hex>.lock          the key's lock file (empty)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from ._compressors import Compressor
+from ._errors import FileAccessError, LockTimeout
+from ._persistence import read_value, write_value
+
+__all__ = ["ENTRY_SUFFIX", "TEMP_SUFFIX", "LocalStore"]
+
+ENTRY_SUFFIX = ".cl"
+LOCK_SUFFIX = ".lock"
+TEMP_SUFFIX = ".tmp"
+_GITIGNORE = "# Created by cachelib: cache entries are not source.\n*\n"
+_CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by cachelib.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+_BUFFER_SIZE = 1 << 20
+_SMALL_ENTRY = 1 << 16
+
+
+class LocalStore:
+    """Entries of one cache location on a local (or NFS) filesystem."""
+
+    def __init__(self, location: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.location = Path(location).expanduser().absolute()
+        self.fsync = fsync
+        self._ready = False
+        self._written_since_check = 0
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.location)!r})"
+
+    # -- layout ----------------------------------------------------------------------
+
+    def _ensure_location(self) -> None:
+        if self._ready:
+            return
+        if self.location.exists() and not self.location.is_dir():
+            raise FileAccessError(f"cache location {str(self.location)!r} exists and is not a directory")
+        try:
+            self.location.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name, text in ((".gitignore", _GITIGNORE), ("CACHEDIR.TAG", _CACHEDIR_TAG)):
+                marker = self.location / name
+                if not marker.exists():
+                    with contextlib.suppress(FileExistsError), open(marker, "x") as handle:
+                        handle.write(text)
+        except OSError as exc:
+            raise FileAccessError(
+                f"cannot create the cache location {str(self.location)!r}: {exc.strerror or exc}; "
+                "choose a writable directory"
+            ) from exc
+        self._ready = True
+
+    def function_dir(self, name: str, identity: str) -> Path:
+        """Return the directory of one function's entries (a plain name: never escapes)."""
+        return self.location / f"{name}-{identity}"
+
+    @staticmethod
+    def entry_path(function_dir: Path, key: str) -> Path:
+        """Return the path of the entry ``key`` (32 hex digits) under ``function_dir``."""
+        return Path(os.path.join(function_dir, key[:2], key + ENTRY_SUFFIX))
+
+    # -- reading ---------------------------------------------------------------------
+
+    def read(self, path: Path, mmap_mode: str | None = None, max_age: float | None = None) -> Any:
+        """Return the value stored at ``path``.
+
+        Raises ``FileNotFoundError`` if there is none or it is older than ``max_age``
+        seconds, and ``CacheError`` subclasses if it is damaged.
+        """
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            stat = os.fstat(descriptor)
+            if max_age is not None and time.time() - stat.st_mtime > max_age:
+                raise FileNotFoundError(path)
+            if mmap_mode is None and stat.st_size <= _SMALL_ENTRY:
+                # One read for a small entry: the fewest system calls on the hot path.
+                return read_value(io.BytesIO(os.read(descriptor, _SMALL_ENTRY + 1)), None)
+            with open(descriptor, "rb", closefd=False) as fileobj:
+                return read_value(fileobj, mmap_mode, os.fspath(path))
+        finally:
+            os.close(descriptor)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def publish(self, path: Path, value: Any, compressor: Compressor | None) -> int:
+        """Store ``value`` at ``path`` atomically; return the entry's size in bytes."""
+        self._ensure_location()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        try:
+            with open(temporary, "xb", buffering=_BUFFER_SIZE) as fileobj:
+                write_value(value, fileobj, compressor)
+                fileobj.flush()
+                if self.fsync:
+                    os.fsync(fileobj.fileno())
+                size = fileobj.tell()
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        if self.fsync:
+            _fsync_directory(path.parent)
+        return size
+
+    def lock(self, path: Path, timeout: float) -> filelock.BaseFileLock:
+        """Return the per-key lock of the entry at ``path`` (not yet acquired)."""
+        self._ensure_location()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return filelock.FileLock(path.with_suffix(LOCK_SUFFIX), timeout=timeout)
+
+    # -- deleting and listing --------------------------------------------------------------
+
+    def delete(self, path: Path) -> None:
+        """Remove one entry if it exists."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def clear(self, function_dir: Path | None = None) -> None:
+        """Remove one function's entries, or every entry under the location."""
+        targets = [function_dir] if function_dir is not None else list(self.function_dirs())
+        for target in targets:
+            shutil.rmtree(target, ignore_errors=True)
+
+    def function_dirs(self) -> Iterator[Path]:
+        """Yield the directory of every function that has stored something."""
+        try:
+            with os.scandir(self.location) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                        yield Path(entry.path)
+        except FileNotFoundError:
+            return
+
+    def evict(
+        self,
+        bytes_limit: int | None = None,
+        items_limit: int | None = None,
+        max_age: float | None = None,
+    ) -> int:
+        """Delete the least recently stored entries until the limits hold; return how many went."""
+        now = time.time()
+        entries = []
+        for directory in self.function_dirs():
+            for entry in self.entries(directory):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat()
+                    entries.append((stat.st_mtime, stat.st_size, entry.path))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        count = len(entries)
+        removed = 0
+        for used, size, path in entries:
+            too_old = max_age is not None and now - used > max_age
+            too_big = bytes_limit is not None and total > bytes_limit
+            too_many = items_limit is not None and count > items_limit
+            if not (too_old or too_big or too_many):
+                break
+            self.delete(Path(path))
+            total -= size
+            count -= 1
+            removed += 1
+        self._written_since_check = 0
+        return removed
+
+    def note_write(self, size: int, bytes_limit: int) -> None:
+        """Enforce ``bytes_limit`` once writes since the last check reach 5% of it."""
+        self._written_since_check += size
+        if self._written_since_check >= max(bytes_limit // 20, 1):
+            self.evict(bytes_limit=bytes_limit)
+
+    @staticmethod
+    def entries(function_dir: Path) -> Iterator[os.DirEntry[str]]:
+        """Yield the entry files of one function, one shard at a time."""
+        try:
+            shards = sorted(os.scandir(function_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError), os.scandir(shard.path) as files:
+                for entry in files:
+                    if entry.name.endswith(ENTRY_SUFFIX):
+                        yield entry
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def acquire(lock: filelock.BaseFileLock, on_timeout: str) -> bool:
+    """Acquire ``lock``; on timeout return False, or raise ``LockTimeout`` if asked."""
+    try:
+        lock.acquire()
+        return True
+    except filelock.Timeout as exc:
+        if on_timeout == "raise":
+            raise LockTimeout(
+                f"waited {lock.timeout} s for {lock.lock_file!r}, held by another process "
+                "computing the same call; raise lock_timeout or use on_lock_timeout='compute'"
+            ) from exc
+        return False
