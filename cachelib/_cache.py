@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._compressors import Compressor
@@ -18,6 +19,7 @@ from ._errors import InvalidOptionError
 from ._memoize import MemoizedFunction, memoized
 from ._persistence import MMAP_MODES, resolve_compress
 from ._sizes import parse_size
+from ._stats import read_stats
 from ._store import LocalStore
 
 __all__ = ["Cache", "CacheInfo", "FunctionInfo"]
@@ -124,6 +126,12 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({str(self.store.location) if self.store else None!r})"
 
+    def __getstate__(self) -> dict:
+        """Pickle settings only: a worker's cache registers its own functions."""
+        state = self.__dict__.copy()
+        state["_functions"] = {}
+        return state
+
     @property
     def location(self) -> str | None:
         """The cache directory, or None for a cache that stores nothing."""
@@ -191,24 +199,21 @@ class Cache:
             self.store.clear()
 
     def _function_info(self, func: MemoizedFunction) -> FunctionInfo:
-        info = FunctionInfo(func.__qualname__)
-        if func.function_dir is not None:
-            _add_entries(info, self.store.entries(func.function_dir))  # type: ignore[union-attr]
-        _add_stats(info, func)
-        return info
+        if func.function_dir is None:
+            return FunctionInfo(func.name)
+        return function_info(self.store, func.function_dir)  # type: ignore[arg-type]
 
     def info(self) -> CacheInfo:
-        """Return entries and bytes on disk, and hits, misses and time saved, per function."""
+        """Return entries and bytes on disk, and hits, misses and time saved, per function.
+
+        Counts include every process that used the location, across restarts.
+        """
         summary = CacheInfo(self.location)
         if self.store is None:
             return summary
-        live = {str(f.function_dir): f for f in self._functions.values()}
         for directory in self.store.function_dirs():
-            name = directory.name.rsplit("-", 1)[0]
-            info = summary.functions.setdefault(name, FunctionInfo(name))
-            _add_entries(info, self.store.entries(directory))
-            if str(directory) in live:
-                _add_stats(info, live[str(directory)])
+            info = function_info(self.store, directory)
+            summary.functions[info.name] = info
         return summary
 
     def reduce_size(
@@ -230,8 +235,10 @@ class Cache:
             self.store.note_write(size, self.bytes_limit)
 
 
-def _add_entries(info: FunctionInfo, entries: Any) -> None:
-    for entry in entries:
+def function_info(store: LocalStore, directory: Path) -> FunctionInfo:
+    """Summarise one function directory: entries on disk and recorded calls."""
+    info = FunctionInfo(directory.name.rsplit("-", 1)[0])
+    for entry in store.entries(directory):
         try:
             stat = entry.stat()
         except FileNotFoundError:
@@ -240,10 +247,7 @@ def _add_entries(info: FunctionInfo, entries: Any) -> None:
         info.bytes += stat.st_size
         info.oldest = stat.st_mtime if info.oldest is None else min(info.oldest, stat.st_mtime)
         info.newest = stat.st_mtime if info.newest is None else max(info.newest, stat.st_mtime)
-
-
-def _add_stats(info: FunctionInfo, func: MemoizedFunction) -> None:
-    info.hits += func.stats.hits
-    info.misses += func.stats.misses
-    info.compute_seconds += func.stats.compute_seconds
-    info.saved_seconds += func.stats.saved_seconds
+    stats = read_stats(directory)
+    info.hits, info.misses = stats.hits, stats.misses
+    info.compute_seconds, info.saved_seconds = stats.compute_seconds, stats.saved_seconds
+    return info

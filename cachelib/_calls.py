@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import InvalidOptionError, UnhashableError
-from ._hashing import Hasher
+from ._hashing import Hasher, module_name
 
 __all__ = ["CallKeyer", "function_identity"]
 
@@ -40,7 +40,7 @@ def function_identity(func: Callable[..., Any]) -> tuple[str, str]:
     closure values, which are part of every key, keep their entries apart.
     """
     target = _unwrap(func)
-    module = getattr(target, "__module__", None) or "unknown"
+    module = module_name(target)
     qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
     dotted = f"{module}.{qualname}".replace("<locals>.", "")
     readable = _UNSAFE.sub("_", dotted.replace("<", "").replace(">", ""))

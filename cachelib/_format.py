@@ -411,6 +411,33 @@ class RecordReader:
             raise CorruptFileError("the file holds data after the end of its pickle")
 
 
+def verify_stream(source: Any) -> None:
+    """Check every record's checksum and the end record, without unpickling anything.
+
+    Reads ``source`` once in bounded chunks; raises ``CorruptFileError`` (or
+    ``UnsupportedFormatError``) on the first problem.
+    """
+    reader = RecordReader(source)
+    buffer = memoryview(bytearray(IO_CHUNK))
+    while not reader._ended:
+        start = reader._position
+        header = reader._read(RECORD.size)
+        kind, padding, reserved_a, reserved_b, length = RECORD.unpack(header)
+        if kind == FINAL:
+            reader._read_end(start, padding, length, xxhash.xxh3_64(header))
+            break
+        if kind not in (PICKLE, ARRAY) or reserved_a or reserved_b or padding >= ALIGNMENT:
+            raise CorruptFileError(f"invalid record header at offset {start}")
+        hasher = xxhash.xxh3_64(header)
+        remaining = padding + length
+        while remaining:
+            step = min(remaining, IO_CHUNK)
+            reader._fill(buffer[:step], hasher)
+            remaining -= step
+        reader._verify(hasher, f"the record at offset {start}")
+        reader._records += 1
+
+
 def read_stream(reader: RecordReader) -> Any:
     """Unpickle the value of one cachelib stream from ``reader``."""
     unpickler = pickle.Unpickler(reader, buffers=reader.buffers())

@@ -45,8 +45,14 @@ _pack_d = struct.Struct("<d").pack
 _CANONICAL_NAN = _pack_d(math.nan)
 
 
+def module_name(obj: Any) -> str:
+    """Return the module of ``obj``; a spawned worker's ``__mp_main__`` is ``__main__``."""
+    module = getattr(obj, "__module__", None) or "unknown"
+    return "__main__" if module == "__mp_main__" else module
+
+
 def _full_name(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+    return f"{module_name(obj)}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
 
 
 class Hasher:

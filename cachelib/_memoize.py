@@ -11,35 +11,25 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
+import sys
 import time
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._calls import CallKeyer, function_identity
 from ._compressors import Compressor
 from ._errors import CacheError, CacheWarning, SerializationError
+from ._stats import StatsRecorder
 from ._store import acquire
 
 if TYPE_CHECKING:
     from ._cache import Cache
 
-__all__ = ["CallStats", "MemoizedFunction"]
+__all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
 
 logger = logging.getLogger("cachelib")
-
-
-@dataclass
-class CallStats:
-    """Hits, misses and compute time of one function, in this process."""
-
-    hits: int = 0
-    misses: int = 0
-    compute_seconds: float = 0.0
-    saved_seconds: float = 0.0
 
 
 class MemoizedFunction:
@@ -61,17 +51,31 @@ class MemoizedFunction:
         self.compressor: Compressor | None = cache._compressor_for(compress)
         self.mmap_mode: str | None = cache._mmap_mode_for(mmap_mode)
         self.expires_after: float | None = cache._seconds_for(expires_after)
+        # The options as resolved, so that a pickled copy behaves the same in a worker.
+        self._options = {"ignore": tuple(ignore), "compress": self.compressor or False,
+                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after}
         self._keyer = CallKeyer(func, ignore)
         self.name, identity = function_identity(func)
         self.function_dir = cache.store.function_dir(self.name, identity) if cache.store else None
-        self.stats = CallStats()
-        self._stats_lock = threading.Lock()
+        self._recorder = StatsRecorder(self.function_dir)
         self._is_async = inspect.iscoroutinefunction(func)
         if self._is_async:
             self._make_async()
 
     def __repr__(self) -> str:
         return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
+
+    def __reduce__(self) -> Any:
+        """Pickle by name when the module holds this wrapper, else rebuild it from parts.
+
+        Workers (multiprocessing, joblib, dask) then share the same cache location.
+        """
+        target: Any = sys.modules.get(self.__module__)
+        for part in self.__qualname__.split("."):
+            target = getattr(target, part, None)
+        if target is self:
+            return self.__qualname__
+        return _restore, (self.__wrapped__, self.cache, self._options)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """Bind like a function, so that decorated methods receive ``self``."""
@@ -83,14 +87,10 @@ class MemoizedFunction:
         key = self._keyer.key(args, kwargs)
         return self.cache.store.entry_path(self.function_dir, key)  # type: ignore[union-attr]
 
-    def _count(self, hit: bool, seconds: float) -> None:
-        with self._stats_lock:
-            if hit:
-                self.stats.hits += 1
-                self.stats.saved_seconds += seconds
-            else:
-                self.stats.misses += 1
-                self.stats.compute_seconds += seconds
+    @property
+    def stats(self) -> Any:
+        """This process's hits, misses and seconds for this function."""
+        return self._recorder.stats
 
     # -- the call path -----------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ class MemoizedFunction:
                 stacklevel=4,
             )
             return False, None
-        self._count(True, float(metadata.get("compute_seconds", 0.0)))
+        self._recorder.record(True, float(metadata.get("compute_seconds", 0.0)))
         logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
         return True, result
 
@@ -136,7 +136,6 @@ class MemoizedFunction:
 
     def _store(self, path: Any, result: Any, seconds: float) -> Any:
         """Publish ``result``; return it (re-read as memmaps when ``mmap_mode`` asks)."""
-        self._count(False, seconds)
         started = time.perf_counter()
         metadata = {"function": self.__qualname__, "compute_seconds": seconds, "time": time.time()}
         try:
@@ -144,6 +143,7 @@ class MemoizedFunction:
         except SerializationError:
             raise
         except (OSError, CacheError) as exc:
+            self._recorder.record(False, seconds)
             warnings.warn(
                 f"the result of {self.__qualname__} could not be stored ({exc}); "
                 "it is returned but will be computed again next time",
@@ -156,13 +156,12 @@ class MemoizedFunction:
             self.__qualname__, seconds, size, time.perf_counter() - started,
         )
         self.cache._after_store(size)
+        self._recorder.record(False, seconds)
         if self.mmap_mode is not None:
-            hit, mapped = self._lookup(path)
-            if hit:
-                with self._stats_lock:  # re-reading our own entry is not a hit
-                    self.stats.hits -= 1
-                    self.stats.saved_seconds -= seconds
-                return mapped
+            try:  # the first call returns memmaps too, like every later hit
+                return self.cache.store.read(path, self.mmap_mode)[1]  # type: ignore[union-attr]
+            except (CacheError, OSError):
+                pass
         return result
 
     def _make_async(self) -> None:
@@ -214,7 +213,13 @@ class AsyncMemoizedFunction(MemoizedFunction):
 
 def memoized(func: Callable[..., Any], cache: Cache, **options: Any) -> Any:
     """Wrap ``func`` (a function, method, static or class method, partial, coroutine)."""
+
     if isinstance(func, (staticmethod, classmethod)):
         return type(func)(memoized(func.__func__, cache, **options))
     kind = AsyncMemoizedFunction if inspect.iscoroutinefunction(func) else MemoizedFunction
     return kind(func, cache, **options)
+
+
+def _restore(func: Callable[..., Any], cache: Cache, options: dict) -> Any:
+    """Rebuild a pickled ``MemoizedFunction`` (used by ``__reduce__``)."""
+    return memoized(func, cache, **options)

@@ -25,7 +25,7 @@ from ._compressors import (
     get_compressor,
 )
 from ._errors import CacheWarning, CorruptFileError, FileAccessError, InvalidOptionError
-from ._format import MAGIC, RecordReader, read_stream, write_stream
+from ._format import MAGIC, RecordReader, read_stream, verify_stream, write_stream
 
 __all__ = ["MMAP_MODES", "dump", "load", "resolve_compress"]
 
@@ -263,6 +263,33 @@ def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = No
         return read_stream(RecordReader(decompressed))
     finally:
         decompressed.close()
+
+
+def verify(filename: str | os.PathLike[str]) -> None:
+    """Check the integrity of a cachelib file without unpickling it.
+
+    Raises ``CorruptFileError`` (or another ``CacheError``) describing the first
+    problem; returns None for an intact file. Safe on untrusted files.
+    """
+    path = os.fspath(filename)
+    _check_not_directory(path)
+    with open(path, "rb", buffering=_BUFFER_SIZE) as fileobj:
+        prefix, stream = _peek_magic(fileobj)
+        if not prefix:
+            raise CorruptFileError("the file is empty")
+        if prefix.startswith(MAGIC[: len(prefix)]):
+            verify_stream(stream)
+            if stream.read(1):
+                raise CorruptFileError(f"{path!r} has bytes after the end of its cachelib stream")
+            return
+        compressor = detect_compressor(prefix)
+        if compressor is None:
+            raise CorruptFileError("not a cachelib file: unknown magic number")
+        decompressed = compressor.open_reader(stream)
+        try:
+            verify_stream(decompressed)
+        finally:
+            decompressed.close()
 
 
 def load(filename: Any, mmap_mode: str | None = None) -> Any:

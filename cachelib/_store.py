@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,8 +30,8 @@ from typing import Any
 import filelock
 
 from ._compressors import Compressor
-from ._errors import FileAccessError, LockTimeout
-from ._persistence import read_value, write_value
+from ._errors import CacheError, FileAccessError, LockTimeout
+from ._persistence import read_value, verify, write_value
 
 __all__ = ["ENTRY_SUFFIX", "TEMP_SUFFIX", "LocalStore"]
 
@@ -44,6 +46,10 @@ _CACHEDIR_TAG = (
 )
 _BUFFER_SIZE = 1 << 20
 _SMALL_ENTRY = 1 << 16
+_ACCESS_RESOLUTION = 60.0  # seconds: how stale a recorded last use may get
+_SHARD = re.compile(r"^[0-9a-f]{2}$")
+_WRITER = f"{socket.gethostname()}-{os.getpid()}"
+_LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed left behind
 
 
 class LocalStore:
@@ -99,8 +105,11 @@ class LocalStore:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         try:
             stat = os.fstat(descriptor)
-            if max_age is not None and time.time() - stat.st_mtime > max_age:
+            now = time.time()
+            if max_age is not None and now - stat.st_mtime > max_age:
                 raise FileNotFoundError(path)
+            if now - stat.st_atime > _ACCESS_RESOLUTION:
+                _stamp_access(descriptor, stat)
             if mmap_mode is None and stat.st_size <= _SMALL_ENTRY:
                 # One read for a small entry: the fewest system calls on the hot path.
                 return read_value(io.BytesIO(os.read(descriptor, _SMALL_ENTRY + 1)), None)
@@ -115,7 +124,7 @@ class LocalStore:
         """Store ``value`` at ``path`` atomically; return the entry's size in bytes."""
         self._ensure_location()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        temporary = path.with_name(f"{path.name}.{_WRITER}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
         try:
             with open(temporary, "xb", buffering=_BUFFER_SIZE) as fileobj:
                 write_value(value, fileobj, compressor)
@@ -167,24 +176,29 @@ class LocalStore:
         items_limit: int | None = None,
         max_age: float | None = None,
     ) -> int:
-        """Delete the least recently stored entries until the limits hold; return how many went."""
+        """Delete least recently used entries until the limits hold; return how many went.
+
+        ``max_age`` removes entries stored longer ago than that many seconds; the
+        size and count limits remove the entries whose last use is oldest.
+        """
         now = time.time()
         entries = []
         for directory in self.function_dirs():
             for entry in self.entries(directory):
                 with contextlib.suppress(FileNotFoundError):
                     stat = entry.stat()
-                    entries.append((stat.st_mtime, stat.st_size, entry.path))
+                    used = max(stat.st_atime, stat.st_mtime)
+                    entries.append((used, stat.st_mtime, stat.st_size, entry.path))
         entries.sort()
-        total = sum(size for _, size, _ in entries)
+        total = sum(size for _, _, size, _ in entries)
         count = len(entries)
         removed = 0
-        for used, size, path in entries:
-            too_old = max_age is not None and now - used > max_age
+        for _, stored, size, path in entries:
+            too_old = max_age is not None and now - stored > max_age
             too_big = bytes_limit is not None and total > bytes_limit
             too_many = items_limit is not None and count > items_limit
             if not (too_old or too_big or too_many):
-                break
+                continue
             self.delete(Path(path))
             total -= size
             count -= 1
@@ -198,20 +212,81 @@ class LocalStore:
         if self._written_since_check >= max(bytes_limit // 20, 1):
             self.evict(bytes_limit=bytes_limit)
 
+    def verify(self, path: str | os.PathLike[str]) -> str | None:
+        """Return what is wrong with the entry at ``path``, or None if it is intact."""
+        try:
+            verify(path)
+        except (CacheError, OSError) as exc:
+            return str(exc)
+        return None
+
+    def clean_leftovers(self, older_than: float = _LEFTOVER_AGE) -> int:
+        """Remove temporary files of dead or long-gone writers and old unused lock files."""
+        removed = 0
+        now = time.time()
+        for directory in self.function_dirs():
+            for shard in _shards(directory):
+                with contextlib.suppress(FileNotFoundError), os.scandir(shard) as files:
+                    for entry in files:
+                        if _is_leftover(entry, now, older_than):
+                            with contextlib.suppress(OSError):
+                                os.unlink(entry.path)
+                                removed += 1
+        return removed
+
     @staticmethod
     def entries(function_dir: Path) -> Iterator[os.DirEntry[str]]:
         """Yield the entry files of one function, one shard at a time."""
-        try:
-            shards = sorted(os.scandir(function_dir), key=lambda e: e.name)
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if not shard.is_dir(follow_symlinks=False):
-                continue
-            with contextlib.suppress(FileNotFoundError), os.scandir(shard.path) as files:
+        for shard in _shards(function_dir):
+            with contextlib.suppress(FileNotFoundError), os.scandir(shard) as files:
                 for entry in files:
                     if entry.name.endswith(ENTRY_SUFFIX):
                         yield entry
+
+
+def _shards(function_dir: Path) -> list[str]:
+    """Return the shard directories (two hex digits) of one function, in order."""
+    try:
+        with os.scandir(function_dir) as entries:
+            return sorted(e.path for e in entries if _SHARD.match(e.name) and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _is_leftover(entry: os.DirEntry[str], now: float, older_than: float) -> bool:
+    """True for a temp file whose writer is gone, or an old lock file."""
+    if not entry.name.endswith((TEMP_SUFFIX, LOCK_SUFFIX)):
+        return False
+    try:
+        age = now - entry.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if entry.name.endswith(TEMP_SUFFIX) and f".{socket.gethostname()}-" in entry.name:
+        pid = entry.name.rsplit(".", 2)[-2].rsplit("-", 2)[-2]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            return True
+    return age > older_than
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _stamp_access(descriptor: int, stat: os.stat_result) -> None:
+    """Record a use of an entry in its access time, keeping its modification time.
+
+    The modification time says when the entry was stored (for expiry); the access
+    time, set here explicitly, says when it was last used (for LRU eviction). The
+    kernel's own atime updates (relatime, noatime) are neither needed nor trusted.
+    """
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.utime(descriptor, ns=(time.time_ns(), stat.st_mtime_ns))
 
 
 def _fsync_directory(directory: Path) -> None:
