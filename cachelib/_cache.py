@@ -90,8 +90,11 @@ class Cache:
     ``verbose`` sets the ``cachelib`` logger (0 quiet, 1 misses, 2 hits too).
     ``lock_timeout`` bounds how long a caller waits for another process computing
     the same call; after it the caller computes anyway, or raises ``LockTimeout``
-    with ``on_lock_timeout="raise"``. ``fsync=False`` trades durability across
-    power loss for speed (entries stay checksummed either way).
+    with ``on_lock_timeout="raise"``. ``lock="soft"`` suits filesystems without
+    working ``flock`` (some NFS mounts); ``lock="none"`` never waits. ``fsync=False``
+    trades durability across power loss for speed (entries stay checksummed either
+    way). ``secret`` signs every entry (HMAC-SHA256) and refuses, before unpickling,
+    any entry that fails the check: use it when others can write the location.
     """
 
     def __init__(
@@ -105,9 +108,15 @@ class Cache:
         expires_after: float | datetime.timedelta | None = None,
         lock_timeout: float = 600.0,
         on_lock_timeout: str = "compute",
+        lock: str = "file",
         fsync: bool = True,
+        secret: bytes | None = None,
     ) -> None:
-        self.store = LocalStore(location, fsync=fsync) if location is not None else None
+        self.store = (
+            LocalStore(location, fsync=fsync, secret=secret, lock=lock)
+            if location is not None
+            else None
+        )
         self.compressor = resolve_compress(compress)
         self.mmap_mode = self._checked_mmap_mode(mmap_mode)
         self.bytes_limit = parse_size(bytes_limit) if bytes_limit is not None else None

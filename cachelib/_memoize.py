@@ -94,14 +94,16 @@ class MemoizedFunction:
 
     # -- the call path -----------------------------------------------------------------------
 
-    def _lookup(self, path: Any) -> tuple[bool, Any]:
+    def _lookup(self, path: Any, warn: bool = True) -> tuple[bool, Any]:
         """Return (True, result) on a hit, (False, None) on a miss; damaged entries miss."""
         started = time.perf_counter()
         try:
             metadata, result = self.cache.store.read(path, self.mmap_mode, self.expires_after)  # type: ignore[union-attr]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False, None
         except (CacheError, OSError, ValueError, TypeError) as exc:
+            if not warn:
+                return False, None
             warnings.warn(
                 f"cache entry {str(path)!r} of {self.__qualname__} cannot be read ({exc}); "
                 "recomputing it",
@@ -120,11 +122,21 @@ class MemoizedFunction:
         hit, result = self._lookup(path)
         if hit:
             return result
-        lock = self.cache.store.lock(path, self.cache.lock_timeout)
+        try:
+            lock = self.cache.store.lock(path, self.cache.lock_timeout)
+        except (OSError, CacheError) as exc:
+            warnings.warn(
+                f"cannot use the cache location for {self.__qualname__} ({exc}); "
+                "computing without storing the result",
+                CacheWarning,
+                stacklevel=2,
+            )
+            self._recorder.record(False, 0.0)
+            return self.__wrapped__(*args, **kwargs)
         locked = acquire(lock, self.cache.on_lock_timeout)
         try:
             if locked:
-                hit, result = self._lookup(path)  # computed while we waited?
+                hit, result = self._lookup(path, warn=False)  # computed while we waited?
                 if hit:
                     return result
             started = time.perf_counter()
@@ -132,7 +144,7 @@ class MemoizedFunction:
             return self._store(path, result, time.perf_counter() - started)
         finally:
             if locked:
-                lock.release()
+                lock.release()  # type: ignore[union-attr]
 
     def _store(self, path: Any, result: Any, seconds: float) -> Any:
         """Publish ``result``; return it (re-read as memmaps when ``mmap_mode`` asks)."""

@@ -67,8 +67,9 @@ class StatsRecorder:
 
     def _open(self) -> int | None:
         if self._pid != os.getpid():  # first use, or a forked child: a log of its own
+            if self._pid != -1:
+                self.stats = CallStats()
             self._pid, self._descriptor = os.getpid(), None
-            self.stats = CallStats()
             assert self._directory is not None
             self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             name = f"{_HOST}-{self._pid}-{uuid.uuid4().hex[:12]}.log"
@@ -80,12 +81,15 @@ class StatsRecorder:
     def record(self, hit: bool, seconds: float) -> None:
         """Count one call; statistics never make a call fail."""
         with self._lock:
-            self.stats.record(hit, seconds)
             if self._directory is None:
+                self.stats.record(hit, seconds)
                 return
+            descriptor = None
             with contextlib.suppress(OSError):
                 descriptor = self._open()
-                if descriptor is not None:
+            self.stats.record(hit, seconds)
+            if descriptor is not None:
+                with contextlib.suppress(OSError):
                     os.write(descriptor, _RECORD.pack(hit, seconds))
 
     def __del__(self) -> None:

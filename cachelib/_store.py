@@ -25,18 +25,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import filelock
 
 from ._compressors import Compressor
-from ._errors import CacheError, FileAccessError, LockTimeout
+from ._errors import CacheError, FileAccessError, InvalidOptionError, LockTimeout
 from ._persistence import read_value, verify, write_value
+from ._signing import SIGNATURE_SIZE, SIGNED_MAGIC, Signer
 
 __all__ = ["ENTRY_SUFFIX", "TEMP_SUFFIX", "LocalStore"]
 
 ENTRY_SUFFIX = ".cl"
 LOCK_SUFFIX = ".lock"
+LOCK_KINDS = ("file", "soft", "none")
 TEMP_SUFFIX = ".tmp"
 _GITIGNORE = "# Created by cachelib: cache entries are not source.\n*\n"
 _CACHEDIR_TAG = (
@@ -55,9 +57,22 @@ _LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed le
 class LocalStore:
     """Entries of one cache location on a local (or NFS) filesystem."""
 
-    def __init__(self, location: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        secret: bytes | None = None,
+        lock: str = "file",
+        stale_lock_after: float = _LEFTOVER_AGE,
+    ) -> None:
+        if lock not in LOCK_KINDS:
+            raise InvalidOptionError(f"lock must be one of {LOCK_KINDS}, got {lock!r}")
         self.location = Path(location).expanduser().absolute()
         self.fsync = fsync
+        self.signer = Signer(secret) if secret is not None else None
+        self.lock_kind = lock
+        self.stale_lock_after = stale_lock_after
         self._ready = False
         self._written_since_check = 0
 
@@ -110,10 +125,17 @@ class LocalStore:
                 raise FileNotFoundError(path)
             if now - stat.st_atime > _ACCESS_RESOLUTION:
                 _stamp_access(descriptor, stat)
+            if self.signer is not None:
+                with open(descriptor, "rb", closefd=False) as fileobj:
+                    self.signer.check(fileobj, _context(path))
+                    return read_value(fileobj, mmap_mode, os.fspath(path))
             if mmap_mode is None and stat.st_size <= _SMALL_ENTRY:
                 # One read for a small entry: the fewest system calls on the hot path.
-                return read_value(io.BytesIO(os.read(descriptor, _SMALL_ENTRY + 1)), None)
+                data = io.BytesIO(os.read(descriptor, _SMALL_ENTRY + 1))
+                _skip_signature(data)
+                return read_value(data, None)
             with open(descriptor, "rb", closefd=False) as fileobj:
+                _skip_signature(fileobj)
                 return read_value(fileobj, mmap_mode, os.fspath(path))
         finally:
             os.close(descriptor)
@@ -127,7 +149,12 @@ class LocalStore:
         temporary = path.with_name(f"{path.name}.{_WRITER}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
         try:
             with open(temporary, "xb", buffering=_BUFFER_SIZE) as fileobj:
-                write_value(value, fileobj, compressor)
+                if self.signer is None:
+                    write_value(value, fileobj, compressor)
+                else:
+                    signing = self.signer.begin(fileobj, _context(path))
+                    write_value(value, signing, compressor)  # type: ignore[arg-type]
+                    self.signer.finish(fileobj, signing)
                 fileobj.flush()
                 if self.fsync:
                     os.fsync(fileobj.fileno())
@@ -141,11 +168,26 @@ class LocalStore:
             _fsync_directory(path.parent)
         return size
 
-    def lock(self, path: Path, timeout: float) -> filelock.BaseFileLock:
-        """Return the per-key lock of the entry at ``path`` (not yet acquired)."""
+    def lock(self, path: Path, timeout: float) -> filelock.BaseFileLock | None:
+        """Return the per-key lock of the entry at ``path`` (not yet acquired), or None.
+
+        ``lock="file"`` uses ``flock``/``fcntl`` locks, which the kernel releases when
+        a process dies; ``"soft"`` uses lock files for filesystems without working
+        ``flock`` (some NFS mounts), removing one older than ``stale_lock_after``
+        seconds as left behind by a dead process; ``"none"`` never locks (concurrent
+        callers may then compute the same call twice, still safely).
+        """
+        if self.lock_kind == "none":
+            return None
         self._ensure_location()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return filelock.FileLock(path.with_suffix(LOCK_SUFFIX), timeout=timeout)
+        lock_path = path.with_suffix(LOCK_SUFFIX)
+        if self.lock_kind == "file":
+            return filelock.FileLock(lock_path, timeout=timeout)
+        with contextlib.suppress(OSError):
+            if time.time() - lock_path.stat().st_mtime > self.stale_lock_after:
+                os.unlink(lock_path)
+        return filelock.SoftFileLock(lock_path, timeout=timeout)
 
     # -- deleting and listing --------------------------------------------------------------
 
@@ -244,6 +286,19 @@ class LocalStore:
                         yield entry
 
 
+def _skip_signature(fileobj: IO[bytes]) -> None:
+    """Position a cache without a secret after the signature block of a signed entry."""
+    if fileobj.read(len(SIGNED_MAGIC)) == SIGNED_MAGIC:
+        fileobj.seek(SIGNATURE_SIZE)
+    else:
+        fileobj.seek(0)
+
+
+def _context(path: Path) -> str:
+    """Name an entry for its signature: function directory and key."""
+    return f"{path.parent.parent.name}/{path.name}"
+
+
 def _shards(function_dir: Path) -> list[str]:
     """Return the shard directories (two hex digits) of one function, in order."""
     try:
@@ -303,8 +358,10 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def acquire(lock: filelock.BaseFileLock, on_timeout: str) -> bool:
+def acquire(lock: filelock.BaseFileLock | None, on_timeout: str) -> bool:
     """Acquire ``lock``; on timeout return False, or raise ``LockTimeout`` if asked."""
+    if lock is None:
+        return False
     try:
         lock.acquire()
         return True
