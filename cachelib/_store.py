@@ -50,7 +50,6 @@ _BUFFER_SIZE = 1 << 20
 _SMALL_ENTRY = 1 << 16
 _ACCESS_RESOLUTION = 60.0  # seconds: how stale a recorded last use may get
 _SHARD = re.compile(r"^[0-9a-f]{2}$")
-_WRITER = f"{socket.gethostname()}-{os.getpid()}"
 _LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed left behind
 
 
@@ -143,10 +142,24 @@ class LocalStore:
     # -- writing ---------------------------------------------------------------------
 
     def publish(self, path: Path, value: Any, compressor: Compressor | None) -> int:
-        """Store ``value`` at ``path`` atomically; return the entry's size in bytes."""
+        """Store ``value`` at ``path`` atomically; return the entry's size in bytes.
+
+        If a concurrent ``clear`` removes the directory mid-write, the write is
+        retried once in a fresh directory.
+        """
         self._ensure_location()
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{_WRITER}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+        for attempt in range(2):
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                return self._publish_once(path, value, compressor)
+            except FileNotFoundError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _publish_once(self, path: Path, value: Any, compressor: Compressor | None) -> int:
+        writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        temporary = path.with_name(f"{path.name}.{writer}{TEMP_SUFFIX}")
         try:
             with open(temporary, "xb", buffering=_BUFFER_SIZE) as fileobj:
                 if self.signer is None:
@@ -359,16 +372,23 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def acquire(lock: filelock.BaseFileLock | None, on_timeout: str) -> bool:
-    """Acquire ``lock``; on timeout return False, or raise ``LockTimeout`` if asked."""
+    """Acquire ``lock``; on timeout return False, or raise ``LockTimeout`` if asked.
+
+    A lock that cannot be taken at all (its directory vanished under a concurrent
+    ``clear``, a read-only filesystem) returns False: the caller computes unlocked.
+    """
     if lock is None:
         return False
     try:
+        Path(lock.lock_file).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock.acquire()
         return True
-    except filelock.Timeout as exc:
+    except filelock.Timeout as exc:  # a TimeoutError, so an OSError: caught first
         if on_timeout == "raise":
             raise LockTimeout(
                 f"waited {lock.timeout} s for {lock.lock_file!r}, held by another process "
                 "computing the same call; raise lock_timeout or use on_lock_timeout='compute'"
             ) from exc
+        return False
+    except OSError:
         return False
