@@ -1,0 +1,219 @@
+"""Many workers, crashes and kills: real processes racing on one real cache directory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cachelib
+
+fork = multiprocessing.get_context("fork")
+
+
+def _log_call(log: Path, key: object) -> None:
+    """Append one line per real computation; O_APPEND makes each line whole."""
+    with open(log, "a") as handle:
+        handle.write(f"{key}\n")
+
+
+def _computations(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def _stampede_worker(location: str, log: str, start: float, queue: multiprocessing.Queue) -> None:
+    cache = cachelib.Cache(location)
+
+    @cache.memoize
+    def slow_square(x: int) -> np.ndarray:
+        _log_call(Path(log), x)
+        time.sleep(0.5)
+        return np.full(1000, x * x)
+
+    time.sleep(max(0.0, start - time.time()))
+    queue.put(int(slow_square(7)[0]))
+
+
+@pytest.mark.timeout(60)
+def test_a_stampede_of_eight_processes_computes_once(tmp_path: Path) -> None:
+    """Eight processes calling one uncached key at the same moment run it exactly once."""
+    log = tmp_path / "calls.log"
+    queue = fork.Queue()
+    start = time.time() + 0.5
+    workers = [
+        fork.Process(target=_stampede_worker, args=(str(tmp_path / "c"), str(log), start, queue))
+        for _ in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=30) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+        assert worker.exitcode == 0
+    assert results == [49] * 8
+    assert _computations(log) == ["7"]
+
+
+def _hold_key_then_die(location: str, log: str) -> None:
+    cache = cachelib.Cache(location)
+
+    @cache.memoize
+    def slow_square(x: int) -> int:
+        _log_call(Path(log), x)
+        time.sleep(60)  # killed long before this ends
+        return x * x
+
+    slow_square(3)
+
+
+@pytest.mark.timeout(60)
+def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path: Path) -> None:
+    """The kernel frees a dead process's lock: the next caller computes at once."""
+    location, log = tmp_path / "c", tmp_path / "calls.log"
+    holder = fork.Process(target=_hold_key_then_die, args=(str(location), str(log)))
+    holder.start()
+    deadline = time.time() + 20
+    while not _computations(log) and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+
+    cache = cachelib.Cache(location, lock_timeout=30, on_lock_timeout="raise")
+
+    @cache.memoize
+    def slow_square(x: int) -> int:
+        _log_call(log, x)
+        return x * x
+
+    started = time.perf_counter()
+    assert slow_square(3) == 9
+    assert time.perf_counter() - started < 10  # far below the 30 s lock timeout
+    assert _computations(log) == ["3", "3"]
+
+
+def _big_result(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(1_000_000)  # 8 MB
+
+
+def _write_then_get_killed(location: str, seed: int) -> None:
+    cachelib.Cache(location).memoize(_big_result)(seed)
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_at_random_points_never_leaves_a_torn_entry(tmp_path: Path) -> None:
+    """200 writers killed at random moments: every entry is absent or whole and right."""
+    location = tmp_path / "c"
+    cache = cachelib.Cache(location)
+    make = cache.memoize(_big_result)  # the same function the writers memoize
+
+    # How long one writer takes here, so that kills land before, during and after it.
+    started = time.perf_counter()
+    timing = fork.Process(target=_write_then_get_killed, args=(str(location / "timing"), 0))
+    timing.start()
+    timing.join()
+    window = 1.3 * (time.perf_counter() - started)
+
+    rng = random.Random(1234)
+    outcomes = {"absent": 0, "complete": 0}
+    for trial in range(200):
+        seed = trial % 20
+        writer = fork.Process(target=_write_then_get_killed, args=(str(location), seed))
+        writer.start()
+        time.sleep(rng.uniform(0.0, window))
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
+        entry = make._entry((seed,), {})
+        if entry.exists():
+            metadata, stored = cachelib.load(entry)  # raises if torn: the test fails
+            np.testing.assert_array_equal(stored, _big_result(seed))
+            outcomes["complete"] += 1
+        else:
+            outcomes["absent"] += 1
+        entry.unlink(missing_ok=True)  # every trial is a fresh write to interrupt
+    print(f"\n200 SIGKILL trials within {window * 1000:.0f} ms of start: {outcomes}")
+    assert outcomes["absent"] and outcomes["complete"], outcomes
+
+    leftovers = list(location.rglob("*.tmp"))
+    removed = cache.store.clean_leftovers()
+    assert removed >= len(leftovers)
+    assert not list(location.rglob("*.tmp"))
+    for seed in range(20):  # and the next calls recompute or hit, always right
+        np.testing.assert_array_equal(make(seed), _big_result(seed))
+
+
+def _stress_worker(location: str, seconds: float, worker: int, queue: multiprocessing.Queue) -> None:
+    warnings.simplefilter("ignore", cachelib.CacheWarning)  # counted below, never silent
+    cache = cachelib.Cache(location, fsync=False)
+
+    @cache.memoize
+    def vector(i: int) -> np.ndarray:
+        return np.arange(i * 1000, dtype=np.float64) + i
+
+    @cache.memoize(compress="zstd")
+    def table(i: int) -> dict:
+        return {"i": i, "squares": np.arange(i) ** 2, "label": f"row-{i}"}
+
+    rng = random.Random(worker)
+    counts = {"calls": 0, "wrong": 0, "errors": 0, "clears": 0, "reduces": 0}
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        action = rng.random()
+        try:
+            if action < 0.01:
+                cache.clear()
+                counts["clears"] += 1
+            elif action < 0.03:
+                cache.reduce_size(bytes_limit="2M")
+                counts["reduces"] += 1
+            elif action < 0.55:
+                i = rng.randrange(40)
+                counts["calls"] += 1
+                if not np.array_equal(vector(i), np.arange(i * 1000, dtype=np.float64) + i):
+                    counts["wrong"] += 1
+            else:
+                i = rng.randrange(40)
+                counts["calls"] += 1
+                got = table(i)
+                if got["i"] != i or got["label"] != f"row-{i}" or not np.array_equal(
+                    got["squares"], np.arange(i) ** 2
+                ):
+                    counts["wrong"] += 1
+        except Exception as exc:  # any exception is a failure of the cache
+            counts["errors"] += 1
+            print(f"worker {worker}: {type(exc).__name__}: {exc}")
+    queue.put(counts)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_stress_random_calls_clears_and_evictions(tmp_path: Path) -> None:
+    """Six processes calling, clearing and evicting on one directory: no error, no wrong result."""
+    seconds = float(os.environ.get("CACHELIB_STRESS_SECONDS", "30"))
+    queue = fork.Queue()
+    started = time.perf_counter()
+    workers = [
+        fork.Process(target=_stress_worker, args=(str(tmp_path / "c"), seconds, n, queue))
+        for n in range(6)
+    ]
+    for worker in workers:
+        worker.start()
+    totals: dict[str, int] = {}
+    for _ in workers:
+        for name, value in queue.get(timeout=seconds + 60).items():
+            totals[name] = totals.get(name, 0) + value
+    for worker in workers:
+        worker.join(10)
+        assert worker.exitcode == 0
+    elapsed = time.perf_counter() - started
+    print(f"\nstress: {totals['calls']:,} calls, {totals['clears']} clears, "
+          f"{totals['reduces']} evictions by 6 processes in {elapsed:.1f} s")
+    assert totals["calls"] > 1000
+    assert totals["errors"] == 0
+    assert totals["wrong"] == 0

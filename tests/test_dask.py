@@ -1,0 +1,45 @@
+"""Real dask workers sharing one cache: each distinct key is computed once across them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cachelib
+
+distributed = pytest.importorskip(
+    "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib[dask]'"
+)
+cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
+
+
+def _expensive(key: int, log: str) -> np.ndarray:
+    """Record the computation, then return a result that depends only on ``key``."""
+    with open(log, "a") as handle:
+        handle.write(f"{key}\n")
+    return np.full(100_000, float(key)) ** 2
+
+
+@pytest.mark.timeout(180)
+def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
+    """Mapping a memoized function over repeated keys on two worker processes."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    log = tmp_path / "computations.log"
+    cache = cachelib.Cache(tmp_path / "cache")
+    expensive = cache.memoize(_expensive, ignore=["log"])
+    keys = [k % 12 for k in range(60)]  # each of 12 keys asked for 5 times
+
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        futures = client.map(expensive, keys, log=str(log), pure=False)
+        results = client.gather(futures)
+
+    for key, result in zip(keys, results):
+        np.testing.assert_array_equal(result, np.full(100_000, float(key)) ** 2)
+    computed = log.read_text().split()
+    assert sorted(computed) == sorted(str(k) for k in range(12)), computed
+    assert cache.info().misses == 12
