@@ -131,7 +131,7 @@ def test_sigkill_at_random_points_never_leaves_a_torn_entry(tmp_path: Path) -> N
         writer.join()
         entry = make._entry((seed,), {})
         if entry.exists():
-            metadata, stored = cachelib.load(entry)  # raises if torn: the test fails
+            _metadata, stored = cachelib.load(entry)  # raises if torn: the test fails
             np.testing.assert_array_equal(stored, _big_result(seed))
             outcomes["complete"] += 1
         else:
