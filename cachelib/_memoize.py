@@ -22,7 +22,7 @@ from ._calls import CallKeyer, function_identity
 from ._compressors import Compressor
 from ._errors import CacheError, CacheWarning, SerializationError
 from ._stats import StatsRecorder
-from ._store import acquire
+from ._store import acquire, release
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -144,7 +144,7 @@ class MemoizedFunction:
             return self._store(path, result, time.perf_counter() - started)
         finally:
             if locked:
-                lock.release()  # type: ignore[union-attr]
+                release(lock)
 
     def _store(self, path: Any, result: Any, seconds: float) -> Any:
         """Publish ``result``; return it (re-read as memmaps when ``mmap_mode`` asks)."""

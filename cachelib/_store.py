@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -31,8 +32,10 @@ import filelock
 
 from ._compressors import Compressor
 from ._errors import CacheError, FileAccessError, InvalidOptionError, LockTimeout
+from ._eviction import plan_eviction
 from ._persistence import read_value, verify, write_value
 from ._signing import SIGNATURE_SIZE, SIGNED_MAGIC, Signer
+from ._sizes import format_size
 
 __all__ = ["ENTRY_SUFFIX", "TEMP_SUFFIX", "LocalStore"]
 
@@ -47,6 +50,7 @@ _CACHEDIR_TAG = (
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
 )
 _BUFFER_SIZE = 1 << 20
+logger = logging.getLogger("cachelib")
 _SMALL_ENTRY = 1 << 16
 _ACCESS_RESOLUTION = 60.0  # seconds: how stale a recorded last use may get
 _SHARD = re.compile(r"^[0-9a-f]{2}$")
@@ -236,30 +240,31 @@ class LocalStore:
         ``max_age`` removes entries stored longer ago than that many seconds; the
         size and count limits remove the entries whose last use is oldest.
         """
-        now = time.time()
-        entries = []
+        plan = plan_eviction(self._entry_times(), time.time(), bytes_limit, items_limit, max_age)
+        removed = freed = 0
+        for path, used, stored, size in self._entry_times(with_paths=True):
+            if plan.should_delete(used, stored):
+                self.delete(Path(path))
+                removed += 1
+                freed += size
+        self._written_since_check = 0
+        if removed:
+            logger.info(
+                "evicted %d of %d entries (%s of %s) from %s",
+                removed, plan.entries, format_size(freed), format_size(plan.bytes), self.location,
+            )
+        return removed
+
+    def _entry_times(self, with_paths: bool = False) -> Iterator[Any]:
+        """Yield (last used, stored, size) of every entry, with its path first if asked."""
         for directory in self.function_dirs():
             for entry in self.entries(directory):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     stat = entry.stat()
-                    used = max(stat.st_atime, stat.st_mtime)
-                    entries.append((used, stat.st_mtime, stat.st_size, entry.path))
-        entries.sort()
-        total = sum(size for _, _, size, _ in entries)
-        count = len(entries)
-        removed = 0
-        for _, stored, size, path in entries:
-            too_old = max_age is not None and now - stored > max_age
-            too_big = bytes_limit is not None and total > bytes_limit
-            too_many = items_limit is not None and count > items_limit
-            if not (too_old or too_big or too_many):
-                continue
-            self.delete(Path(path))
-            total -= size
-            count -= 1
-            removed += 1
-        self._written_since_check = 0
-        return removed
+                except FileNotFoundError:
+                    continue
+                times = (max(stat.st_atime, stat.st_mtime), stat.st_mtime, stat.st_size)
+                yield (entry.path, *times) if with_paths else times
 
     def note_write(self, size: int, bytes_limit: int) -> None:
         """Enforce ``bytes_limit`` once writes since the last check reach 5% of it."""
@@ -369,6 +374,19 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def release(lock: filelock.BaseFileLock) -> None:
+    """Release a held key lock and remove its file, so locks never pile up on disk.
+
+    The file goes while still locked: a waiter already blocked on it wakes, finds the
+    entry and loads it; a newcomer creates a fresh file. If the computation failed,
+    two of them may compute at once, which is wasteful but never wrong.
+    """
+    if isinstance(lock, filelock.UnixFileLock):
+        with contextlib.suppress(OSError):
+            os.unlink(lock.lock_file)
+    lock.release()
 
 
 def acquire(lock: filelock.BaseFileLock | None, on_timeout: str) -> bool:
