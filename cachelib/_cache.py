@@ -27,6 +27,7 @@ __all__ = ["Cache", "CacheInfo", "FunctionInfo"]
 logger = logging.getLogger("cachelib")
 _UNSET: Any = object()
 _LOCK_TIMEOUT_ACTIONS = ("compute", "raise")
+_CACHE_MMAP_MODES = tuple(mode for mode in MMAP_MODES if mode != "r+")
 
 
 @dataclass
@@ -150,8 +151,13 @@ class Cache:
 
     @staticmethod
     def _checked_mmap_mode(mmap_mode: Any) -> str | None:
-        if mmap_mode not in MMAP_MODES:
-            raise InvalidOptionError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
+        if mmap_mode == "r+":
+            raise InvalidOptionError(
+                "mmap_mode='r+' would let callers write into stored results and change what "
+                "later hits return; use 'c' for writable copy-on-write arrays, or 'r'"
+            )
+        if mmap_mode not in _CACHE_MMAP_MODES:
+            raise InvalidOptionError(f"mmap_mode must be one of {_CACHE_MMAP_MODES}, got {mmap_mode!r}")
         return mmap_mode  # type: ignore[no-any-return]
 
     def _compressor_for(self, compress: Any) -> Compressor | None:

@@ -137,7 +137,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.max_size is None and args.older_than is None and args.max_items is None:
         print("prune needs --max-size, --max-items or --older-than", file=sys.stderr)
         return 2
-    removed = store.evict(bytes_limit=args.max_size, items_limit=args.max_items, max_age=args.older_than)
+    removed = store.evict(
+        bytes_limit=args.max_size, items_limit=args.max_items, max_age=args.older_than, progress=progress
+    )
     cleaned = store.clean_leftovers()
     for directory in store.function_dirs():
         compact_stats(directory)

@@ -167,6 +167,9 @@ class _Prefixed:
 
 def _peek_magic(fileobj: Any) -> tuple[bytes, Any]:
     """Return the first bytes of ``fileobj`` and a stream that still starts with them."""
+    if isinstance(fileobj, io.BytesIO):
+        position = fileobj.tell()
+        return fileobj.getbuffer()[position : position + MAGIC_PREFIX_SIZE].tobytes(), fileobj
     if hasattr(fileobj, "peek"):
         try:
             prefix = fileobj.peek(MAGIC_PREFIX_SIZE)[:MAGIC_PREFIX_SIZE]
@@ -193,6 +196,9 @@ def _peek_magic(fileobj: Any) -> tuple[bytes, Any]:
 
 def _stream_size(fileobj: Any) -> tuple[int | None, int]:
     """Return (bytes from the current position to the end, current position) if knowable."""
+    if isinstance(fileobj, io.BytesIO):
+        position = fileobj.tell()
+        return fileobj.getbuffer().nbytes - position, position
     try:
         position = fileobj.tell()
         size = os.fstat(fileobj.fileno()).st_size

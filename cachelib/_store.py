@@ -24,7 +24,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -234,15 +234,20 @@ class LocalStore:
         bytes_limit: int | None = None,
         items_limit: int | None = None,
         max_age: float | None = None,
+        progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
     ) -> int:
         """Delete least recently used entries until the limits hold; return how many went.
 
         ``max_age`` removes entries stored longer ago than that many seconds; the
         size and count limits remove the entries whose last use is oldest.
+        ``progress`` wraps each pass (the command line draws a counter with it).
         """
-        plan = plan_eviction(self._entry_times(), time.time(), bytes_limit, items_limit, max_age)
+        show = progress or (lambda items, label: items)
+        plan = plan_eviction(
+            show(self._entry_times(), "scanned"), time.time(), bytes_limit, items_limit, max_age
+        )
         removed = freed = 0
-        for path, used, stored, size in self._entry_times(with_paths=True):
+        for path, used, stored, size in show(self._entry_times(with_paths=True), "checked"):
             if plan.should_delete(used, stored):
                 self.delete(Path(path))
                 removed += 1
