@@ -52,34 +52,36 @@ class CacheInfo:
     location: str | None
     functions: dict[str, FunctionInfo] = field(default_factory=dict)
 
+    def _total(self, name: str) -> Any:
+        return sum(getattr(info, name) for info in self.functions.values())
+
     @property
     def entries(self) -> int:
-        return sum(f.entries for f in self.functions.values())
+        return self._total("entries")  # type: ignore[no-any-return]
 
     @property
     def bytes(self) -> int:
-        return sum(f.bytes for f in self.functions.values())
+        return self._total("bytes")  # type: ignore[no-any-return]
 
     @property
     def hits(self) -> int:
-        return sum(f.hits for f in self.functions.values())
+        return self._total("hits")  # type: ignore[no-any-return]
 
     @property
     def misses(self) -> int:
-        return sum(f.misses for f in self.functions.values())
+        return self._total("misses")  # type: ignore[no-any-return]
 
     @property
     def saved_seconds(self) -> float:
-        return sum(f.saved_seconds for f in self.functions.values())
+        return self._total("saved_seconds")  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
-        lines = [f"cache at {self.location}: {self.entries} entries, {self.bytes / 1e6:.1f} MB, "
-                 f"{self.hits} hits, {self.misses} misses, {self.saved_seconds:.2f} s saved"]
-        for info in self.functions.values():
-            lines.append(
-                f"  {info.name}: {info.entries} entries, {info.bytes / 1e6:.1f} MB, "
-                f"{info.hits} hits, {info.misses} misses, {info.saved_seconds:.2f} s saved"
-            )
+        def line(name: str, info: Any) -> str:
+            return (f"{name}: {info.entries} entries, {info.bytes / 1e6:.1f} MB, {info.hits} hits, "
+                    f"{info.misses} misses, {info.saved_seconds:.2f} s saved")
+
+        lines = [line(f"cache at {self.location}", self)]
+        lines += [line(f"  {info.name}", info) for info in self.functions.values()]
         return "\n".join(lines)
 
 
