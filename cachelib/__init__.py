@@ -22,7 +22,7 @@ from ._errors import (
 )
 from ._hashing import hash
 from ._memoize import MemoizedFunction
-from ._persistence import dump, load
+from ._persistence import dump, load, verify
 from ._version import __version__
 
 __all__ = [
@@ -49,4 +49,5 @@ __all__ = [
     "hash",
     "load",
     "register_compressor",
+    "verify",
 ]

@@ -137,6 +137,10 @@ class _ZlibReader:
                 return len(data)
         return 0
 
+    def trailing_bytes(self) -> bytes:
+        """Return input found after the end of the zlib stream (none, in a sound file)."""
+        return self._decompressor.unused_data + self._pending + self._fileobj.read(1)
+
     def close(self) -> None:
         self._decompressor = zlib.decompressobj()
 
@@ -167,8 +171,9 @@ class Gzip(Compressor):
     default_level = 3
 
     def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
-        # mtime=0 keeps the output deterministic: equal values give equal files.
-        return gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=self.level, mtime=0)  # type: ignore[return-value]
+        # No file name and mtime=0: equal values give equal files.
+        writer = gzip.GzipFile(filename="", fileobj=fileobj, mode="wb", compresslevel=self.level, mtime=0)
+        return writer  # type: ignore[return-value]
 
     def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
         return gzip.GzipFile(fileobj=fileobj, mode="rb")  # type: ignore[return-value]
@@ -246,7 +251,9 @@ class Zstd(Compressor):
     def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
         backend = _zstd_backend()
         if hasattr(backend, "ZstdDecompressor") and hasattr(backend.ZstdDecompressor, "stream_reader"):
-            return backend.ZstdDecompressor().stream_reader(fileobj, closefd=False)  # type: ignore[no-any-return]
+            # Across frames: bytes after ours must be a valid frame, or the read fails.
+            reader = backend.ZstdDecompressor().stream_reader(fileobj, closefd=False, read_across_frames=True)
+            return reader  # type: ignore[no-any-return]
         return backend.ZstdFile(fileobj, mode="rb")  # type: ignore[no-any-return]
 
 

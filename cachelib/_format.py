@@ -48,6 +48,10 @@ RECORD = struct.Struct("<BBHIQ")  # kind, padding, reserved, reserved, payload l
 CHECKSUM = struct.Struct("<Q")  # xxh3_64 of record header + payload
 END = struct.Struct("<QQ")  # records before the end record, stream offset of the end record
 
+FLAG_ARRAYS_EDITED = 0x0001
+"""Header flag: arrays were mapped writable (``mmap_mode="r+"``); their checksums are void."""
+FLAGS_OFFSET = 10
+
 PICKLE = ord("P")
 ARRAY = ord("A")
 FINAL = ord("E")
@@ -80,6 +84,8 @@ def _c_order_chunks(array: np.ndarray) -> tuple[str, Iterator[np.ndarray]]:
     if array.flags.f_contiguous:
         return "F", iter((array.T.reshape(-1).view(np.uint8),))
     # A strided view: copy it in bounded C-order slices, never whole.
+    if _has_padding(array.dtype):
+        return "C", _zeroed_row_chunks(array)
     iterator = np.nditer(
         array,
         flags=["external_loop", "buffered", "zerosize_ok"],
@@ -87,6 +93,29 @@ def _c_order_chunks(array: np.ndarray) -> tuple[str, Iterator[np.ndarray]]:
         order="C",
     )
     return "C", (np.ascontiguousarray(chunk).view(np.uint8) for chunk in iterator)
+
+
+def _has_padding(dtype: np.dtype) -> bool:
+    """True for structured dtypes whose fields leave bytes uncovered."""
+    if dtype.names is None:
+        return False
+    covered = sum(dtype.fields[name][0].itemsize for name in dtype.names)  # type: ignore[index]
+    return covered != dtype.itemsize
+
+
+def _zeroed_row_chunks(array: np.ndarray) -> Iterator[np.ndarray]:
+    """Copy a strided padded-struct array field by field into zeroed buffers.
+
+    A plain copy would carry whatever memory held into the padding bytes; these
+    chunks hold zeros there, so equal values give equal files.
+    """
+    row_bytes = max(1, array[:1].nbytes)  # a strided array has ndim >= 1
+    step = max(1, IO_CHUNK // row_bytes)
+    for start in range(0, array.shape[0], step):
+        block = array[start : start + step]
+        chunk = np.zeros(block.shape, array.dtype)
+        chunk[...] = block
+        yield chunk.reshape(-1).view(np.uint8)
 
 
 class RecordWriter:
@@ -181,7 +210,7 @@ def rebuild_array(
             f"array record holds {data.nbytes} bytes, but a {dtype} array of shape "
             f"{tuple(shape)} needs {expected}"
         )
-    if expected == 0:
+    if dtype.itemsize == 0:
         array = np.empty(shape, dtype, order=order)
     elif order == "C":
         array = data.view(dtype).reshape(shape)
@@ -281,8 +310,9 @@ class RecordReader:
                 f"the file has format version {version}, newer than this cachelib reads "
                 f"({FORMAT_VERSION}); upgrade cachelib to load it"
             )
-        if version == 0 or flags or reserved:
+        if version == 0 or flags & ~FLAG_ARRAYS_EDITED or reserved:
             raise CorruptFileError(f"invalid header: version={version}, flags={flags}")
+        self._arrays_edited = bool(flags & FLAG_ARRAYS_EDITED)
 
     # -- records -----------------------------------------------------------------
 
@@ -331,7 +361,7 @@ class RecordReader:
             array = self._mapping[offset : offset + length]
             self._source.seek(length, 1)
             self._position += length
-            hasher = None  # mapped bytes are read lazily; verify() checks them on demand
+            hasher = None  # mapped bytes are read lazily; cachelib.verify() checks them
         else:
             try:
                 array = np.empty(length, np.uint8)
@@ -340,6 +370,8 @@ class RecordReader:
                     f"array record at offset {start} claims {length} bytes"
                 ) from None
             self._fill(memoryview(array), hasher)
+        if self._arrays_edited:
+            hasher = None  # edited in place through mmap_mode="r+": the checksum is stale
         self._verify(hasher, f"the array record at offset {start}")
         self._records += 1
         self._arrays.append(array)
@@ -434,6 +466,8 @@ def verify_stream(source: Any) -> None:
             step = min(remaining, IO_CHUNK)
             reader._fill(buffer[:step], hasher)
             remaining -= step
+        if kind == ARRAY and reader._arrays_edited:
+            hasher = None  # edited in place through mmap_mode="r+": the checksum is stale
         reader._verify(hasher, f"the record at offset {start}")
         reader._records += 1
 

@@ -25,7 +25,15 @@ from ._compressors import (
     get_compressor,
 )
 from ._errors import CacheWarning, CorruptFileError, FileAccessError, InvalidOptionError
-from ._format import MAGIC, RecordReader, read_stream, verify_stream, write_stream
+from ._format import (
+    FLAG_ARRAYS_EDITED,
+    FLAGS_OFFSET,
+    MAGIC,
+    RecordReader,
+    read_stream,
+    verify_stream,
+    write_stream,
+)
 
 __all__ = ["MMAP_MODES", "dump", "load", "resolve_compress"]
 
@@ -195,21 +203,21 @@ def _peek_magic(fileobj: Any) -> tuple[bytes, Any]:
 
 
 def _stream_size(fileobj: Any) -> tuple[int | None, int]:
-    """Return (bytes from the current position to the end, current position) if knowable."""
+    """Return (bytes from the current position to the end, current position) if knowable.
+
+    Only a plain file or a ``BytesIO`` knows its size; a codec's file object (a
+    ``GzipFile`` on a path) reports the compressed file's, so it gets None.
+    """
     if isinstance(fileobj, io.BytesIO):
         position = fileobj.tell()
         return fileobj.getbuffer().nbytes - position, position
+    if not isinstance(fileobj, (io.BufferedReader, io.BufferedRandom, io.FileIO)):
+        return None, 0
     try:
         position = fileobj.tell()
-        size = os.fstat(fileobj.fileno()).st_size
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        try:
-            position = fileobj.tell()
-            size = fileobj.seek(0, io.SEEK_END)
-            fileobj.seek(position)
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            return None, 0
-    return size - position, position
+        return os.fstat(fileobj.fileno()).st_size - position, position
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None, 0
 
 
 def _mapping_for(fileobj: Any, path: str | None, mmap_mode: str) -> np.memmap | None:
@@ -227,7 +235,22 @@ def _mapping_for(fileobj: Any, path: str | None, mmap_mode: str) -> np.memmap | 
                 stacklevel=4,
             )
             return None
-    return np.memmap(target, dtype=np.uint8, mode=mmap_mode)
+    position = fileobj.tell()
+    try:
+        mapping = np.memmap(target, dtype=np.uint8, mode=mmap_mode)
+    finally:
+        fileobj.seek(position)  # mapping a file object moves its position
+    if mmap_mode == "r+":
+        _mark_arrays_edited(mapping, position)
+    return mapping
+
+
+def _mark_arrays_edited(mapping: np.memmap, start: int) -> None:
+    """Flag, in the header, that arrays may now change in place (their checksums lapse)."""
+    flags = mapping[start + FLAGS_OFFSET : start + FLAGS_OFFSET + 2].view("<u2")
+    if mapping[start : start + len(MAGIC)].tobytes() == MAGIC and not flags[0] & FLAG_ARRAYS_EDITED:
+        flags[0] |= FLAG_ARRAYS_EDITED
+        mapping.flush()
 
 
 def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = None) -> Any:
@@ -266,9 +289,32 @@ def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = No
         )
     decompressed = compressor.open_reader(stream)
     try:
-        return read_stream(RecordReader(decompressed))
+        value = read_stream(RecordReader(decompressed))
+        _check_frame_end(decompressed, compressor, whole_file=path is not None)
+        return value
     finally:
         decompressed.close()
+
+
+def _check_frame_end(decompressed: Any, compressor: Compressor, whole_file: bool) -> None:
+    """Read the codec's frame to its end, so that its own checks (CRC, sizes) run.
+
+    A stream that goes on after the cachelib end record is damaged; for a whole
+    file, so are bytes after the codec's frame, where the codec's reader can tell
+    (gzip, zstd and lz4 read on and fail; zlib's reader reports them; bz2 and xz
+    ignore trailing garbage by design, as their command-line tools do).
+    """
+    try:
+        probe = bytearray(1)
+        extra = bytes(probe[: decompressed.readinto(probe) or 0])
+        if not extra and whole_file and hasattr(decompressed, "trailing_bytes"):
+            extra = decompressed.trailing_bytes()
+    except CorruptFileError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(f"the {compressor.name} frame is damaged at its end: {exc}") from exc
+    if extra:
+        raise CorruptFileError(f"the {compressor.name} stream holds data after the cachelib end record")
 
 
 def verify(filename: str | os.PathLike[str]) -> None:
