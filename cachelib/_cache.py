@@ -90,7 +90,8 @@ class Cache:
 
     ``location=None`` disables caching: memoized functions just call through.
     ``compress`` and ``mmap_mode`` are defaults each ``memoize`` may override;
-    ``verbose`` sets the ``cachelib`` logger (0 quiet, 1 misses, 2 hits too).
+    ``verbose`` makes this cache print (1 misses, 2 hits too); records always go to
+    the ``cachelib`` logger family, quiet unless configured.
     ``lock_timeout`` bounds how long a caller waits for another process computing
     the same call; after it the caller computes anyway, or raises ``LockTimeout``
     with ``on_lock_timeout="raise"``. ``lock="soft"`` suits filesystems without
@@ -129,10 +130,6 @@ class Cache:
         self.lock_timeout = float(lock_timeout)
         self.on_lock_timeout = on_lock_timeout
         self.verbose = verbose
-        if verbose:
-            logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-            if not logger.handlers:
-                logger.addHandler(logging.StreamHandler())
         self._functions: dict[str, MemoizedFunction] = {}
 
     def __repr__(self) -> str:
@@ -143,6 +140,22 @@ class Cache:
         state = self.__dict__.copy()
         state["_functions"] = {}
         return state
+
+    @property
+    def logger(self) -> logging.Logger:
+        """Where this cache reports: ``cachelib``, or a printing child of it when verbose.
+
+        A verbose cache prints through ``cachelib.verbose1`` (misses) or
+        ``cachelib.verbose2`` (hits too); other caches stay quiet.
+        """
+        if not self.verbose:
+            return logger
+        level = min(int(self.verbose), 2)
+        chatty = logging.getLogger(f"cachelib.verbose{level}")
+        if not chatty.handlers:
+            chatty.addHandler(logging.StreamHandler())
+            chatty.setLevel(logging.DEBUG if level > 1 else logging.INFO)
+        return chatty
 
     @property
     def location(self) -> str | None:
@@ -230,7 +243,9 @@ class Cache:
             return summary
         for directory in self.store.function_dirs():
             info = function_info(self.store, directory)
-            summary.functions[info.name] = info
+            # Two functions whose readable names coincide keep apart by directory name.
+            key = info.name if info.name not in summary.functions else directory.name
+            summary.functions[key] = info
         return summary
 
     def reduce_size(

@@ -24,7 +24,7 @@ KEY_VERSION = b"cachelib-key-1"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def _unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
+def unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
     """Return the function whose code decides the result (through partials and methods)."""
     while isinstance(func, functools.partial):
         func = func.func
@@ -39,7 +39,7 @@ def function_identity(func: Callable[..., Any]) -> tuple[str, str]:
     and nested functions of one name share a directory; their code, defaults and
     closure values, which are part of every key, keep their entries apart.
     """
-    target = _unwrap(func)
+    target = unwrap(func)
     module = module_name(target)
     qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
     dotted = f"{module}.{qualname}".replace("<locals>.", "")

@@ -180,19 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--location", "-l", default=None,
                         help="the cache directory (default: $CACHELIB_LOCATION, else ./cachedir)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --location is accepted after the command too ("cachelib demo --location DIR").
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--location", "-l", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    commands.add_parser("info", help="a table per function: entries, size, hits, misses, time saved")
-    ls = commands.add_parser("ls", help="list the entries of one function")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[where], help=summary)
+
+    command("info", "a table per function: entries, size, hits, misses, time saved")
+    ls = command("ls", "list the entries of one function")
     ls.add_argument("func", help="function name as shown by 'info' (or its last part)")
-    clear = commands.add_parser("clear", help="remove entries (all, or one function's)")
+    clear = command("clear", "remove entries (all, or one function's)")
     clear.add_argument("--func", help="only this function")
-    prune = commands.add_parser("prune", help="evict least recently used entries beyond limits")
+    prune = command("prune", "evict least recently used entries beyond limits")
     prune.add_argument("--max-size", type=_size, help="keep at most this much, e.g. 10G")
     prune.add_argument("--max-items", type=int, help="keep at most this many entries")
     prune.add_argument("--older-than", type=parse_duration, help="remove entries stored longer ago, e.g. 30d")
-    verify = commands.add_parser("verify", help="check every entry's integrity (exit 1 if any is damaged)")
+    verify = command("verify", "check every entry's integrity (exit 1 if any is damaged)")
     verify.add_argument("--fix", action="store_true", help="remove damaged entries")
-    demo = commands.add_parser("demo", help="memoize a real computation and show hits, mmap and info")
+    demo = command("demo", "memoize a real computation and show hits, mmap and info")
     demo.add_argument("--size", type=int, default=1200, help="matrix size of the demo's SVD (default 1200)")
     return parser
 

@@ -32,6 +32,7 @@ from typing import IO, Any
 import numpy as np
 import xxhash
 
+from ._dtypes import has_padding
 from ._errors import (
     CorruptFileError,
     DeserializationError,
@@ -84,7 +85,7 @@ def _c_order_chunks(array: np.ndarray) -> tuple[str, Iterator[np.ndarray]]:
     if array.flags.f_contiguous:
         return "F", iter((array.T.reshape(-1).view(np.uint8),))
     # A strided view: copy it in bounded C-order slices, never whole.
-    if _has_padding(array.dtype):
+    if has_padding(array.dtype):
         return "C", _zeroed_row_chunks(array)
     iterator = np.nditer(
         array,
@@ -93,14 +94,6 @@ def _c_order_chunks(array: np.ndarray) -> tuple[str, Iterator[np.ndarray]]:
         order="C",
     )
     return "C", (np.ascontiguousarray(chunk).view(np.uint8) for chunk in iterator)
-
-
-def _has_padding(dtype: np.dtype) -> bool:
-    """True for structured dtypes whose fields leave bytes uncovered."""
-    if dtype.names is None:
-        return False
-    covered = sum(dtype.fields[name][0].itemsize for name in dtype.names)  # type: ignore[index]
-    return covered != dtype.itemsize
 
 
 def _zeroed_row_chunks(array: np.ndarray) -> Iterator[np.ndarray]:

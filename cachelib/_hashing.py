@@ -20,6 +20,7 @@ Deliberate choices (documented in the README):
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import enum
 import math
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from ._dtypes import has_padding
 from ._errors import UnhashableError
 
 __all__ = ["HASH_ALGORITHM", "Hasher", "hash", "hash_bytes"]
@@ -194,7 +196,9 @@ class Hasher:
         self._put(b"".join(sorted(self._digest_of(item, "{...}") for item in obj)))
 
     def _range(self, obj: range) -> None:
-        self._put(b"r" + _pack_q(obj.start) + _pack_q(obj.stop) + _pack_q(obj.step))
+        self._put(b"r")
+        for bound in (obj.start, obj.stop, obj.step):
+            self._int(bound)
 
     def _slice(self, obj: slice) -> None:
         self._put(b":")
@@ -234,9 +238,7 @@ class Hasher:
                 for index, item in enumerate(array.ravel(order="C")):
                     self._nested(item, f"[flat {index}]")
                 self._leave(array)
-        elif dtype.names is not None and dtype.itemsize != sum(
-            dtype.fields[name][0].itemsize for name in dtype.names  # type: ignore[index]
-        ):
+        elif dtype.names is not None and has_padding(dtype):
             for name in dtype.names:  # padded struct: hash the fields, never the padding
                 self._array_content(array[name])
         elif _has_x87_padding(dtype):
@@ -285,6 +287,14 @@ class Hasher:
             self._nested(contents, f".<closure {name}>")
         self._leave(obj)
 
+    def _builtin(self, obj: types.BuiltinFunctionType) -> None:
+        """A C function by name; a C method (``"abc".upper``) also by the object it is bound to."""
+        self._by_reference(obj)
+        owner = getattr(obj, "__self__", None)
+        if owner is not None and not isinstance(owner, types.ModuleType):
+            self._put(b"m")
+            self._nested(owner, ".__self__")
+
     def _method(self, obj: types.MethodType) -> None:
         self._put(b"m")
         self._nested(obj.__self__, ".__self__")
@@ -316,7 +326,7 @@ class Hasher:
                     self._nested(getattr(obj, field.name), f".{field.name}")
                 self._leave(obj)
             return
-        if isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType)):
+        if isinstance(obj, (type, types.ModuleType)):
             self._by_reference(obj)
             return
         if callable(obj) and hasattr(obj, "func") and hasattr(obj, "args") and hasattr(obj, "keywords"):
@@ -330,7 +340,8 @@ class Hasher:
     def _reduced(self, obj: Any) -> None:
         """Hash an object by its pickle reduction: constructor by reference, then state."""
         try:
-            reduced = obj.__reduce_ex__(4)
+            reducer = copyreg.dispatch_table.get(type(obj))  # as pickle does (ufuncs, ...)
+            reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
         except Exception as exc:
             raise _unhashable(obj, exc) from exc
         if isinstance(reduced, str):  # a global singleton
@@ -385,7 +396,8 @@ _ENCODERS: dict[type, Callable[[Hasher, Any], None]] = {
     np.memmap: Hasher._array,
     type: Hasher._by_reference,
     types.FunctionType: Hasher._function,
-    types.BuiltinFunctionType: Hasher._by_reference,
+    types.BuiltinFunctionType: Hasher._builtin,
+    np.ufunc: Hasher._reduced,
     types.MethodType: Hasher._method,
     types.CodeType: Hasher._code,
     range: Hasher._range,

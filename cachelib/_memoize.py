@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import sys
 import time
 import types
@@ -18,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._calls import CallKeyer, function_identity
+from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
 from ._errors import CacheError, CacheWarning, SerializationError
 from ._stats import StatsRecorder
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
 
-logger = logging.getLogger("cachelib")
 
 
 class MemoizedFunction:
@@ -47,6 +45,11 @@ class MemoizedFunction:
     ) -> None:
         functools.update_wrapper(self, func)
         self.__wrapped__ = func
+        if not hasattr(self, "__qualname__"):  # a functools.partial or a callable object
+            inner = unwrap(func)
+            self.__qualname__ = getattr(inner, "__qualname__", type(inner).__qualname__)
+            self.__name__ = getattr(inner, "__name__", type(inner).__name__)
+            self.__module__ = getattr(inner, "__module__", None)
         self.cache = cache
         self.compressor: Compressor | None = cache._compressor_for(compress)
         self.mmap_mode: str | None = cache._mmap_mode_for(mmap_mode)
@@ -112,7 +115,7 @@ class MemoizedFunction:
             )
             return False, None
         self._recorder.record(True, float(metadata.get("compute_seconds", 0.0)))
-        logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
+        self.cache.logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
         return True, result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -163,7 +166,7 @@ class MemoizedFunction:
                 stacklevel=3,
             )
             return result
-        logger.info(
+        self.cache.logger.info(
             "miss %s: computed in %.3f s, stored %d bytes in %.3f s",
             self.__qualname__, seconds, size, time.perf_counter() - started,
         )
@@ -202,7 +205,7 @@ class MemoizedFunction:
         path = self._entry(args, kwargs)
         try:
             age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
+        except OSError:  # absent, or the location is unusable
             return False
         return self.expires_after is None or age <= self.expires_after
 

@@ -80,6 +80,8 @@ class Signer:
         block = fileobj.read(SIGNATURE_SIZE)
         if len(block) < SIGNATURE_SIZE or not block.startswith(SIGNED_MAGIC):
             raise CorruptFileError("the entry is not signed, and this cache requires signatures")
+        if any(block[_TAG.stop :]):
+            raise CorruptFileError("the entry's signature block is altered (reserved bytes are not zero)")
         mac = self._mac(context)
         for chunk in iter(lambda: fileobj.read(_CHUNK), b""):
             mac.update(chunk)

@@ -1,0 +1,235 @@
+"""The command line, each command run as a real subprocess on a cache filled through the API."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cachelib
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def square(x):
+    return np.full(1000, x, dtype=np.float64) ** 2  # about 8 KB per entry
+
+
+def negate(x):
+    return -x
+
+
+def run(location, *args, cwd=None, env=None):
+    """Run ``python -m cachelib --location LOCATION ARGS``; return the finished process."""
+    command = [sys.executable, "-m", "cachelib"]
+    if location is not None:
+        command += ["--location", str(location)]
+    return subprocess.run(
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+def entry_files(root) -> list:
+    return sorted(p for p in Path(root).rglob("*.cl") if p.is_file())
+
+
+@pytest.fixture
+def filled(tmp_path):
+    """A cache with square(0..2) (two of them hit once) and negate(1); returns its functions."""
+    location = tmp_path / "cache"
+    cache = cachelib.Cache(location)
+    sq = cache.memoize(square)
+    neg = cache.memoize(negate)
+    for x in range(3):
+        sq(x)
+    sq(0)
+    sq(1)
+    neg(1)
+    return location, sq, neg
+
+
+def table_rows(stdout: str) -> dict:
+    """Parse the ``info`` table: function name -> {column: cell}."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("function"))
+    header = re.split(r"\s{2,}", lines[start].strip())
+    rows = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("total"):
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        assert len(cells) == len(header), (header, cells)
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def test_info_lists_functions_with_entries_and_hits(filled):
+    location, sq, neg = filled
+    done = run(location, "info")
+    assert done.returncode == 0, done.stderr
+    assert str(location) in done.stdout
+    rows = table_rows(done.stdout)
+    assert set(rows) == {sq.name, neg.name}
+    assert rows[sq.name]["entries"] == "3"
+    assert rows[sq.name]["hits"] == "2"
+    assert rows[sq.name]["misses"] == "3"
+    assert rows[neg.name]["entries"] == "1"
+    assert rows[neg.name]["hits"] == "0"
+    assert "total: 4 entries" in done.stdout
+
+
+def test_info_of_an_empty_location(tmp_path):
+    done = run(tmp_path, "info")
+    assert done.returncode == 0, done.stderr
+    assert "total: 0 entries" in done.stdout
+
+
+def test_ls_lists_the_entries_of_one_function(filled):
+    location, sq, _ = filled
+    done = run(location, "ls", "square")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3
+    keys = {p.stem for p in entry_files(location / sq.function_dir.name)}
+    listed = {re.match(r"\S+/([0-9a-f]{32})\s", line).group(1) for line in lines}
+    assert listed == keys
+    assert all(line.startswith(sq.function_dir.name + "/") for line in lines)
+    by_full_name = run(location, "ls", sq.name)
+    assert by_full_name.returncode == 0
+    assert len(by_full_name.stdout.splitlines()) == 3
+
+
+def test_ls_of_an_unknown_function_fails(filled):
+    location, _, _ = filled
+    done = run(location, "ls", "no_such_function")
+    assert done.returncode == 1
+    assert "no_such_function" in done.stderr
+
+
+def test_clear_one_function(filled):
+    location, sq, neg = filled
+    done = run(location, "clear", "--func", "square")
+    assert done.returncode == 0, done.stderr
+    assert entry_files(location / sq.function_dir.name) == []
+    assert len(entry_files(location / neg.function_dir.name)) == 1
+    assert not sq.check_call_in_cache(0)
+    assert neg.check_call_in_cache(1)
+
+
+def test_clear_everything_keeps_the_location(filled):
+    location, sq, neg = filled
+    done = run(location, "clear")
+    assert done.returncode == 0, done.stderr
+    assert entry_files(location) == []
+    assert location.is_dir()
+    assert not neg.check_call_in_cache(1)
+    assert not sq.check_call_in_cache(0)
+
+
+def test_prune_max_size(filled):
+    location, _, neg = filled
+    done = run(location, "prune", "--max-size", "1K")
+    assert done.returncode == 0, done.stderr
+    remaining = entry_files(location)
+    assert sum(p.stat().st_size for p in remaining) <= 1024
+    assert len(remaining) == 1
+    assert neg.check_call_in_cache(1)  # the small, most recently stored entry fits and stays
+    assert "removed 3 entries" in done.stdout
+
+
+def test_prune_older_than(filled):
+    location, sq, neg = filled
+    old = entry_files(location / sq.function_dir.name)
+    for path in old:
+        stored = path.stat().st_mtime - 3600
+        os.utime(path, (stored, stored))
+    done = run(location, "prune", "--older-than", "1s")
+    assert done.returncode == 0, done.stderr
+    assert not any(p.exists() for p in old)
+    assert neg.check_call_in_cache(1)  # stored just now: kept
+    assert "removed 3 entries" in done.stdout
+
+
+def test_prune_without_limits_is_a_usage_error(filled):
+    location, _, _ = filled
+    done = run(location, "prune")
+    assert done.returncode == 2
+    assert len(entry_files(location)) == 4
+
+
+def test_verify_clean_then_damaged_then_fixed(filled):
+    location, sq, _ = filled
+    clean = run(location, "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "4 entries checked, 0 damaged" in clean.stdout
+
+    victim = entry_files(location / sq.function_dir.name)[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    damaged = run(location, "verify")
+    assert damaged.returncode == 1, damaged.stdout + damaged.stderr
+    assert str(victim) in damaged.stdout
+    assert victim.exists()  # verify alone changes nothing
+
+    fixed = run(location, "verify", "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert str(victim) in fixed.stdout
+    assert not victim.exists()
+    assert len(entry_files(location)) == 3
+    assert run(location, "verify").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "command", [["info"], ["ls", "square"], ["clear"], ["verify"], ["prune", "--max-size", "1K"]]
+)
+def test_missing_location_is_a_usage_error(tmp_path, command):
+    missing = tmp_path / "nowhere"
+    done = run(missing, *command)
+    assert done.returncode == 2
+    assert "nowhere" in done.stderr
+    assert not missing.exists()
+
+
+def test_location_from_the_environment(filled, tmp_path):
+    location, sq, _ = filled
+    env = dict(os.environ, CACHELIB_LOCATION=str(location))
+    done = run(None, "info", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sq.name in done.stdout
+
+
+def test_demo_with_location_before_the_command(tmp_path):
+    location = tmp_path / "demo"
+    done = run(location, "demo", "--size", "200", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "hit" in done.stdout
+    assert len(entry_files(location)) == 2  # the cache was kept at the location
+
+
+def test_demo_with_location_after_the_command(tmp_path):
+    location = tmp_path / "demo"
+    done = run(None, "demo", "--size", "200", "--location", location, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "hit" in done.stdout
+
+
+def test_console_script_runs_help():
+    script = Path(sys.executable).parent / "cachelib"
+    assert script.exists()
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "usage: cachelib" in done.stdout
+    for command in ("info", "ls", "clear", "prune", "verify", "demo"):
+        assert command in done.stdout
