@@ -61,6 +61,7 @@ PICKLE_RECORD_MAX = 1 << 20
 """The largest pickle record written; a reader refuses larger ones before allocating."""
 
 IO_CHUNK = 4 << 20
+_SMALL_ARRAY = 1 << 12  # below this, a loaded array is copied off its record buffer
 """Large payloads move in slices of this size, bounding what codecs buffer."""
 
 # The one object the pickler hands to ``buffer_callback`` as "the array record just
@@ -119,6 +120,7 @@ class RecordWriter:
         self._position = 0
         self._records = 0
         self._pending = bytearray()
+        self._descriptions: dict[tuple, tuple] = {}
         self._emit(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
 
     def _emit(self, data: Any) -> None:
@@ -171,7 +173,13 @@ class RecordWriter:
         order, chunks = _c_order_chunks(array)
         self._flush_pickle()
         self._record(ARRAY, array.nbytes, chunks, aligned=True)
-        return rebuild_array, (array.dtype, array.shape, order, _OUT_OF_BAND, subclass)
+        # The pickler memoizes (and keeps alive until the end) every tuple it writes:
+        # arrays alike in dtype, shape and order share one description, which keeps
+        # memory flat and lets the pickle refer back to it. The sentinel must stay
+        # outside it: a memoized tuple is not written again, nor its NEXT_BUFFER.
+        key = (array.dtype, array.shape, order, subclass)
+        description = self._descriptions.setdefault(key, key)
+        return rebuild_array, (description, _OUT_OF_BAND)
 
     @staticmethod
     def buffer_callback(buffer: pickle.PickleBuffer) -> bool:
@@ -185,14 +193,35 @@ class RecordWriter:
         self._record(FINAL, END.size, (END.pack(self._records, end),))
 
 
-def rebuild_array(
-    dtype: Any, shape: Any, order: str, buffer: Any, subclass: type | None = None
-) -> np.ndarray:
-    """Rebuild an array from its record's bytes without copying them.
+class _Payload:
+    """An array record's bytes on their way to ``rebuild_array``.
+
+    The unpickler keeps every argument tuple in its memo until the load ends;
+    handing it this husk instead of the bytes lets ``rebuild_array`` take them
+    out, so a small array copied off its buffer frees that buffer at once.
+    """
+
+    __slots__ = ("data", "mapped")
+
+    def __init__(self, data: np.ndarray, mapped: bool) -> None:
+        self.data: np.ndarray | None = data
+        self.mapped = mapped
+
+
+def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
+    """Rebuild an array from its record's bytes without copying them (small ones excepted).
 
     This is the global the pickle names (``cachelib._format.rebuild_array``); its
-    signature is part of the file format.
+    signature, ``((dtype, shape, order, subclass), buffer)``, is part of the format.
     """
+    try:
+        dtype, shape, order, subclass = description
+    except (TypeError, ValueError):
+        raise CorruptFileError(f"invalid array description {description!r}") from None
+    mapped = True
+    if isinstance(buffer, _Payload):
+        payload, buffer, mapped = buffer, buffer.data, buffer.mapped
+        payload.data = None  # the unpickler's memo keeps only the husk
     dtype = np.dtype(dtype)
     if order not in ("C", "F") or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise CorruptFileError(f"invalid array description: shape={shape!r}, order={order!r}")
@@ -209,6 +238,8 @@ def rebuild_array(
         array = data.view(dtype).reshape(shape)
     else:
         array = data.view(dtype).reshape(tuple(shape)[::-1]).T
+    if expected < _SMALL_ARRAY and not mapped:
+        array = array.copy(order="K")  # one small object instead of a view and its buffer
     return array if subclass is None else array.view(subclass)
 
 
@@ -423,12 +454,12 @@ class RecordReader:
             line += byte
         return bytes(line)
 
-    def buffers(self) -> Iterator[np.ndarray]:
+    def buffers(self) -> Iterator[_Payload]:
         """Yield the array records to the unpickler, in order."""
         while True:
             if not self._arrays:
                 raise CorruptFileError("the pickle refers to an array record that is missing")
-            yield self._arrays.popleft()
+            yield _Payload(self._arrays.popleft(), self._mapping is not None)
 
     def finish(self) -> None:
         """Check that the pickle consumed every record and that the end record follows."""

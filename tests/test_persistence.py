@@ -1086,3 +1086,18 @@ def test_filename_must_be_a_path_or_file_object(filename):
         cachelib.dump(1, filename)
     with pytest.raises(cachelib.InvalidOptionError, match="path or a binary file object"):
         cachelib.load(filename)
+
+
+def test_many_arrays_alike_in_dtype_and_shape_keep_their_own_data(tmp_path):
+    """Arrays sharing dtype, shape and order share a pickled description, never their bytes."""
+    arrays = [np.full((3, 2), float(i)) for i in range(300)]
+    value = {"arrays": arrays, "again": arrays[7], "fortran": [np.asfortranarray(a) for a in arrays[:5]]}
+    for mmap_mode in (None, "r"):
+        path = tmp_path / "alike.pkl"
+        cachelib.dump(value, path)
+        out = cachelib.load(path, mmap_mode=mmap_mode)
+        for i, array in enumerate(out["arrays"]):
+            np.testing.assert_array_equal(array, np.full((3, 2), float(i)))
+        assert out["again"] is out["arrays"][7]
+        assert all(a.flags.f_contiguous for a in out["fortran"])
+        np.testing.assert_array_equal(out["fortran"][4], arrays[4])
