@@ -227,6 +227,8 @@ class Cache:
         """Remove every stored result under the location (the location itself stays)."""
         if self.store is not None:
             self.store.clear()
+            for func in self._functions.values():
+                func._reset_stats()
 
     def _function_info(self, func: MemoizedFunction) -> FunctionInfo:
         if func.function_dir is None:

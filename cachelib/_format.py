@@ -260,6 +260,31 @@ def write_stream(value: Any, sink: IO[bytes], protocol: int = 5) -> None:
     writer.close()
 
 
+def _check_header(head: Any) -> bool:
+    """Validate the 16-byte file header; return whether its arrays were edited in place."""
+    magic, version, flags, reserved = HEADER.unpack(head)
+    if magic != MAGIC:
+        raise CorruptFileError("not a cachelib file: the magic number does not match")
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"the file has format version {version}, newer than this cachelib reads "
+            f"({FORMAT_VERSION}); upgrade cachelib to load it"
+        )
+    if version == 0 or flags & ~FLAG_ARRAYS_EDITED or reserved:
+        raise CorruptFileError(f"invalid header: version={version}, flags={flags}")
+    return bool(flags & FLAG_ARRAYS_EDITED)
+
+
+def _check_end(payload: Any, start: int, records_seen: int) -> None:
+    """Validate an end record's payload against what the reader saw before it."""
+    records, offset = END.unpack(payload)
+    if records != records_seen or offset != start:
+        raise CorruptFileError(
+            f"the end record counts {records} records ending at {offset}, "
+            f"but the file has {records_seen} ending at {start}"
+        )
+
+
 class RecordReader:
     """The file object the unpickler reads from; checks records and collects arrays.
 
@@ -325,18 +350,7 @@ class RecordReader:
             )
 
     def _read_header(self) -> None:
-        head = self._read(HEADER.size)
-        magic, version, flags, reserved = HEADER.unpack(head)
-        if magic != MAGIC:
-            raise CorruptFileError("not a cachelib file: the magic number does not match")
-        if version > FORMAT_VERSION:
-            raise UnsupportedFormatError(
-                f"the file has format version {version}, newer than this cachelib reads "
-                f"({FORMAT_VERSION}); upgrade cachelib to load it"
-            )
-        if version == 0 or flags & ~FLAG_ARRAYS_EDITED or reserved:
-            raise CorruptFileError(f"invalid header: version={version}, flags={flags}")
-        self._arrays_edited = bool(flags & FLAG_ARRAYS_EDITED)
+        self._arrays_edited = _check_header(self._read(HEADER.size))
 
     # -- records -----------------------------------------------------------------
 
@@ -403,13 +417,9 @@ class RecordReader:
     def _read_end(self, start: int, padding: int, length: int, hasher: Any) -> None:
         if padding or length != END.size:
             raise CorruptFileError(f"invalid end record at offset {start}")
-        records, offset = END.unpack(self._read(length, hasher))
+        payload = self._read(length, hasher)
         self._verify(hasher, "the end record")
-        if records != self._records or offset != start:
-            raise CorruptFileError(
-                f"the end record counts {records} records ending at {offset}, "
-                f"but the file has {self._records} ending at {start}"
-            )
+        _check_end(payload, start, self._records)
         self._ended = True
 
     # -- the unpickler's file-object interface --------------------------------------
@@ -496,11 +506,10 @@ def verify_stream(source: Any) -> None:
         reader._records += 1
 
 
-def read_stream(reader: RecordReader) -> Any:
-    """Unpickle the value of one cachelib stream from ``reader``."""
-    unpickler = pickle.Unpickler(reader, buffers=reader.buffers())
+def _unpickled(load: Any) -> Any:
+    """Run an unpickling call, reporting its failures as CacheError subclasses."""
     try:
-        value = unpickler.load()
+        return load()
     except (CorruptFileError, UnsupportedFormatError):
         raise
     except (ImportError, AttributeError) as exc:
@@ -509,5 +518,55 @@ def read_stream(reader: RecordReader) -> Any:
         ) from exc
     except Exception as exc:
         raise CorruptFileError(f"the pickle in the file is invalid: {exc!r}") from exc
+
+
+def read_stream(reader: RecordReader) -> Any:
+    """Unpickle the value of one cachelib stream from ``reader``."""
+    value = _unpickled(pickle.Unpickler(reader, buffers=reader.buffers()).load)
     reader.finish()
+    return value
+
+
+def read_bytes(data: bytes) -> Any:
+    """Unpickle a whole raw stream held in memory: the fast path for small cache entries.
+
+    Checks exactly what ``RecordReader`` checks, on a buffer instead of a stream;
+    arrays are copied out, so that values loaded from the same bytes share nothing.
+    """
+    view = memoryview(data)
+    arrays_edited = _check_header(view[: HEADER.size])
+    position, records = HEADER.size, 0
+    pickled: list[memoryview] = []
+    arrays: list[_Payload] = []
+    while True:
+        if position + RECORD.size > view.nbytes:
+            raise CorruptFileError(f"the file is truncated: no record header at offset {position}")
+        kind, padding, reserved_a, reserved_b, length = RECORD.unpack_from(view, position)
+        if reserved_a or reserved_b or padding >= ALIGNMENT or (kind != ARRAY and padding):
+            raise CorruptFileError(f"invalid record header at offset {position}")
+        end = position + RECORD.size + padding + length
+        if end + CHECKSUM.size > view.nbytes:
+            raise CorruptFileError(f"the file is truncated in the record at offset {position}")
+        payload = view[end - length : end]
+        if not (kind == ARRAY and arrays_edited) and (
+            xxhash.xxh3_64_intdigest(view[position:end]) != CHECKSUM.unpack_from(view, end)[0]
+        ):
+            raise CorruptFileError(f"checksum mismatch in the record at offset {position}")
+        if kind == PICKLE and length <= PICKLE_RECORD_MAX:
+            pickled.append(payload)
+        elif kind == ARRAY and (end - length) % ALIGNMENT == 0:
+            arrays.append(_Payload(np.frombuffer(payload, np.uint8).copy(), False))
+        elif kind == FINAL and length == END.size:
+            _check_end(payload, position, records)
+            if end + CHECKSUM.size != view.nbytes:
+                raise CorruptFileError("the file holds data after its end record")
+            break
+        else:
+            raise CorruptFileError(f"invalid record of kind {kind} at offset {position}")
+        records += 1
+        position = end + CHECKSUM.size
+    supplied = iter(arrays)
+    value = _unpickled(lambda: pickle.loads(b"".join(pickled), buffers=supplied))
+    if next(supplied, None) is not None:
+        raise CorruptFileError("the file holds array records its pickle does not use")
     return value

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import time
 import types
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
 from ._errors import CacheError, CacheWarning, SerializationError
 from ._stats import StatsRecorder
-from ._store import acquire, release
+from ._store import ENTRY_SUFFIX, acquire, release
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -61,6 +63,7 @@ class MemoizedFunction:
         self.name, identity = function_identity(func)
         self.function_dir = cache.store.function_dir(self.name, identity) if cache.store else None
         self._recorder = StatsRecorder(self.function_dir)
+        self._prefix = os.path.join(self.function_dir, "") if self.function_dir else ""
         self._is_async = inspect.iscoroutinefunction(func)
         if self._is_async:
             self._make_async()
@@ -86,9 +89,14 @@ class MemoizedFunction:
 
     # -- keys and paths ------------------------------------------------------------------
 
-    def _entry(self, args: tuple, kwargs: dict) -> Any:
+    def _entry(self, args: tuple, kwargs: dict) -> Path:
+        """Return the path of this call's entry."""
+        return Path(self._entry_name(args, kwargs))
+
+    def _entry_name(self, args: tuple, kwargs: dict) -> str:
+        # A plain string on the hot path: building a Path costs as much as the key.
         key = self._keyer.key(args, kwargs)
-        return self.cache.store.entry_path(self.function_dir, key)  # type: ignore[union-attr]
+        return f"{self._prefix}{key[:2]}{os.sep}{key}{ENTRY_SUFFIX}"
 
     @property
     def stats(self) -> Any:
@@ -121,7 +129,7 @@ class MemoizedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.cache.store is None:
             return self.__wrapped__(*args, **kwargs)
-        path = self._entry(args, kwargs)
+        path = self._entry_name(args, kwargs)
         hit, result = self._lookup(path)
         if hit:
             return result
@@ -186,7 +194,7 @@ class MemoizedFunction:
         async def call(*args: Any, **kwargs: Any) -> Any:
             if self.cache.store is None:
                 return await func(*args, **kwargs)
-            path = self._entry(args, kwargs)
+            path = self._entry_name(args, kwargs)
             hit, result = self._lookup(path)
             if hit:
                 return result
@@ -213,6 +221,11 @@ class MemoizedFunction:
         """Remove every stored result of this function (all versions of its code)."""
         if self.cache.store is not None:
             self.cache.store.clear(self.function_dir)
+            self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        """Count afresh, in a new file, after this function's directory was cleared."""
+        self._recorder = StatsRecorder(self.function_dir)
 
     def cache_info(self) -> Any:
         """Return this function's entries, bytes, hits, misses and time saved."""

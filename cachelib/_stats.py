@@ -1,18 +1,20 @@
 """Call statistics that survive restarts and kills: hits, misses, compute and saved time.
 
-Rule: each process appends fixed-size records to its own log,
-``<function dir>/stats/<host>-<pid>-<token>.log``, one ``os.write`` per call, so
-concurrent processes never contend and a process killed at any moment loses at
-most the record it was writing. A reader sums ``merged.json`` and the logs it has
-not absorbed; ``compact`` folds the logs of finished processes into ``merged.json``
-(under a lock, naming what it absorbed before deleting it, so a crash never counts
-a log twice).
+Rule: each process keeps its running totals for a function in a file of its own,
+``<function dir>/stats/<host>-<pid>-<token>.counts`` (32 bytes), mapped into memory.
+Counting a call writes that memory: no system call on the hot path, no contention
+between processes, and because the mapping is shared with the page cache, the
+totals are in the file even when the process is killed a moment later. A reader
+sums ``merged.json`` and the counts files it has not absorbed; ``compact_stats``
+folds the files of finished processes into ``merged.json`` (under a lock, naming
+what it absorbed before deleting it, so a crash never counts a file twice).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import socket
 import struct
@@ -26,7 +28,8 @@ import filelock
 __all__ = ["STATS_DIR", "CallStats", "StatsRecorder", "compact_stats", "read_stats"]
 
 STATS_DIR = "stats"
-_RECORD = struct.Struct("<Bd")  # 1 = hit, 0 = miss; seconds computed (or saved, for a hit)
+_TOTALS = struct.Struct("<QQdd")  # hits, misses, compute seconds, saved seconds
+_SUFFIX = ".counts"
 _MERGED = "merged.json"
 _HOST = socket.gethostname()
 
@@ -56,56 +59,53 @@ class CallStats:
 
 
 class StatsRecorder:
-    """Counts calls of one function in memory and in this process's log file."""
+    """Counts calls of one function in memory and in this process's mapped counts file."""
 
     def __init__(self, function_dir: Path | None) -> None:
         self.stats = CallStats()
         self._directory = function_dir / STATS_DIR if function_dir is not None else None
-        self._descriptor: int | None = None
+        self._mapping: mmap.mmap | None = None
         self._pid = -1
         self._lock = threading.Lock()
 
-    def _open(self) -> int | None:
-        if self._pid != os.getpid():  # first use, or a forked child: a log of its own
-            if self._pid != -1:
-                self.stats = CallStats()
-            self._pid, self._descriptor = os.getpid(), None
-            assert self._directory is not None
+    def _map(self) -> mmap.mmap | None:
+        """Return this process's mapped counts file, creating it on first use."""
+        if self._pid == os.getpid():
+            return self._mapping
+        if self._pid != -1:  # a forked child counts afresh, in a file of its own
+            self.stats = CallStats()
+        self._pid, self._mapping = os.getpid(), None
+        assert self._directory is not None
+        with contextlib.suppress(OSError, ValueError):
             self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            name = f"{_HOST}-{self._pid}-{uuid.uuid4().hex[:12]}.log"
-            self._descriptor = os.open(
-                self._directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-            )
-        return self._descriptor
+            name = f"{_HOST}-{self._pid}-{uuid.uuid4().hex[:12]}{_SUFFIX}"
+            descriptor = os.open(self._directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(descriptor, _TOTALS.size)
+                self._mapping = mmap.mmap(descriptor, _TOTALS.size)
+            finally:
+                os.close(descriptor)
+        return self._mapping
 
     def record(self, hit: bool, seconds: float) -> None:
         """Count one call; statistics never make a call fail."""
         with self._lock:
-            if self._directory is None:
-                self.stats.record(hit, seconds)
-                return
-            descriptor = None
-            with contextlib.suppress(OSError):
-                descriptor = self._open()
             self.stats.record(hit, seconds)
-            if descriptor is not None:
-                with contextlib.suppress(OSError):
-                    os.write(descriptor, _RECORD.pack(hit, seconds))
+            if self._directory is None:
+                return
+            mapping = self._map()
+            if mapping is not None:
+                stats = self.stats
+                _TOTALS.pack_into(mapping, 0, stats.hits, stats.misses,
+                                  stats.compute_seconds, stats.saved_seconds)
 
-    def __del__(self) -> None:
-        if self._descriptor is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.close(self._descriptor)
 
-
-def _read_log(path: str) -> CallStats:
-    stats = CallStats()
+def _read_counts(path: str) -> CallStats:
     with open(path, "rb") as handle:
-        data = handle.read()
-    usable = len(data) - len(data) % _RECORD.size  # a record cut by a kill is ignored
-    for hit, seconds in _RECORD.iter_unpack(data[:usable]):
-        stats.record(bool(hit), seconds)
-    return stats
+        data = handle.read(_TOTALS.size)
+    if len(data) < _TOTALS.size:
+        return CallStats()  # created, not yet written
+    return CallStats(*_TOTALS.unpack(data))
 
 
 @dataclass
@@ -122,9 +122,9 @@ def _read_merged(directory: Path) -> _Merged:
     return _Merged()
 
 
-def _logs(directory: Path) -> list[os.DirEntry[str]]:
+def _counts_files(directory: Path) -> list[os.DirEntry[str]]:
     try:
-        return [e for e in os.scandir(directory) if e.name.endswith(".log")]
+        return [e for e in os.scandir(directory) if e.name.endswith(_SUFFIX)]
     except FileNotFoundError:
         return []
 
@@ -136,20 +136,20 @@ def read_stats(function_dir: Path) -> CallStats:
     total = CallStats()
     total.add(merged.stats)
     absorbed = set(merged.absorbed)
-    for entry in _logs(directory):
+    for entry in _counts_files(directory):
         if entry.name not in absorbed:
             with contextlib.suppress(OSError):
-                total.add(_read_log(entry.path))
+                total.add(_read_counts(entry.path))
     return total
 
 
-def _is_finished(log_name: str) -> bool:
-    """True if the log's process ran on this host and is gone."""
-    host, _, rest = log_name.rpartition(".log")[0].rpartition("-")[0].rpartition("-")
+def _is_finished(name: str) -> bool:
+    """True if the counts file's process ran on this host and is gone."""
+    host, _, pid = name[: -len(_SUFFIX)].rpartition("-")[0].rpartition("-")
     if host != _HOST:
         return False
     try:
-        os.kill(int(rest), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except (OSError, ValueError):
@@ -158,18 +158,18 @@ def _is_finished(log_name: str) -> bool:
 
 
 def compact_stats(function_dir: Path) -> int:
-    """Fold the logs of finished processes into ``merged.json``; return how many."""
+    """Fold the counts of finished processes into ``merged.json``; return how many."""
     directory = function_dir / STATS_DIR
     if not directory.is_dir():
         return 0
     with filelock.FileLock(directory / "merge.lock", timeout=30):
         merged = _read_merged(directory)
-        present = {e.name: e.path for e in _logs(directory)}
+        present = {e.name: e.path for e in _counts_files(directory)}
         absorbed = [name for name in merged.absorbed if name in present]
         fresh = [name for name in present if name not in absorbed and _is_finished(name)]
         for name in fresh:
             with contextlib.suppress(OSError):
-                merged.stats.add(_read_log(present[name]))
+                merged.stats.add(_read_counts(present[name]))
         payload = {"stats": asdict(merged.stats), "absorbed": absorbed + fresh}
         temporary = directory / f"{_MERGED}.{uuid.uuid4().hex}.tmp"
         temporary.write_text(json.dumps(payload))

@@ -33,6 +33,7 @@ import filelock
 from ._compressors import Compressor
 from ._errors import CacheError, FileAccessError, InvalidOptionError, LockTimeout
 from ._eviction import plan_eviction
+from ._format import MAGIC, read_bytes
 from ._persistence import read_value, verify, write_value
 from ._signing import SIGNATURE_SIZE, SIGNED_MAGIC, Signer
 from ._sizes import format_size
@@ -52,6 +53,7 @@ _CACHEDIR_TAG = (
 _BUFFER_SIZE = 1 << 20
 logger = logging.getLogger("cachelib")
 _SMALL_ENTRY = 1 << 16
+_RECENT_ENTRIES = 256  # small entries whose checked bytes are kept: at most 16 MiB
 _ACCESS_RESOLUTION = 60.0  # seconds: how stale a recorded last use may get
 _SHARD = re.compile(r"^[0-9a-f]{2}$")
 _LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed left behind
@@ -78,6 +80,7 @@ class LocalStore:
         self.stale_lock_after = stale_lock_after
         self._ready = False
         self._written_since_check = 0
+        self._recent: dict[str | Path, tuple[tuple[int, int, int], bytes]] = {}
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.location)!r})"
@@ -114,43 +117,60 @@ class LocalStore:
 
     # -- reading ---------------------------------------------------------------------
 
-    def read(self, path: Path, mmap_mode: str | None = None, max_age: float | None = None) -> Any:
+    def read(self, path: str | Path, mmap_mode: str | None = None, max_age: float | None = None) -> Any:
         """Return the value stored at ``path``.
 
         Raises ``FileNotFoundError`` if there is none or it is older than ``max_age``
         seconds, and ``CacheError`` subclasses if it is damaged.
         """
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        try:
-            stat = os.fstat(descriptor)
-            now = time.time()
-            if max_age is not None and now - stat.st_mtime > max_age:
-                raise FileNotFoundError(path)
-            if now - stat.st_atime > _ACCESS_RESOLUTION:
-                _stamp_access(descriptor, stat)
+        stat = os.stat(path)
+        now = time.time()
+        if max_age is not None and now - stat.st_mtime > max_age:
+            raise FileNotFoundError(path)
+        if now - stat.st_atime > _ACCESS_RESOLUTION:
+            _stamp_access(path, stat)
+        if mmap_mode is None and stat.st_size <= _SMALL_ENTRY:
+            return self._read_small(path, stat)
+        with open(path, "rb") as fileobj:
             if self.signer is not None:
-                with open(descriptor, "rb", closefd=False) as fileobj:
-                    self.signer.check(fileobj, _context(path))
-                    return read_value(fileobj, mmap_mode, os.fspath(path))
-            if mmap_mode is None and stat.st_size <= _SMALL_ENTRY:
-                # One read for a small entry: the fewest system calls on the hot path.
-                data = io.BytesIO(os.read(descriptor, _SMALL_ENTRY + 1))
-                _skip_signature(data)
-                return read_value(data, None)
-            with open(descriptor, "rb", closefd=False) as fileobj:
+                self.signer.check(fileobj, _context(Path(path)))
+            else:
                 _skip_signature(fileobj)
-                return read_value(fileobj, mmap_mode, os.fspath(path))
-        finally:
-            os.close(descriptor)
+            return read_value(fileobj, mmap_mode, os.fspath(path))
+
+    def _read_small(self, path: str | Path, stat: os.stat_result) -> Any:
+        """Read a small entry, keeping its checked bytes while the file stays the same.
+
+        A file is "the same" while its inode, size and modification time are: entries
+        are replaced by rename, never rewritten in place, so a hit costs one ``stat``
+        and an unpickling. Values are rebuilt from the bytes on every hit, so callers
+        never share (and never see each other's changes to) a result.
+        """
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        known = self._recent.get(path)
+        if known is None or known[0] != identity:
+            with open(path, "rb") as fileobj:
+                data = fileobj.read(_SMALL_ENTRY + 1)
+            if self.signer is not None:
+                self.signer.check(io.BytesIO(data), _context(Path(path)))
+            if data.startswith(SIGNED_MAGIC):
+                data = data[SIGNATURE_SIZE:]
+            known = (identity, data)
+            if len(self._recent) >= _RECENT_ENTRIES:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[path] = known
+        data = known[1]
+        return read_bytes(data) if data.startswith(MAGIC) else read_value(io.BytesIO(data))
 
     # -- writing ---------------------------------------------------------------------
 
-    def publish(self, path: Path, value: Any, compressor: Compressor | None) -> int:
+    def publish(self, path: str | Path, value: Any, compressor: Compressor | None) -> int:
         """Store ``value`` at ``path`` atomically; return the entry's size in bytes.
 
         If a concurrent ``clear`` removes the directory mid-write, the write is
         retried once in a fresh directory.
         """
+        path = Path(path)
         self._ensure_location()
         for attempt in range(2):
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -185,7 +205,7 @@ class LocalStore:
             _fsync_directory(path.parent)
         return size
 
-    def lock(self, path: Path, timeout: float) -> filelock.BaseFileLock | None:
+    def lock(self, path: str | Path, timeout: float) -> filelock.BaseFileLock | None:
         """Return the per-key lock of the entry at ``path`` (not yet acquired), or None.
 
         ``lock="file"`` uses ``flock``/``fcntl`` locks, which the kernel releases when
@@ -196,6 +216,7 @@ class LocalStore:
         """
         if self.lock_kind == "none":
             return None
+        path = Path(path)
         self._ensure_location()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = path.with_suffix(LOCK_SUFFIX)
@@ -356,7 +377,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _stamp_access(descriptor: int, stat: os.stat_result) -> None:
+def _stamp_access(path: str | Path, stat: os.stat_result) -> None:
     """Record a use of an entry in its access time, keeping its modification time.
 
     The modification time says when the entry was stored (for expiry); the access
@@ -364,7 +385,7 @@ def _stamp_access(descriptor: int, stat: os.stat_result) -> None:
     kernel's own atime updates (relatime, noatime) are neither needed nor trusted.
     """
     with contextlib.suppress(OSError, NotImplementedError):
-        os.utime(descriptor, ns=(time.time_ns(), stat.st_mtime_ns))
+        os.utime(path, ns=(time.time_ns(), stat.st_mtime_ns))
 
 
 def _fsync_directory(directory: Path) -> None:
