@@ -262,6 +262,8 @@ def write_stream(value: Any, sink: IO[bytes], protocol: int = 5) -> None:
 
 def _check_header(head: Any) -> bool:
     """Validate the 16-byte file header; return whether its arrays were edited in place."""
+    if len(head) < HEADER.size:
+        raise CorruptFileError(f"the file is truncated: {len(head)} bytes, shorter than a header")
     magic, version, flags, reserved = HEADER.unpack(head)
     if magic != MAGIC:
         raise CorruptFileError("not a cachelib file: the magic number does not match")

@@ -590,3 +590,20 @@ def test_the_damaged_file_is_left_alone(small_raw, tmp_path):
         cachelib.load(path)
     assert path.read_bytes() == damaged
     assert os.listdir(tmp_path) == ["damaged.pkl"]
+
+
+@pytest.mark.parametrize("cut", range(0, 17))
+def test_a_cache_entry_cut_inside_its_header_is_a_miss(cut, tmp_path):
+    """An entry cut to fewer bytes than a header is recomputed with a warning, not a crash."""
+    cache = cachelib.Cache(tmp_path / "cache", fsync=False)
+    compute = cache.memoize(_double)
+    assert compute(21) == 42
+    entry = compute._entry((21,), {})
+    entry.write_bytes(entry.read_bytes()[:cut])
+    with pytest.warns(cachelib.CacheWarning):
+        assert compute(21) == 42
+    assert compute(21) == 42
+
+
+def _double(x):
+    return 2 * x
