@@ -1,21 +1,27 @@
 """Eviction: which entries to delete so that size, count and age limits hold.
 
-Rule: two passes over the entries, holding three numbers per entry (last use, time
-stored, size) in compact arrays and never a list of paths. Pass one decides a
-cut-off in last-use time; pass two deletes the entries that fall below it. Entries
-used between the passes survive, which is what least-recently-used means.
+Rule: memory stays flat whatever the number of entries. Pass one sorts entries
+into bins by the age of their last use, on a log scale (64 bins per doubling of
+age, so an age is known within about 1%), keeping only the bytes and count of
+each bin. It then finds the bin where deleting stops. Pass two, if anything must
+go, deletes the entries in older bins and, from that boundary bin, just enough
+to meet the limits. Least recently used goes first, to within that resolution.
 """
 
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
 __all__ = ["EvictionPlan", "plan_eviction"]
+
+_BINS_PER_DOUBLING = 64
+_BINS = 48 * _BINS_PER_DOUBLING  # ages up to 2**48 seconds
+
+
+def _age_bin(age: float) -> int:
+    return min(int(math.log2(max(age, 0.0) + 1.0) * _BINS_PER_DOUBLING), _BINS - 1)
 
 
 @dataclass
@@ -24,19 +30,28 @@ class EvictionPlan:
 
     now: float
     max_age: float | None
-    used_cutoff: float = -math.inf  # delete entries last used before this ...
-    ties: int = 0  # ... and this many of those last used exactly at it
     entries: int = 0
     bytes: int = 0
+    cutoff: int = _BINS  # delete entries whose age bin is above this ...
+    boundary_bytes: int = 0  # ... and, in the cutoff bin, this many bytes
+    boundary_count: int = 0  # ... and this many entries
+    expired: int = 0
 
-    def should_delete(self, used: float, stored: float) -> bool:
+    @property
+    def needed(self) -> bool:
+        """True if pass two has anything to delete."""
+        return self.cutoff < _BINS or self.expired > 0
+
+    def should_delete(self, used: float, stored: float, size: int) -> bool:
         """Decide one entry; call once per entry, in any order."""
         if self.max_age is not None and self.now - stored > self.max_age:
             return True
-        if used < self.used_cutoff:
+        age_bin = _age_bin(self.now - used)
+        if age_bin > self.cutoff:
             return True
-        if used == self.used_cutoff and self.ties > 0:
-            self.ties -= 1
+        if age_bin == self.cutoff and (self.boundary_bytes > 0 or self.boundary_count > 0):
+            self.boundary_bytes -= size
+            self.boundary_count -= 1
             return True
         return False
 
@@ -47,31 +62,42 @@ def plan_eviction(
     bytes_limit: int | None = None,
     items_limit: int | None = None,
     max_age: float | None = None,
+    low_water: float = 1.0,
 ) -> EvictionPlan:
-    """Plan the deletions for ``entries``, an iterable of (last used, stored, size)."""
-    used, stored, sizes = array("d"), array("d"), array("q")
-    for entry_used, entry_stored, size in entries:
-        used.append(entry_used)
-        stored.append(entry_stored)
-        sizes.append(size)
-    plan = EvictionPlan(now=now, max_age=max_age, entries=len(sizes), bytes=sum(sizes))
-    used_times = np.frombuffer(used, dtype=np.float64)
-    keep = np.ones(len(used_times), dtype=bool)
-    if max_age is not None:
-        keep &= now - np.frombuffer(stored, dtype=np.float64) <= max_age
-    used_times = used_times[keep]
-    kept_sizes = np.frombuffer(sizes, dtype=np.int64)[keep]
-    order = np.argsort(used_times, kind="stable")
-    freed = np.concatenate(([0], np.cumsum(kept_sizes[order])))  # bytes freed by the k oldest
-    total, count = int(kept_sizes.sum()), len(kept_sizes)
-    k = 0
-    if bytes_limit is not None:
-        k = int(np.searchsorted(freed, total - bytes_limit, side="left"))
-    if items_limit is not None:
-        k = max(k, count - items_limit)
-    k = min(max(k, 0), count)
-    if k:
-        ordered = used_times[order]
-        plan.used_cutoff = float(ordered[k - 1])
-        plan.ties = int(np.count_nonzero(ordered[:k] == plan.used_cutoff))
+    """Plan the deletions for ``entries``, an iterable of (last used, stored, size).
+
+    When a limit is exceeded, entries go until the total is ``low_water`` times the
+    limit (below 1 leaves headroom, so that the next eviction is not the next write).
+    """
+    plan = EvictionPlan(now=now, max_age=max_age)
+    bin_bytes = [0] * _BINS
+    bin_count = [0] * _BINS
+    kept_bytes = kept_count = 0
+    for used, stored, size in entries:
+        plan.entries += 1
+        plan.bytes += size
+        if max_age is not None and now - stored > max_age:
+            plan.expired += 1
+            continue
+        age_bin = _age_bin(now - used)
+        bin_bytes[age_bin] += size
+        bin_count[age_bin] += 1
+        kept_bytes += size
+        kept_count += 1
+    need_bytes = need_count = 0
+    if bytes_limit is not None and kept_bytes > bytes_limit:
+        need_bytes = kept_bytes - int(bytes_limit * low_water)
+    if items_limit is not None and kept_count > items_limit:
+        need_count = kept_count - int(items_limit * low_water)
+    if need_bytes <= 0 and need_count <= 0:
+        return plan
+    freed_bytes = freed_count = 0
+    for age_bin in range(_BINS - 1, -1, -1):  # oldest first
+        if freed_bytes + bin_bytes[age_bin] >= need_bytes and freed_count + bin_count[age_bin] >= need_count:
+            plan.cutoff = age_bin
+            plan.boundary_bytes = need_bytes - freed_bytes
+            plan.boundary_count = need_count - freed_count
+            break
+        freed_bytes += bin_bytes[age_bin]
+        freed_count += bin_count[age_bin]
     return plan

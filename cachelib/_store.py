@@ -80,6 +80,7 @@ class LocalStore:
         self.stale_lock_after = stale_lock_after
         self._ready = False
         self._written_since_check = 0
+        self._size_after_check = 0
         self._recent: dict[str | Path, tuple[tuple[int, int, int], bytes]] = {}
 
     def __repr__(self) -> str:
@@ -149,8 +150,11 @@ class LocalStore:
         identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         known = self._recent.get(path)
         if known is None or known[0] != identity:
-            with open(path, "rb") as fileobj:
-                data = fileobj.read(_SMALL_ENTRY + 1)
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:  # no file object: a small read is mostly the cost of making one
+                data = os.read(descriptor, _SMALL_ENTRY + 1)
+            finally:
+                os.close(descriptor)
             if self.signer is not None:
                 self.signer.check(io.BytesIO(data), _context(Path(path)))
             if data.startswith(SIGNED_MAGIC):
@@ -256,24 +260,28 @@ class LocalStore:
         items_limit: int | None = None,
         max_age: float | None = None,
         progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
+        low_water: float = 1.0,
     ) -> int:
         """Delete least recently used entries until the limits hold; return how many went.
 
         ``max_age`` removes entries stored longer ago than that many seconds; the
-        size and count limits remove the entries whose last use is oldest.
-        ``progress`` wraps each pass (the command line draws a counter with it).
+        size and count limits remove the entries whose last use is oldest, down to
+        ``low_water`` times the limit. ``progress`` wraps each pass (the command
+        line draws a counter with it). Memory stays flat: see ``_eviction``.
         """
         show = progress or (lambda items, label: items)
         plan = plan_eviction(
-            show(self._entry_times(), "scanned"), time.time(), bytes_limit, items_limit, max_age
+            show(self._entry_times(), "scanned"), time.time(), bytes_limit, items_limit, max_age, low_water
         )
         removed = freed = 0
-        for path, used, stored, size in show(self._entry_times(with_paths=True), "checked"):
-            if plan.should_delete(used, stored):
-                self.delete(Path(path))
-                removed += 1
-                freed += size
+        if plan.needed:
+            for path, used, stored, size in show(self._entry_times(with_paths=True), "checked"):
+                if plan.should_delete(used, stored, size):
+                    self.delete(Path(path))
+                    removed += 1
+                    freed += size
         self._written_since_check = 0
+        self._size_after_check = plan.bytes - freed
         if removed:
             logger.info(
                 "evicted %d of %d entries (%s of %s) from %s",
@@ -293,10 +301,18 @@ class LocalStore:
                 yield (entry.path, *times) if with_paths else times
 
     def note_write(self, size: int, bytes_limit: int) -> None:
-        """Enforce ``bytes_limit`` once writes since the last check reach 5% of it."""
+        """Keep ``bytes_limit`` after a write, scanning only when it may be exceeded.
+
+        The store keeps an estimate of the location's size (the last scan's total
+        plus what this process wrote since). It scans when the estimate passes the
+        limit, or, since other processes write too, once this process alone has
+        written a tenth of the limit. A scan over the limit evicts down to 90% of
+        it, so the next one is a tenth of the limit of writes away.
+        """
         self._written_since_check += size
-        if self._written_since_check >= max(bytes_limit // 20, 1):
-            self.evict(bytes_limit=bytes_limit)
+        estimate = self._size_after_check + self._written_since_check
+        if estimate > bytes_limit or self._written_since_check >= max(bytes_limit // 10, 1):
+            self.evict(bytes_limit=bytes_limit, low_water=0.9)
 
     def verify(self, path: str | os.PathLike[str]) -> str | None:
         """Return what is wrong with the entry at ``path``, or None if it is intact."""
