@@ -486,7 +486,7 @@ def verify_stream(source: Any) -> None:
     ``UnsupportedFormatError``) on the first problem.
     """
     reader = RecordReader(source)
-    buffer = memoryview(bytearray(IO_CHUNK))
+    buffer = memoryview(bytearray(0))  # grown to the largest piece read, at most IO_CHUNK
     while not reader._ended:
         start = reader._position
         header = reader._read(RECORD.size)
@@ -500,6 +500,8 @@ def verify_stream(source: Any) -> None:
         remaining = padding + length
         while remaining:
             step = min(remaining, IO_CHUNK)
+            if buffer.nbytes < step:
+                buffer = memoryview(bytearray(step))
             reader._fill(buffer[:step], hasher)
             remaining -= step
         if kind == ARRAY and reader._arrays_edited:

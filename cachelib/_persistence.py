@@ -325,7 +325,7 @@ def verify(filename: str | os.PathLike[str]) -> None:
     """
     path = os.fspath(filename)
     _check_not_directory(path)
-    with open(path, "rb", buffering=_BUFFER_SIZE) as fileobj:
+    with open(path, "rb") as fileobj:  # default buffering: most entries are small
         prefix, stream = _peek_magic(fileobj)
         if not prefix:
             raise CorruptFileError("the file is empty")
