@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import copyreg
+import functools
 import math
 import pickle
 import struct
@@ -208,6 +209,20 @@ class _Payload:
         self.mapped = mapped
 
 
+@functools.lru_cache(maxsize=1024)
+def _checked_description(description: tuple) -> tuple[np.dtype, tuple, str, Any, int]:
+    """Validate an array description once (arrays alike share it); add its byte count."""
+    try:
+        dtype, shape, order, subclass = description
+        dtype = np.dtype(dtype)
+        valid = order in ("C", "F") and all(isinstance(n, int) and n >= 0 for n in shape)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or subclass not in (None, np.matrix):
+        raise CorruptFileError(f"invalid array description {description!r}")
+    return dtype, tuple(shape), order, subclass, math.prod(shape) * dtype.itemsize
+
+
 def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
     """Rebuild an array from its record's bytes without copying them (small ones excepted).
 
@@ -215,18 +230,14 @@ def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
     signature, ``((dtype, shape, order, subclass), buffer)``, is part of the format.
     """
     try:
-        dtype, shape, order, subclass = description
-    except (TypeError, ValueError):
+        dtype, shape, order, subclass, expected = _checked_description(description)
+    except TypeError:  # unhashable: not a description this module wrote
         raise CorruptFileError(f"invalid array description {description!r}") from None
     mapped = True
     if isinstance(buffer, _Payload):
         payload, buffer, mapped = buffer, buffer.data, buffer.mapped
         payload.data = None  # the unpickler's memo keeps only the husk
-    dtype = np.dtype(dtype)
-    if order not in ("C", "F") or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise CorruptFileError(f"invalid array description: shape={shape!r}, order={order!r}")
     data = buffer if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, np.uint8)
-    expected = math.prod(shape) * dtype.itemsize
     if data.nbytes != expected:
         raise CorruptFileError(
             f"array record holds {data.nbytes} bytes, but a {dtype} array of shape "
@@ -393,6 +404,17 @@ class RecordReader:
         if (start + RECORD.size + padding) % ALIGNMENT:
             raise CorruptFileError(f"misaligned array record at offset {start}")
         self._check_length(padding + length, "an array record")
+        if self._mapping is None and length < _SMALL_ARRAY:
+            # A small array: padding, bytes and checksum in one read.
+            block = self._read(padding + length + CHECKSUM.size)
+            view = memoryview(block)
+            hasher.update(view[: padding + length])
+            (stored,) = CHECKSUM.unpack_from(block, padding + length)
+            if not self._arrays_edited and stored != hasher.intdigest():
+                raise CorruptFileError(f"checksum mismatch in the array record at offset {start}")
+            self._records += 1
+            self._arrays.append(np.frombuffer(block, np.uint8, length, padding))
+            return
         hasher.update(self._read(padding))
         if self._mapping is not None:
             offset = self._mapping_offset + self._position

@@ -357,7 +357,7 @@ def load(filename: Any, mmap_mode: str | None = None) -> Any:
     if _is_path(filename):
         path = os.fspath(filename)
         _check_not_directory(path)
-        with open(path, "rb", buffering=_BUFFER_SIZE) as fileobj:
+        with open(path, "rb") as fileobj:
             return read_value(fileobj, mmap_mode, path)
     if hasattr(filename, "read"):
         return read_value(filename, mmap_mode)
