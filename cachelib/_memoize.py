@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
-from ._errors import CacheError, CacheWarning, SerializationError
+from ._errors import CacheError, CacheWarning, CorruptFileError, SerializationError
 from ._stats import StatsRecorder
 from ._store import ENTRY_SUFFIX, acquire, release
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from ._cache import Cache
 
 __all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
-
 
 
 class MemoizedFunction:
@@ -64,9 +63,6 @@ class MemoizedFunction:
         self.function_dir = cache.store.function_dir(self.name, identity) if cache.store else None
         self._recorder = StatsRecorder(self.function_dir)
         self._prefix = os.path.join(self.function_dir, "") if self.function_dir else ""
-        self._is_async = inspect.iscoroutinefunction(func)
-        if self._is_async:
-            self._make_async()
 
     def __repr__(self) -> str:
         return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
@@ -109,7 +105,7 @@ class MemoizedFunction:
         """Return (True, result) on a hit, (False, None) on a miss; damaged entries miss."""
         started = time.perf_counter()
         try:
-            metadata, result = self.cache.store.read(path, self.mmap_mode, self.expires_after)  # type: ignore[union-attr]
+            metadata, result = _unpacked(self.cache.store.read(path, self.mmap_mode, self.expires_after))  # type: ignore[union-attr]
         except (FileNotFoundError, NotADirectoryError):
             return False, None
         except (CacheError, OSError, ValueError, TypeError) as exc:
@@ -187,23 +183,6 @@ class MemoizedFunction:
                 pass
         return result
 
-    def _make_async(self) -> None:
-        """Replace ``__call__`` for ``async def`` functions: await, then store."""
-        func = self.__wrapped__
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.cache.store is None:
-                return await func(*args, **kwargs)
-            path = self._entry_name(args, kwargs)
-            hit, result = self._lookup(path)
-            if hit:
-                return result
-            started = time.perf_counter()
-            result = await func(*args, **kwargs)
-            return self._store(path, result, time.perf_counter() - started)
-
-        self._async_call = call
-
     # -- management ------------------------------------------------------------------------
 
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
@@ -233,10 +212,30 @@ class MemoizedFunction:
 
 
 class AsyncMemoizedFunction(MemoizedFunction):
-    """The ``MemoizedFunction`` of an ``async def`` function: calling it returns a coroutine."""
+    """The ``MemoizedFunction`` of an ``async def`` function: calling it returns a coroutine.
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._async_call(*args, **kwargs)
+    A hit is read without awaiting; a miss awaits the function, then stores its
+    result. Concurrent callers are not locked against each other (a file lock
+    would block the event loop): two may compute the same call, both correctly.
+    """
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.cache.store is None:
+            return await self.__wrapped__(*args, **kwargs)
+        path = self._entry_name(args, kwargs)
+        hit, result = self._lookup(path)
+        if hit:
+            return result
+        started = time.perf_counter()
+        result = await self.__wrapped__(*args, **kwargs)
+        return self._store(path, result, time.perf_counter() - started)
+
+
+def _unpacked(entry: Any) -> tuple[dict, Any]:
+    """Split an entry into (metadata, result), refusing anything else as damaged."""
+    if type(entry) is not tuple or len(entry) != 2 or type(entry[0]) is not dict:
+        raise CorruptFileError("the file is not a cache entry (no metadata and result)")
+    return entry
 
 
 def memoized(func: Callable[..., Any], cache: Cache, **options: Any) -> Any:
