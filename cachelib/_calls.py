@@ -15,8 +15,10 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import xxhash
+
 from ._errors import InvalidOptionError, UnhashableError
-from ._hashing import Hasher, module_name
+from ._hashing import Hasher, module_name, scalars_encoding
 
 __all__ = ["CallKeyer", "function_identity"]
 
@@ -111,6 +113,9 @@ class CallKeyer:
     def key(self, args: tuple, kwargs: dict) -> str:
         """Return the cache key of one call."""
         values = self.bound_values(args, kwargs)
+        flat = scalars_encoding(values)
+        if flat is not None:
+            return xxhash.xxh3_128_hexdigest(self._prefix + flat)
         hasher = Hasher()
         hasher._put(self._prefix)
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import copyreg
+import dataclasses
 import functools
 import math
 import pickle
@@ -553,17 +554,24 @@ def read_stream(reader: RecordReader) -> Any:
     return value
 
 
-def read_bytes(data: bytes) -> Any:
-    """Unpickle a whole raw stream held in memory: the fast path for small cache entries.
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """A whole raw stream, checked: its pickle and the payloads of its array records."""
 
-    Checks exactly what ``RecordReader`` checks, on a buffer instead of a stream;
-    arrays are copied out, so that values loaded from the same bytes share nothing.
+    pickle: bytes
+    arrays: tuple[bytes, ...]
+
+
+def parse_bytes(data: bytes) -> Parsed:
+    """Check a whole raw stream held in memory and split it into pickle and arrays.
+
+    Checks exactly what ``RecordReader`` checks, on a buffer instead of a stream.
     """
     view = memoryview(data)
     arrays_edited = _check_header(view[: HEADER.size])
     position, records = HEADER.size, 0
     pickled: list[memoryview] = []
-    arrays: list[_Payload] = []
+    arrays: list[bytes] = []
     while True:
         if position + RECORD.size > view.nbytes:
             raise CorruptFileError(f"the file is truncated: no record header at offset {position}")
@@ -581,18 +589,27 @@ def read_bytes(data: bytes) -> Any:
         if kind == PICKLE and length <= PICKLE_RECORD_MAX:
             pickled.append(payload)
         elif kind == ARRAY and (end - length) % ALIGNMENT == 0:
-            arrays.append(_Payload(np.frombuffer(payload, np.uint8).copy(), False))
+            arrays.append(payload.tobytes())
         elif kind == FINAL and length == END.size:
             _check_end(payload, position, records)
             if end + CHECKSUM.size != view.nbytes:
                 raise CorruptFileError("the file holds data after its end record")
-            break
+            return Parsed(b"".join(pickled), tuple(arrays))
         else:
             raise CorruptFileError(f"invalid record of kind {kind} at offset {position}")
         records += 1
         position = end + CHECKSUM.size
-    supplied = iter(arrays)
-    value = _unpickled(lambda: pickle.loads(b"".join(pickled), buffers=supplied))
+
+
+def unpickle_parsed(parsed: Parsed) -> Any:
+    """Rebuild the value of a checked stream; its arrays are fresh copies every time."""
+    supplied = iter([_Payload(np.frombuffer(a, np.uint8).copy(), False) for a in parsed.arrays])
+    value = _unpickled(lambda: pickle.loads(parsed.pickle, buffers=supplied))
     if next(supplied, None) is not None:
         raise CorruptFileError("the file holds array records its pickle does not use")
     return value
+
+
+def read_bytes(data: bytes) -> Any:
+    """Unpickle a whole raw stream held in memory: the fast path for small cache entries."""
+    return unpickle_parsed(parse_bytes(data))

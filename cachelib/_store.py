@@ -33,7 +33,7 @@ import filelock
 from ._compressors import Compressor
 from ._errors import CacheError, FileAccessError, InvalidOptionError, LockTimeout
 from ._eviction import plan_eviction
-from ._format import MAGIC, read_bytes
+from ._format import MAGIC, Parsed, parse_bytes, unpickle_parsed
 from ._persistence import read_value, verify, write_value
 from ._signing import SIGNATURE_SIZE, SIGNED_MAGIC, Signer
 from ._sizes import format_size
@@ -81,7 +81,7 @@ class LocalStore:
         self._ready = False
         self._written_since_check = 0
         self._size_after_check = 0
-        self._recent: dict[str | Path, tuple[tuple[int, int, int], bytes]] = {}
+        self._recent: dict[str | Path, tuple[tuple[int, int, int], Parsed | bytes]] = {}
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.location)!r})"
@@ -144,8 +144,8 @@ class LocalStore:
 
         A file is "the same" while its inode, size and modification time are: entries
         are replaced by rename, never rewritten in place, so a hit costs one ``stat``
-        and an unpickling. Values are rebuilt from the bytes on every hit, so callers
-        never share (and never see each other's changes to) a result.
+        and an unpickling of bytes checked when they were read. Values are rebuilt on
+        every hit, so callers never share (or see each other's changes to) a result.
         """
         identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         known = self._recent.get(path)
@@ -159,12 +159,14 @@ class LocalStore:
                 self.signer.check(io.BytesIO(data), _context(Path(path)))
             if data.startswith(SIGNED_MAGIC):
                 data = data[SIGNATURE_SIZE:]
-            known = (identity, data)
+            known = (identity, parse_bytes(data) if data.startswith(MAGIC) else data)
             if len(self._recent) >= _RECENT_ENTRIES:
                 self._recent.pop(next(iter(self._recent)))
             self._recent[path] = known
-        data = known[1]
-        return read_bytes(data) if data.startswith(MAGIC) else read_value(io.BytesIO(data))
+        content = known[1]
+        if isinstance(content, Parsed):
+            return unpickle_parsed(content)
+        return read_value(io.BytesIO(content))  # a small compressed entry
 
     # -- writing ---------------------------------------------------------------------
 

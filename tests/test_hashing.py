@@ -484,3 +484,23 @@ def test_faster_than_joblib_hash_on_a_large_array():
     ours = best(h, 3)
     theirs = best(joblib.hash, 1)
     assert ours < theirs, (ours, theirs)
+
+
+def test_the_scalar_fast_path_encodes_exactly_like_the_general_encoder():
+    """Keys of calls with plain scalar arguments do not depend on which encoder built them."""
+    import random
+
+    import xxhash
+
+    from cachelib._hashing import Hasher, scalars_encoding
+
+    rng = random.Random(7)
+    pool = [0, 1, -1, 2**63 - 1, -(2**63), 1.0, -0.0, 0.0, float("nan"), float("inf"), 1e-300,
+            "", "abc", "\u00e9t\u00e9", "\udc80", None, True, False]
+    for _ in range(2000):
+        values = tuple(rng.choice(pool) for _ in range(rng.randint(0, 6)))
+        general = Hasher()
+        general.update(values)
+        assert general.digest() == xxhash.xxh3_128(scalars_encoding(values)).digest(), values
+    assert scalars_encoding((2**64,)) is None  # beyond 64 bits: the general encoder
+    assert scalars_encoding(([1],)) is None
