@@ -43,6 +43,7 @@ __all__ = ["ENTRY_SUFFIX", "TEMP_SUFFIX", "LocalStore"]
 ENTRY_SUFFIX = ".cl"
 LOCK_SUFFIX = ".lock"
 LOCK_KINDS = ("file", "soft", "none")
+SIZE_FILE = ".size"  # "<bytes> <unix time>": the total the last scan found
 TEMP_SUFFIX = ".tmp"
 _GITIGNORE = "# Created by cachelib: cache entries are not source.\n*\n"
 _CACHEDIR_TAG = (
@@ -80,7 +81,7 @@ class LocalStore:
         self.stale_lock_after = stale_lock_after
         self._ready = False
         self._written_since_check = 0
-        self._size_after_check = 0
+        self._size_after_check: int | None = None  # read from SIZE_FILE on first use
         self._recent: dict[str | Path, tuple[tuple[int, int, int], Parsed | bytes]] = {}
 
     def __repr__(self) -> str:
@@ -245,6 +246,8 @@ class LocalStore:
         targets = [function_dir] if function_dir is not None else list(self.function_dirs())
         for target in targets:
             shutil.rmtree(target, ignore_errors=True)
+        if function_dir is None and (self.location / SIZE_FILE).exists():
+            self._record_size(0)
 
     def function_dirs(self) -> Iterator[Path]:
         """Yield the directory of every function that has stored something."""
@@ -284,12 +287,29 @@ class LocalStore:
                     freed += size
         self._written_since_check = 0
         self._size_after_check = plan.bytes - freed
+        self._record_size(self._size_after_check)
         if removed:
             logger.info(
                 "evicted %d of %d entries (%s of %s) from %s",
                 removed, plan.entries, format_size(freed), format_size(plan.bytes), self.location,
             )
         return removed
+
+    def _recorded_size(self) -> int:
+        """Return the total size the last scan of the location found (0 if none did)."""
+        try:
+            return int((self.location / SIZE_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _record_size(self, size: int) -> None:
+        """Leave the total a scan found for other processes' estimates (best effort)."""
+        temporary = self.location / f"{SIZE_FILE}.{uuid.uuid4().hex}.tmp"
+        with contextlib.suppress(OSError):
+            temporary.write_text(f"{size} {time.time():.0f}\n")
+            os.replace(temporary, self.location / SIZE_FILE)
+        with contextlib.suppress(OSError):
+            temporary.unlink()
 
     def _entry_times(self, with_paths: bool = False) -> Iterator[Any]:
         """Yield (last used, stored, size) of every entry, with its path first if asked."""
@@ -305,13 +325,16 @@ class LocalStore:
     def note_write(self, size: int, bytes_limit: int) -> None:
         """Keep ``bytes_limit`` after a write, scanning only when it may be exceeded.
 
-        The store keeps an estimate of the location's size (the last scan's total
-        plus what this process wrote since). It scans when the estimate passes the
-        limit, or, since other processes write too, once this process alone has
-        written a tenth of the limit. A scan over the limit evicts down to 90% of
-        it, so the next one is a tenth of the limit of writes away.
+        The store keeps an estimate of the location's size: the total the last scan
+        found (by any process: scans record it in ``SIZE_FILE``) plus what this
+        process wrote since. It scans when the estimate passes the limit, or, since
+        other processes write too, once this process alone has written a tenth of
+        the limit. A scan over the limit evicts down to 90% of it, so the next one
+        is a tenth of the limit of writes away.
         """
         self._written_since_check += size
+        if self._size_after_check is None:
+            self._size_after_check = self._recorded_size()
         estimate = self._size_after_check + self._written_since_check
         if estimate > bytes_limit or self._written_since_check >= max(bytes_limit // 10, 1):
             self.evict(bytes_limit=bytes_limit, low_water=0.9)
