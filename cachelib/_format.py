@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import copyreg
 import dataclasses
-import functools
 import math
 import pickle
 import struct
@@ -179,8 +178,12 @@ class RecordWriter:
         # arrays alike in dtype, shape and order share one description, which keeps
         # memory flat and lets the pickle refer back to it. The sentinel must stay
         # outside it: a memoized tuple is not written again, nor its NEXT_BUFFER.
-        key = (array.dtype, array.shape, order, subclass)
-        description = self._descriptions.setdefault(key, key)
+        # Keyed by the dtype object itself: equal dtypes may still differ (an align
+        # flag, metadata), and each array must get back exactly its own.
+        key = (id(array.dtype), array.shape, order, subclass)
+        description = self._descriptions.get(key)
+        if description is None or description[0] is not array.dtype:
+            description = self._descriptions[key] = (array.dtype, array.shape, order, subclass)
         return rebuild_array, (description, _OUT_OF_BAND)
 
     @staticmethod
@@ -210,9 +213,27 @@ class _Payload:
         self.mapped = mapped
 
 
-@functools.lru_cache(maxsize=1024)
+_checked: dict[int, tuple[tuple, tuple]] = {}
+
+
 def _checked_description(description: tuple) -> tuple[np.dtype, tuple, str, Any, int]:
-    """Validate an array description once (arrays alike share it); add its byte count."""
+    """Validate an array description once per description object; add its byte count.
+
+    Arrays alike share one description object in a pickle, so this runs once per
+    kind of array. The cache is keyed by identity, never by equality: equal dtypes
+    can differ in flags that a round trip must keep.
+    """
+    known = _checked.get(id(description))
+    if known is not None and known[0] is description:
+        return known[1]  # type: ignore[return-value]
+    if len(_checked) >= 1024:
+        _checked.clear()
+    result = _validated_description(description)
+    _checked[id(description)] = (description, result)
+    return result
+
+
+def _validated_description(description: Any) -> tuple[np.dtype, tuple, str, Any, int]:
     try:
         dtype, shape, order, subclass = description
         dtype = np.dtype(dtype)
@@ -230,10 +251,7 @@ def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
     This is the global the pickle names (``cachelib._format.rebuild_array``); its
     signature, ``((dtype, shape, order, subclass), buffer)``, is part of the format.
     """
-    try:
-        dtype, shape, order, subclass, expected = _checked_description(description)
-    except TypeError:  # unhashable: not a description this module wrote
-        raise CorruptFileError(f"invalid array description {description!r}") from None
+    dtype, shape, order, subclass, expected = _checked_description(description)
     mapped = True
     if isinstance(buffer, _Payload):
         payload, buffer, mapped = buffer, buffer.data, buffer.mapped

@@ -1101,3 +1101,17 @@ def test_many_arrays_alike_in_dtype_and_shape_keep_their_own_data(tmp_path):
         assert out["again"] is out["arrays"][7]
         assert all(a.flags.f_contiguous for a in out["fortran"])
         np.testing.assert_array_equal(out["fortran"][4], arrays[4])
+
+
+def test_equal_dtypes_that_differ_in_flags_keep_their_own(tmp_path):
+    """Arrays whose dtypes compare equal but differ (align flag, metadata) round-trip apart."""
+    plain = np.zeros(2, dtype=np.dtype([("f0", "?")]))
+    aligned = np.zeros(2, dtype=np.dtype([("f0", "?")], align=True))
+    tagged = np.zeros(2, dtype=np.dtype(np.float64, metadata={"unit": "m"}))
+    bare = np.zeros(2)
+    for value in ([plain, aligned, tagged, bare], [aligned, plain, bare, tagged]):
+        path = tmp_path / "flags.pkl"
+        cachelib.dump(value, path)
+        out = cachelib.load(path)
+        assert [a.dtype.isalignedstruct for a in out] == [a.dtype.isalignedstruct for a in value]
+        assert [a.dtype.metadata for a in out] == [a.dtype.metadata for a in value]
