@@ -62,6 +62,7 @@ PICKLE_RECORD_MAX = 1 << 20
 """The largest pickle record written; a reader refuses larger ones before allocating."""
 
 IO_CHUNK = 4 << 20
+DECOMPRESSED_CHUNK = 1 << 18  # reads from a codec: its per-read buffer stays in the CPU cache
 _SMALL_ARRAY = 1 << 12  # below this, a loaded array is copied off its record buffer
 """Large payloads move in slices of this size, bounding what codecs buffer."""
 
@@ -323,7 +324,9 @@ class RecordReader:
     ``source`` is the raw stream (a file, a pipe, or a decompressor). With
     ``mapping`` (an ``np.memmap`` of the whole raw file, which must then be
     seekable) array records become views of the mapping instead of being read.
-    ``size``, when known, bounds every length read from the stream.
+    ``size``, when known, bounds every length read from the stream. ``read_size``
+    bounds each read: decompressors allocate a buffer per read, so they get
+    smaller ones than a plain file.
     """
 
     def __init__(
@@ -333,8 +336,10 @@ class RecordReader:
         mapping: np.memmap | None = None,
         mapping_offset: int = 0,
         size: int | None = None,
+        read_size: int = IO_CHUNK,
     ) -> None:
         self._source = source
+        self._read_size = read_size
         self._mapping = mapping
         self._mapping_offset = mapping_offset
         self._size = size
@@ -352,7 +357,7 @@ class RecordReader:
         total = view.nbytes
         got = 0
         while got < total:
-            part = view[got : got + IO_CHUNK]
+            part = view[got : got + self._read_size]
             try:
                 n = self._source.readinto(part)
             except CorruptFileError:

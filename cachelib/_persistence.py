@@ -26,6 +26,7 @@ from ._compressors import (
 )
 from ._errors import CacheWarning, CorruptFileError, FileAccessError, InvalidOptionError
 from ._format import (
+    DECOMPRESSED_CHUNK,
     FLAG_ARRAYS_EDITED,
     FLAGS_OFFSET,
     MAGIC,
@@ -289,7 +290,7 @@ def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = No
         )
     decompressed = compressor.open_reader(stream)
     try:
-        value = read_stream(RecordReader(decompressed))
+        value = read_stream(RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK))
         _check_frame_end(decompressed, compressor, whole_file=path is not None)
         return value
     finally:

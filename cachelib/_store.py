@@ -295,12 +295,12 @@ class LocalStore:
             )
         return removed
 
-    def _recorded_size(self) -> int:
-        """Return the total size the last scan of the location found (0 if none did)."""
+    def _recorded_size(self) -> int | None:
+        """Return the total size the last scan of the location found, or None."""
         try:
             return int((self.location / SIZE_FILE).read_text().split()[0])
         except (OSError, ValueError, IndexError):
-            return 0
+            return None
 
     def _record_size(self, size: int) -> None:
         """Leave the total a scan found for other processes' estimates (best effort)."""
@@ -326,15 +326,20 @@ class LocalStore:
         """Keep ``bytes_limit`` after a write, scanning only when it may be exceeded.
 
         The store keeps an estimate of the location's size: the total the last scan
-        found (by any process: scans record it in ``SIZE_FILE``) plus what this
-        process wrote since. It scans when the estimate passes the limit, or, since
+        found (by any process: scans record it in ``SIZE_FILE``; a location never
+        scanned is scanned at its first write under a limit) plus what this process
+        wrote since. It scans when the estimate passes the limit, or, since
         other processes write too, once this process alone has written a tenth of
         the limit. A scan over the limit evicts down to 90% of it, so the next one
         is a tenth of the limit of writes away.
         """
         self._written_since_check += size
         if self._size_after_check is None:
-            self._size_after_check = self._recorded_size()
+            recorded = self._recorded_size()
+            if recorded is None:  # never scanned under a limit: learn its size once
+                self.evict(bytes_limit=bytes_limit, low_water=0.9)
+                return
+            self._size_after_check = recorded
         estimate = self._size_after_check + self._written_since_check
         if estimate > bytes_limit or self._written_since_check >= max(bytes_limit // 10, 1):
             self.evict(bytes_limit=bytes_limit, low_water=0.9)
