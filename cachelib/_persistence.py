@@ -254,12 +254,26 @@ def _mark_arrays_edited(mapping: np.memmap, start: int) -> None:
         mapping.flush()
 
 
-def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = None) -> Any:
-    """Read one value from an open binary file object, detecting its codec."""
+def _sniff(fileobj: Any) -> tuple[Any, Compressor | None]:
+    """Return a stream still at the file's start, and its codec (None for a raw file)."""
     prefix, stream = _peek_magic(fileobj)
     if not prefix:
         raise CorruptFileError("the file is empty")
     if prefix.startswith(MAGIC[: len(prefix)]):
+        return stream, None
+    compressor = detect_compressor(prefix)
+    if compressor is None:
+        raise CorruptFileError(
+            "not a cachelib file: its first bytes match neither the cachelib magic nor a "
+            "registered compressor's"
+        )
+    return stream, compressor
+
+
+def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = None) -> Any:
+    """Read one value from an open binary file object, detecting its codec."""
+    stream, compressor = _sniff(fileobj)
+    if compressor is None:
         size, position = _stream_size(stream) if stream is fileobj else (None, 0)
         mapping = None
         if mmap_mode is not None and size is not None:
@@ -275,12 +289,6 @@ def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = No
         if path is not None and stream.read(1):
             raise CorruptFileError(f"{path!r} has bytes after the end of its cachelib stream")
         return value
-    compressor = detect_compressor(prefix)
-    if compressor is None:
-        raise CorruptFileError(
-            "not a cachelib file: its first bytes match neither the cachelib magic nor a "
-            "registered compressor's"
-        )
     if mmap_mode is not None:
         warnings.warn(
             f"mmap_mode={mmap_mode!r} is not compatible with a {compressor.name}-compressed "
@@ -327,20 +335,16 @@ def verify(filename: str | os.PathLike[str]) -> None:
     path = os.fspath(filename)
     _check_not_directory(path)
     with open(path, "rb") as fileobj:  # default buffering: most entries are small
-        prefix, stream = _peek_magic(fileobj)
-        if not prefix:
-            raise CorruptFileError("the file is empty")
-        if prefix.startswith(MAGIC[: len(prefix)]):
+        stream, compressor = _sniff(fileobj)
+        if compressor is None:
             verify_stream(stream)
             if stream.read(1):
                 raise CorruptFileError(f"{path!r} has bytes after the end of its cachelib stream")
             return
-        compressor = detect_compressor(prefix)
-        if compressor is None:
-            raise CorruptFileError("not a cachelib file: unknown magic number")
         decompressed = compressor.open_reader(stream)
         try:
             verify_stream(decompressed)
+            _check_frame_end(decompressed, compressor, whole_file=True)  # as load checks it
         finally:
             decompressed.close()
 

@@ -607,3 +607,17 @@ def test_a_cache_entry_cut_inside_its_header_is_a_miss(cut, tmp_path):
 
 def _double(x):
     return 2 * x
+
+
+def test_verify_reads_a_compressed_frame_to_its_end(tmp_path):
+    """cachelib.verify finds a lost codec trailer, as load does."""
+    stream = io.BytesIO()
+    cachelib.dump({"a": np.arange(10)}, stream, compress="gzip")
+    path = tmp_path / "lost-trailer.gz"
+    path.write_bytes(stream.getvalue()[:-8])  # gzip's CRC and size are gone
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(path)
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.verify(path)
+    path.write_bytes(stream.getvalue())
+    cachelib.verify(path)
