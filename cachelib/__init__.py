@@ -15,14 +15,17 @@ from ._errors import (
     InvalidOptionError,
     LockTimeout,
     MissingDependencyError,
+    NotACacheError,
     SerializationError,
     UnhashableError,
     UnknownCompressorError,
+    UnsafeLocationError,
     UnsupportedFormatError,
 )
 from ._hashing import hash
+from ._loading import load, verify
 from ._memoize import MemoizedFunction
-from ._persistence import dump, load, verify
+from ._persistence import dump
 from ._version import __version__
 
 __all__ = [
@@ -39,9 +42,11 @@ __all__ = [
     "LockTimeout",
     "MemoizedFunction",
     "MissingDependencyError",
+    "NotACacheError",
     "SerializationError",
     "UnhashableError",
     "UnknownCompressorError",
+    "UnsafeLocationError",
     "UnsupportedFormatError",
     "__version__",
     "compressors",

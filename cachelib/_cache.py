@@ -6,21 +6,24 @@ happens on a call lives in ``_memoize``, where bytes go in ``_store``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ._compressors import Compressor
-from ._errors import InvalidOptionError
+from ._entries import Entries
+from ._errors import CacheError, CacheWarning, InvalidOptionError
+from ._local import LocalStore
 from ._memoize import MemoizedFunction, memoized
 from ._persistence import MMAP_MODES, resolve_compress
 from ._sizes import parse_size
-from ._stats import read_stats
-from ._store import LocalStore
+from ._stats import compact_stats, read_stats
+from ._upkeep import SizeBudget, evict
 
 __all__ = ["Cache", "CacheInfo", "FunctionInfo"]
 
@@ -98,7 +101,10 @@ class Cache:
     working ``flock`` (some NFS mounts); ``lock="none"`` never waits. ``fsync=False``
     trades durability across power loss for speed (entries stay checksummed either
     way). ``secret`` signs every entry (HMAC-SHA256) and refuses, before unpickling,
-    any entry that fails the check: use it when others can write the location.
+    any entry that fails the check. ``share="group"`` is the group-sharing mode
+    (needs ``secret``; see the README's Security section). Where the location
+    cannot be used safely, calls warn once and compute without it, or raise
+    ``UnsafeLocationError`` with ``strict=True``.
     """
 
     def __init__(
@@ -114,13 +120,20 @@ class Cache:
         on_lock_timeout: str = "compute",
         lock: str = "file",
         fsync: bool = True,
-        secret: bytes | None = None,
+        secret: bytes | str | None = None,
+        share: str | None = None,
+        strict: bool = False,
     ) -> None:
-        self.store = (
-            LocalStore(location, fsync=fsync, secret=secret, lock=lock)
-            if location is not None
-            else None
-        )
+        if share not in (None, "group"):
+            raise InvalidOptionError(f"share must be None or 'group', got {share!r}")
+        if share is not None and secret is None:
+            raise InvalidOptionError(
+                "share='group' needs secret=...: members load only entries signed with the group's secret"
+            )
+        self.store = LocalStore(location, share=share, fsync=fsync) if location is not None else None
+        self.entries = Entries(self.store, secret=secret, lock=lock) if self.store is not None else None
+        self._budget = SizeBudget(self.entries) if self.entries is not None else None
+        self.strict = strict
         self.compressor = resolve_compress(compress)
         self.mmap_mode = self._checked_mmap_mode(mmap_mode)
         self.bytes_limit = parse_size(bytes_limit) if bytes_limit is not None else None
@@ -139,7 +152,12 @@ class Cache:
         """Pickle settings only: a worker's cache registers its own functions."""
         state = self.__dict__.copy()
         state["_functions"] = {}
+        state["_budget"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._budget = SizeBudget(self.entries) if self.entries is not None else None
 
     @property
     def logger(self) -> logging.Logger:
@@ -160,7 +178,7 @@ class Cache:
     @property
     def location(self) -> str | None:
         """The cache directory, or None for a cache that stores nothing."""
-        return str(self.store.location) if self.store else None
+        return self.store.url if self.store else None
 
     # -- defaults and their overrides ---------------------------------------------------
 
@@ -224,16 +242,22 @@ class Cache:
     # -- management --------------------------------------------------------------------------
 
     def clear(self) -> None:
-        """Remove every stored result under the location (the location itself stays)."""
-        if self.store is not None:
-            self.store.clear()
+        """Remove every stored result under the location (the location itself stays).
+
+        Raises ``NotACacheError`` if the location is not a cachelib location, and
+        ``FileAccessError`` if entries could not be removed (a read-only filesystem).
+        """
+        if self.entries is not None:
+            self.entries.clear()
             for func in self._functions.values():
                 func._reset_stats()
+            if self._budget is not None:
+                self._budget.record(0)
 
     def _function_info(self, func: MemoizedFunction) -> FunctionInfo:
-        if func.function_dir is None:
+        if self.entries is None:
             return FunctionInfo(func.name)
-        return function_info(self.store, func.function_dir)  # type: ignore[arg-type]
+        return function_info(self.entries, func.namespace)
 
     def info(self) -> CacheInfo:
         """Return entries and bytes on disk, and hits, misses and time saved, per function.
@@ -241,12 +265,16 @@ class Cache:
         Counts include every process that used the location, across restarts.
         """
         summary = CacheInfo(self.location)
-        if self.store is None:
+        if self.entries is None or not self.entries.require_cache():
             return summary
-        for directory in self.store.function_dirs():
-            info = function_info(self.store, directory)
+        for namespace in self.entries.namespaces():
+            with contextlib.suppress(CacheError, OSError):
+                compact_stats(self.entries, namespace, wait=1.0)
+            info = function_info(self.entries, namespace)
+            if not info.entries and not info.hits and not info.misses:
+                continue
             # Two functions whose readable names coincide keep apart by directory name.
-            key = info.name if info.name not in summary.functions else directory.name
+            key = info.name if info.name not in summary.functions else namespace
             summary.functions[key] = info
         return summary
 
@@ -256,32 +284,33 @@ class Cache:
         items_limit: int | None = None,
         age_limit: float | datetime.timedelta | None = None,
     ) -> int:
-        """Evict least recently stored entries until every given limit holds; return how many."""
-        if self.store is None:
+        """Evict least recently used entries until every given limit holds; return how many."""
+        if self.entries is None or not self.entries.require_cache():
             return 0
         limit = parse_size(bytes_limit) if bytes_limit is not None else self.bytes_limit
         max_age = self._seconds_for(age_limit) if age_limit is not None else None
-        return self.store.evict(bytes_limit=limit, items_limit=items_limit, max_age=max_age)
+        removed, left = evict(self.entries, bytes_limit=limit, items_limit=items_limit, max_age=max_age)
+        self._budget.record(left)  # type: ignore[union-attr]
+        return removed
 
     def _after_store(self, size: int) -> None:
-        """Keep ``bytes_limit`` after a write (amortised inside the store)."""
-        if self.bytes_limit is not None and self.store is not None:
-            self.store.note_write(size, self.bytes_limit)
+        """Keep ``bytes_limit`` after a write (amortised in the size budget)."""
+        if self.bytes_limit is not None and self._budget is not None:
+            try:
+                self._budget.note_write(size, self.bytes_limit)
+            except (CacheError, OSError) as exc:
+                warnings.warn(f"cachelib could not keep bytes_limit ({exc})", CacheWarning, stacklevel=4)
 
 
-def function_info(store: LocalStore, directory: Path) -> FunctionInfo:
-    """Summarise one function directory: entries on disk and recorded calls."""
-    info = FunctionInfo(directory.name.rsplit("-", 1)[0])
-    for entry in store.entries(directory):
-        try:
-            stat = entry.stat()
-        except FileNotFoundError:
-            continue
+def function_info(entries: Entries, namespace: str) -> FunctionInfo:
+    """Summarise one function: entries on disk and recorded calls."""
+    info = FunctionInfo(entries.about(namespace).get("function") or namespace.rsplit("-", 1)[0])
+    for _, item in entries.entries(namespace):
         info.entries += 1
-        info.bytes += stat.st_size
-        info.oldest = stat.st_mtime if info.oldest is None else min(info.oldest, stat.st_mtime)
-        info.newest = stat.st_mtime if info.newest is None else max(info.newest, stat.st_mtime)
-    stats = read_stats(directory)
+        info.bytes += item.size
+        info.oldest = item.stored if info.oldest is None else min(info.oldest, item.stored)
+        info.newest = item.stored if info.newest is None else max(info.newest, item.stored)
+    stats = read_stats(entries, namespace)
     info.hits, info.misses = stats.hits, stats.misses
     info.compute_seconds, info.saved_seconds = stats.compute_seconds, stats.saved_seconds
     return info

@@ -51,6 +51,14 @@ class FileAccessError(CacheError, OSError):
     """A path cannot be used: it is a directory, or it is not readable or writable."""
 
 
+class UnsafeLocationError(FileAccessError, PermissionError):
+    """A cache directory or file may have been written by someone else (its owner or mode)."""
+
+
+class NotACacheError(FileAccessError):
+    """A directory that is not a cachelib location (it has no marker): nothing in it is touched."""
+
+
 class LockTimeout(CacheError, TimeoutError):
     """Waiting for another process to finish computing the same call ran out of time."""
 

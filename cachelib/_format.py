@@ -16,14 +16,12 @@ The pickle names each array by ``rebuild_array(dtype, shape, order, NEXT_BUFFER)
 the array's bytes are a protocol-5 out-of-band buffer, and the reader feeds the
 unpickler the ``A`` records in the order they appear. An ``A`` record is always
 written before the pickle bytes that consume it, so one forward pass reads the
-stream: files, pipes and sockets alike.
+stream: files, pipes and sockets alike. Writing lives here; reading, in ``_reader``.
 """
 
 from __future__ import annotations
 
-import collections
 import copyreg
-import dataclasses
 import math
 import pickle
 import struct
@@ -36,7 +34,6 @@ import xxhash
 from ._dtypes import has_padding
 from ._errors import (
     CorruptFileError,
-    DeserializationError,
     SerializationError,
     UnsupportedFormatError,
 )
@@ -62,9 +59,9 @@ PICKLE_RECORD_MAX = 1 << 20
 """The largest pickle record written; a reader refuses larger ones before allocating."""
 
 IO_CHUNK = 4 << 20
-DECOMPRESSED_CHUNK = 1 << 18  # reads from a codec: its per-read buffer stays in the CPU cache
-_SMALL_ARRAY = 1 << 12  # below this, a loaded array is copied off its record buffer
 """Large payloads move in slices of this size, bounding what codecs buffer."""
+DECOMPRESSED_CHUNK = 1 << 18  # reads from a codec: its per-read buffer stays in the CPU cache
+SMALL_ARRAY = 1 << 12  # below this, a loaded array is copied off its record buffer
 
 # The one object the pickler hands to ``buffer_callback`` as "the array record just
 # written": writable, so that no READONLY_BUFFER opcode follows it.
@@ -199,7 +196,7 @@ class RecordWriter:
         self._record(FINAL, END.size, (END.pack(self._records, end),))
 
 
-class _Payload:
+class Payload:
     """An array record's bytes on their way to ``rebuild_array``.
 
     The unpickler keeps every argument tuple in its memo until the load ends;
@@ -254,7 +251,7 @@ def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
     """
     dtype, shape, order, subclass, expected = _checked_description(description)
     mapped = True
-    if isinstance(buffer, _Payload):
+    if isinstance(buffer, Payload):
         payload, buffer, mapped = buffer, buffer.data, buffer.mapped
         payload.data = None  # the unpickler's memo keeps only the husk
     data = buffer if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, np.uint8)
@@ -269,7 +266,7 @@ def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
         array = data.view(dtype).reshape(shape)
     else:
         array = data.view(dtype).reshape(tuple(shape)[::-1]).T
-    if expected < _SMALL_ARRAY and not mapped:
+    if expected < SMALL_ARRAY and not mapped:
         array = array.copy(order="K")  # one small object instead of a view and its buffer
     return array if subclass is None else array.view(subclass)
 
@@ -291,7 +288,7 @@ def write_stream(value: Any, sink: IO[bytes], protocol: int = 5) -> None:
     writer.close()
 
 
-def _check_header(head: Any) -> bool:
+def check_header(head: Any) -> bool:
     """Validate the 16-byte file header; return whether its arrays were edited in place."""
     if len(head) < HEADER.size:
         raise CorruptFileError(f"the file is truncated: {len(head)} bytes, shorter than a header")
@@ -308,7 +305,7 @@ def _check_header(head: Any) -> bool:
     return bool(flags & FLAG_ARRAYS_EDITED)
 
 
-def _check_end(payload: Any, start: int, records_seen: int) -> None:
+def check_end(payload: Any, start: int, records_seen: int) -> None:
     """Validate an end record's payload against what the reader saw before it."""
     records, offset = END.unpack(payload)
     if records != records_seen or offset != start:
@@ -318,321 +315,3 @@ def _check_end(payload: Any, start: int, records_seen: int) -> None:
         )
 
 
-class RecordReader:
-    """The file object the unpickler reads from; checks records and collects arrays.
-
-    ``source`` is the raw stream (a file, a pipe, or a decompressor). With
-    ``mapping`` (an ``np.memmap`` of the whole raw file, which must then be
-    seekable) array records become views of the mapping instead of being read.
-    ``size``, when known, bounds every length read from the stream. ``read_size``
-    bounds each read: decompressors allocate a buffer per read, so they get
-    smaller ones than a plain file.
-    """
-
-    def __init__(
-        self,
-        source: Any,
-        *,
-        mapping: np.memmap | None = None,
-        mapping_offset: int = 0,
-        size: int | None = None,
-        read_size: int = IO_CHUNK,
-    ) -> None:
-        self._source = source
-        self._read_size = read_size
-        self._mapping = mapping
-        self._mapping_offset = mapping_offset
-        self._size = size
-        self._position = 0
-        self._records = 0
-        self._chunk = memoryview(b"")
-        self._arrays: collections.deque[np.ndarray] = collections.deque()
-        self._ended = False
-        self._read_header()
-
-    # -- raw reads ---------------------------------------------------------------
-
-    def _fill(self, view: memoryview, hasher: Any = None) -> None:
-        """Fill ``view`` from the source, or raise CorruptFileError if it ends first."""
-        total = view.nbytes
-        got = 0
-        while got < total:
-            part = view[got : got + self._read_size]
-            try:
-                n = self._source.readinto(part)
-            except CorruptFileError:
-                raise
-            except Exception as exc:
-                raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
-            if not n:
-                raise CorruptFileError(
-                    f"the file is truncated: it ends {total - got} bytes into a "
-                    f"{total}-byte read at offset {self._position + got}"
-                )
-            if hasher is not None:
-                hasher.update(part[:n])
-            got += n
-        self._position += total
-
-    def _read(self, size: int, hasher: Any = None) -> bytearray:
-        buffer = bytearray(size)
-        self._fill(memoryview(buffer), hasher)
-        return buffer
-
-    def _check_length(self, length: int, what: str) -> None:
-        if self._size is not None and length > self._size - self._position:
-            raise CorruptFileError(
-                f"{what} claims {length} bytes at offset {self._position}, "
-                f"but only {self._size - self._position} remain"
-            )
-
-    def _read_header(self) -> None:
-        self._arrays_edited = _check_header(self._read(HEADER.size))
-
-    # -- records -----------------------------------------------------------------
-
-    def _verify(self, hasher: Any, what: str) -> None:
-        (stored,) = CHECKSUM.unpack(self._read(CHECKSUM.size))
-        if hasher is not None and stored != hasher.intdigest():
-            raise CorruptFileError(f"checksum mismatch in {what} ending at offset {self._position}")
-
-    def _next_record(self) -> bool:
-        """Read records until pickle bytes are available; False at the end record."""
-        while not self._ended:
-            start = self._position
-            header = self._read(RECORD.size)
-            kind, padding, reserved_a, reserved_b, length = RECORD.unpack(header)
-            hasher = xxhash.xxh3_64(header)
-            if reserved_a or reserved_b or padding >= ALIGNMENT:
-                raise CorruptFileError(f"invalid record header at offset {start}")
-            if kind == PICKLE:
-                if padding or length > PICKLE_RECORD_MAX:
-                    raise CorruptFileError(f"invalid pickle record at offset {start}")
-                self._check_length(length + CHECKSUM.size, "a pickle record")
-                payload = self._read(length + CHECKSUM.size)  # one read: payload and checksum
-                hasher.update(memoryview(payload)[:length])
-                if CHECKSUM.unpack_from(payload, length)[0] != hasher.intdigest():
-                    raise CorruptFileError(f"checksum mismatch in the pickle record at offset {start}")
-                self._records += 1
-                self._chunk = memoryview(payload)[:length]
-                return True
-            if kind == ARRAY:
-                self._read_array(start, padding, length, hasher)
-            elif kind == FINAL:
-                self._read_end(start, padding, length, hasher)
-            else:
-                raise CorruptFileError(f"unknown record kind {kind!r} at offset {start}")
-        return False
-
-    def _read_array(self, start: int, padding: int, length: int, hasher: Any) -> None:
-        if (start + RECORD.size + padding) % ALIGNMENT:
-            raise CorruptFileError(f"misaligned array record at offset {start}")
-        self._check_length(padding + length, "an array record")
-        if self._mapping is None and length < _SMALL_ARRAY:
-            # A small array: padding, bytes and checksum in one read.
-            block = self._read(padding + length + CHECKSUM.size)
-            view = memoryview(block)
-            hasher.update(view[: padding + length])
-            (stored,) = CHECKSUM.unpack_from(block, padding + length)
-            if not self._arrays_edited and stored != hasher.intdigest():
-                raise CorruptFileError(f"checksum mismatch in the array record at offset {start}")
-            self._records += 1
-            self._arrays.append(np.frombuffer(block, np.uint8, length, padding))
-            return
-        hasher.update(self._read(padding))
-        if self._mapping is not None:
-            offset = self._mapping_offset + self._position
-            if offset + length > len(self._mapping):
-                raise CorruptFileError(f"array record at offset {start} runs past the end")
-            array = self._mapping[offset : offset + length]
-            self._source.seek(length, 1)
-            self._position += length
-            hasher = None  # mapped bytes are read lazily; cachelib.verify() checks them
-        else:
-            try:
-                array = np.empty(length, np.uint8)
-            except MemoryError:
-                raise CorruptFileError(
-                    f"array record at offset {start} claims {length} bytes"
-                ) from None
-            self._fill(memoryview(array), hasher)
-        if self._arrays_edited:
-            hasher = None  # edited in place through mmap_mode="r+": the checksum is stale
-        self._verify(hasher, f"the array record at offset {start}")
-        self._records += 1
-        self._arrays.append(array)
-
-    def _read_end(self, start: int, padding: int, length: int, hasher: Any) -> None:
-        if padding or length != END.size:
-            raise CorruptFileError(f"invalid end record at offset {start}")
-        payload = self._read(length, hasher)
-        self._verify(hasher, "the end record")
-        _check_end(payload, start, self._records)
-        self._ended = True
-
-    # -- the unpickler's file-object interface --------------------------------------
-
-    def readinto(self, buffer: Any) -> int:
-        """Copy the next pickle bytes into ``buffer``; fewer only at the end."""
-        view = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < view.nbytes:
-            if not self._chunk and not self._next_record():
-                break
-            n = min(view.nbytes - filled, self._chunk.nbytes)
-            view[filled : filled + n] = self._chunk[:n]
-            self._chunk = self._chunk[n:]
-            filled += n
-        return filled
-
-    def read(self, size: int = -1) -> bytes:
-        """Return the next ``size`` pickle bytes; fewer only at the end."""
-        if size < 0:
-            raise CorruptFileError("the pickle asked for an unbounded read")
-        if size <= self._chunk.nbytes:
-            data = self._chunk[:size].tobytes()
-            self._chunk = self._chunk[size:]
-            return data
-        # Grow with the bytes that really arrive: a length read from a damaged
-        # pickle never becomes one huge allocation.
-        data = bytearray()
-        while len(data) < size and (self._chunk or self._next_record()):
-            n = min(size - len(data), self._chunk.nbytes)
-            data += self._chunk[:n]
-            self._chunk = self._chunk[n:]
-        return bytes(data)
-
-    def readline(self) -> bytes:
-        """Return pickle bytes up to a newline (text opcodes; never written by cachelib)."""
-        line = bytearray()
-        while not line.endswith(b"\n") and len(line) <= PICKLE_RECORD_MAX:
-            byte = self.read(1)
-            if not byte:
-                break
-            line += byte
-        return bytes(line)
-
-    def buffers(self) -> Iterator[_Payload]:
-        """Yield the array records to the unpickler, in order."""
-        while True:
-            if not self._arrays:
-                raise CorruptFileError("the pickle refers to an array record that is missing")
-            yield _Payload(self._arrays.popleft(), self._mapping is not None)
-
-    def finish(self) -> None:
-        """Check that the pickle consumed every record and that the end record follows."""
-        if self._chunk or self._next_record() or self._arrays:
-            raise CorruptFileError("the file holds data after the end of its pickle")
-
-
-def verify_stream(source: Any) -> None:
-    """Check every record's checksum and the end record, without unpickling anything.
-
-    Reads ``source`` once in bounded chunks; raises ``CorruptFileError`` (or
-    ``UnsupportedFormatError``) on the first problem.
-    """
-    reader = RecordReader(source)
-    buffer = memoryview(bytearray(0))  # grown to the largest piece read, at most IO_CHUNK
-    while not reader._ended:
-        start = reader._position
-        header = reader._read(RECORD.size)
-        kind, padding, reserved_a, reserved_b, length = RECORD.unpack(header)
-        if kind == FINAL:
-            reader._read_end(start, padding, length, xxhash.xxh3_64(header))
-            break
-        if kind not in (PICKLE, ARRAY) or reserved_a or reserved_b or padding >= ALIGNMENT:
-            raise CorruptFileError(f"invalid record header at offset {start}")
-        hasher = xxhash.xxh3_64(header)
-        remaining = padding + length
-        while remaining:
-            step = min(remaining, IO_CHUNK)
-            if buffer.nbytes < step:
-                buffer = memoryview(bytearray(step))
-            reader._fill(buffer[:step], hasher)
-            remaining -= step
-        if kind == ARRAY and reader._arrays_edited:
-            hasher = None  # edited in place through mmap_mode="r+": the checksum is stale
-        reader._verify(hasher, f"the record at offset {start}")
-        reader._records += 1
-
-
-def _unpickled(load: Any) -> Any:
-    """Run an unpickling call, reporting its failures as CacheError subclasses."""
-    try:
-        return load()
-    except (CorruptFileError, UnsupportedFormatError):
-        raise
-    except (ImportError, AttributeError) as exc:
-        raise DeserializationError(
-            f"the file is intact but its value cannot be rebuilt here: {exc}"
-        ) from exc
-    except Exception as exc:
-        raise CorruptFileError(f"the pickle in the file is invalid: {exc!r}") from exc
-
-
-def read_stream(reader: RecordReader) -> Any:
-    """Unpickle the value of one cachelib stream from ``reader``."""
-    value = _unpickled(pickle.Unpickler(reader, buffers=reader.buffers()).load)
-    reader.finish()
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class Parsed:
-    """A whole raw stream, checked: its pickle and the payloads of its array records."""
-
-    pickle: bytes
-    arrays: tuple[bytes, ...]
-
-
-def parse_bytes(data: bytes) -> Parsed:
-    """Check a whole raw stream held in memory and split it into pickle and arrays.
-
-    Checks exactly what ``RecordReader`` checks, on a buffer instead of a stream.
-    """
-    view = memoryview(data)
-    arrays_edited = _check_header(view[: HEADER.size])
-    position, records = HEADER.size, 0
-    pickled: list[memoryview] = []
-    arrays: list[bytes] = []
-    while True:
-        if position + RECORD.size > view.nbytes:
-            raise CorruptFileError(f"the file is truncated: no record header at offset {position}")
-        kind, padding, reserved_a, reserved_b, length = RECORD.unpack_from(view, position)
-        if reserved_a or reserved_b or padding >= ALIGNMENT or (kind != ARRAY and padding):
-            raise CorruptFileError(f"invalid record header at offset {position}")
-        end = position + RECORD.size + padding + length
-        if end + CHECKSUM.size > view.nbytes:
-            raise CorruptFileError(f"the file is truncated in the record at offset {position}")
-        payload = view[end - length : end]
-        if not (kind == ARRAY and arrays_edited) and (
-            xxhash.xxh3_64_intdigest(view[position:end]) != CHECKSUM.unpack_from(view, end)[0]
-        ):
-            raise CorruptFileError(f"checksum mismatch in the record at offset {position}")
-        if kind == PICKLE and length <= PICKLE_RECORD_MAX:
-            pickled.append(payload)
-        elif kind == ARRAY and (end - length) % ALIGNMENT == 0:
-            arrays.append(payload.tobytes())
-        elif kind == FINAL and length == END.size:
-            _check_end(payload, position, records)
-            if end + CHECKSUM.size != view.nbytes:
-                raise CorruptFileError("the file holds data after its end record")
-            return Parsed(b"".join(pickled), tuple(arrays))
-        else:
-            raise CorruptFileError(f"invalid record of kind {kind} at offset {position}")
-        records += 1
-        position = end + CHECKSUM.size
-
-
-def unpickle_parsed(parsed: Parsed) -> Any:
-    """Rebuild the value of a checked stream; its arrays are fresh copies every time."""
-    supplied = iter([_Payload(np.frombuffer(a, np.uint8).copy(), False) for a in parsed.arrays])
-    value = _unpickled(lambda: pickle.loads(parsed.pickle, buffers=supplied))
-    if next(supplied, None) is not None:
-        raise CorruptFileError("the file holds array records its pickle does not use")
-    return value
-
-
-def read_bytes(data: bytes) -> Any:
-    """Unpickle a whole raw stream held in memory: the fast path for small cache entries."""
-    return unpickle_parsed(parse_bytes(data))

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import sys
 import time
 import types
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
-from ._errors import CacheError, CacheWarning, CorruptFileError, SerializationError
+from ._entries import Missing
+from ._errors import CacheError, CacheWarning, FileAccessError, LockTimeout, SerializationError
 from ._stats import StatsRecorder
-from ._store import ENTRY_SUFFIX, acquire, release
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -60,9 +58,17 @@ class MemoizedFunction:
                          "mmap_mode": self.mmap_mode, "expires_after": self.expires_after}
         self._keyer = CallKeyer(func, ignore)
         self.name, identity = function_identity(func)
-        self.function_dir = cache.store.function_dir(self.name, identity) if cache.store else None
-        self._recorder = StatsRecorder(self.function_dir)
-        self._prefix = os.path.join(self.function_dir, "") if self.function_dir else ""
+        self.namespace = f"{self.name}-{identity}"
+        self._about = {"function": self.name, "identity": identity}
+        self._recorder = StatsRecorder(cache.entries, self.namespace if cache.entries else None)
+        self._refused = False  # the location (or this function's directory) cannot be trusted
+        if self.mmap_mode is not None and self.compressor is not None:
+            warnings.warn(
+                f"{self.__qualname__}: compressed entries cannot be memory-mapped; its hits are "
+                "loaded into memory (use compress=False with mmap_mode)",
+                CacheWarning,
+                stacklevel=4,
+            )
 
     def __repr__(self) -> str:
         return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
@@ -83,16 +89,11 @@ class MemoizedFunction:
         """Bind like a function, so that decorated methods receive ``self``."""
         return self if instance is None else types.MethodType(self, instance)
 
-    # -- keys and paths ------------------------------------------------------------------
+    # -- keys ------------------------------------------------------------------------------
 
-    def _entry(self, args: tuple, kwargs: dict) -> Path:
-        """Return the path of this call's entry."""
-        return Path(self._entry_name(args, kwargs))
-
-    def _entry_name(self, args: tuple, kwargs: dict) -> str:
-        # A plain string on the hot path: building a Path costs as much as the key.
-        key = self._keyer.key(args, kwargs)
-        return f"{self._prefix}{key[:2]}{os.sep}{key}{ENTRY_SUFFIX}"
+    def _key(self, args: tuple, kwargs: dict) -> str:
+        """Return the key (32 hex digits) of one call."""
+        return self._keyer.key(args, kwargs)
 
     @property
     def stats(self) -> Any:
@@ -101,68 +102,106 @@ class MemoizedFunction:
 
     # -- the call path -----------------------------------------------------------------------
 
-    def _lookup(self, path: Any, warn: bool = True) -> tuple[bool, Any]:
+    def _refuse(self, exc: FileAccessError) -> None:
+        """Stop using the cache for this function, saying why once (or raise, if strict)."""
+        if self.cache.strict:
+            raise exc
+        if not self._refused:
+            self._refused = True
+            warnings.warn(
+                f"{self.__qualname__} computes without the cache: {exc}", CacheWarning, stacklevel=4
+            )
+
+    def _lookup(self, key: str, warn: bool = True) -> tuple[bool, Any]:
         """Return (True, result) on a hit, (False, None) on a miss; damaged entries miss."""
         started = time.perf_counter()
         try:
-            metadata, result = _unpacked(self.cache.store.read(path, self.mmap_mode, self.expires_after))  # type: ignore[union-attr]
-        except (FileNotFoundError, NotADirectoryError):
+            metadata, result = self.cache.entries.get(  # type: ignore[union-attr]
+                self.namespace, key, mmap_mode=self.mmap_mode, max_age=self.expires_after
+            )
+        except Missing:
+            return False, None
+        except FileAccessError as exc:
+            self._refuse(exc)
             return False, None
         except (CacheError, OSError, ValueError, TypeError) as exc:
-            if not warn:
-                return False, None
-            warnings.warn(
-                f"cache entry {str(path)!r} of {self.__qualname__} cannot be read ({exc}); "
-                "recomputing it",
-                CacheWarning,
-                stacklevel=4,
-            )
+            if warn:
+                warnings.warn(
+                    f"the cache entry {key} of {self.__qualname__} cannot be read ({exc}); recomputing it",
+                    CacheWarning,
+                    stacklevel=4,
+                )
             return False, None
-        self._recorder.record(True, float(metadata.get("compute_seconds", 0.0)))
+        self._recorder.record(True, _seconds(metadata))
         self.cache.logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
         return True, result
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.cache.store is None:
-            return self.__wrapped__(*args, **kwargs)
-        path = self._entry_name(args, kwargs)
-        hit, result = self._lookup(path)
-        if hit:
-            return result
+    def _acquire(self, key: str) -> Any:
+        """Return the held lock of ``key``, or None to compute without one."""
         try:
-            lock = self.cache.store.lock(path, self.cache.lock_timeout)
+            lock = self.cache.entries.lock(self.namespace, key, self._about)  # type: ignore[union-attr]
+        except FileAccessError as exc:
+            self._refuse(exc)
+            return None
         except (OSError, CacheError) as exc:
             warnings.warn(
-                f"cannot use the cache location for {self.__qualname__} ({exc}); "
-                "computing without storing the result",
+                f"cannot lock the cache entry of {self.__qualname__} ({exc}); computing without the lock",
                 CacheWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
-            self._recorder.record(False, 0.0)
-            return self.__wrapped__(*args, **kwargs)
-        locked = acquire(lock, self.cache.on_lock_timeout)
+            return None
+        if lock is None:
+            return None
         try:
-            if locked:
-                hit, result = self._lookup(path, warn=False)  # computed while we waited?
+            if lock.acquire(self.cache.lock_timeout):
+                return lock
+        except (OSError, CacheError):
+            return None  # the lock cannot be taken here (a read-only filesystem): compute unlocked
+        if self.cache.on_lock_timeout == "raise":
+            raise LockTimeout(
+                f"waited {self.cache.lock_timeout} s for the lock of a call of {self.__qualname__}, held by "
+                "another process computing it; raise lock_timeout or use on_lock_timeout='compute'"
+            )
+        return None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.cache.entries is None or self._refused:
+            return self.__wrapped__(*args, **kwargs)
+        key = self._key(args, kwargs)
+        hit, result = self._lookup(key)
+        if hit:
+            return result
+        if self._refused:
+            return self.__wrapped__(*args, **kwargs)
+        lock = self._acquire(key)
+        try:
+            if lock is not None:
+                hit, result = self._lookup(key, warn=False)  # computed while we waited?
                 if hit:
                     return result
             started = time.perf_counter()
             result = self.__wrapped__(*args, **kwargs)
-            return self._store(path, result, time.perf_counter() - started)
+            return self._store(key, result, time.perf_counter() - started)
         finally:
-            if locked:
-                release(lock)
+            if lock is not None:
+                lock.release()
 
-    def _store(self, path: Any, result: Any, seconds: float) -> Any:
-        """Publish ``result``; return it (re-read as memmaps when ``mmap_mode`` asks)."""
+    def _store(self, key: str, result: Any, seconds: float) -> Any:
+        """Publish ``result``; return it (as stored memmaps when ``mmap_mode`` asks)."""
         started = time.perf_counter()
-        metadata = {"function": self.__qualname__, "compute_seconds": seconds, "time": time.time()}
+        metadata = {"function": self.__qualname__, "compute_seconds": seconds}
+        self._recorder.record(False, seconds)
         try:
-            size = self.cache.store.publish(path, (metadata, result), self.compressor)  # type: ignore[union-attr]
+            size, returned = self.cache.entries.put(  # type: ignore[union-attr]
+                self.namespace, key, result, metadata, self.compressor,
+                about=self._about, mmap_mode=self.mmap_mode,
+            )
         except SerializationError:
             raise
-        except (OSError, CacheError) as exc:
-            self._recorder.record(False, seconds)
+        except FileAccessError as exc:
+            self._refuse(exc)
+            return result
+        except (OSError, CacheError, KeyError) as exc:
             warnings.warn(
                 f"the result of {self.__qualname__} could not be stored ({exc}); "
                 "it is returned but will be computed again next time",
@@ -175,36 +214,25 @@ class MemoizedFunction:
             self.__qualname__, seconds, size, time.perf_counter() - started,
         )
         self.cache._after_store(size)
-        self._recorder.record(False, seconds)
-        if self.mmap_mode is not None:
-            try:  # the first call returns memmaps too, like every later hit
-                return self.cache.store.read(path, self.mmap_mode)[1]  # type: ignore[union-attr]
-            except (CacheError, OSError):
-                pass
-        return result
+        return returned
 
     # -- management ------------------------------------------------------------------------
 
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
         """Return True if this call's result is stored (and not expired)."""
-        if self.cache.store is None:
+        if self.cache.entries is None or self._refused:
             return False
-        path = self._entry(args, kwargs)
-        try:
-            age = time.time() - path.stat().st_mtime
-        except OSError:  # absent, or the location is unusable
-            return False
-        return self.expires_after is None or age <= self.expires_after
+        return self.cache.entries.contains(self.namespace, self._key(args, kwargs), self.expires_after)
 
     def clear(self) -> None:
         """Remove every stored result of this function (all versions of its code)."""
-        if self.cache.store is not None:
-            self.cache.store.clear(self.function_dir)
+        if self.cache.entries is not None:
+            self.cache.entries.clear(self.namespace)
             self._reset_stats()
 
     def _reset_stats(self) -> None:
-        """Count afresh, in a new file, after this function's directory was cleared."""
-        self._recorder = StatsRecorder(self.function_dir)
+        """Count afresh after this function's entries were cleared."""
+        self._recorder = StatsRecorder(self.cache.entries, self.namespace)
 
     def cache_info(self) -> Any:
         """Return this function's entries, bytes, hits, misses and time saved."""
@@ -220,22 +248,21 @@ class AsyncMemoizedFunction(MemoizedFunction):
     """
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self.cache.store is None:
+        if self.cache.entries is None or self._refused:
             return await self.__wrapped__(*args, **kwargs)
-        path = self._entry_name(args, kwargs)
-        hit, result = self._lookup(path)
-        if hit:
-            return result
+        key = self._key(args, kwargs)
+        hit, result = self._lookup(key)
+        if hit or self._refused:
+            return result if hit else await self.__wrapped__(*args, **kwargs)
         started = time.perf_counter()
         result = await self.__wrapped__(*args, **kwargs)
-        return self._store(path, result, time.perf_counter() - started)
+        return self._store(key, result, time.perf_counter() - started)
 
 
-def _unpacked(entry: Any) -> tuple[dict, Any]:
-    """Split an entry into (metadata, result), refusing anything else as damaged."""
-    if type(entry) is not tuple or len(entry) != 2 or type(entry[0]) is not dict:
-        raise CorruptFileError("the file is not a cache entry (no metadata and result)")
-    return entry
+def _seconds(metadata: dict[str, Any]) -> float:
+    """The compute time an entry's metadata records (0 if it holds something else)."""
+    seconds = metadata.get("compute_seconds")
+    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
 
 
 def memoized(func: Callable[..., Any], cache: Cache, **options: Any) -> Any:

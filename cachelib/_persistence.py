@@ -1,7 +1,8 @@
 """``dump`` and ``load``: one value to one file, a path or any binary file object.
 
 Rule: this module decides *where* bytes go and *which* codec wraps them; the
-record layout belongs to ``_format`` and the codecs to ``_compressors``.
+record layout belongs to ``_format`` and ``_reader``, the codecs to ``_compressors``.
+The public ``load`` and ``verify`` (``_loading``) also read cache entries.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import pickle
 import uuid
 import warnings
+from collections.abc import Callable
 from typing import IO, Any, Union
 
 import numpy as np
@@ -25,18 +27,20 @@ from ._compressors import (
     get_compressor,
 )
 from ._errors import CacheWarning, CorruptFileError, FileAccessError, InvalidOptionError
-from ._format import (
-    DECOMPRESSED_CHUNK,
-    FLAG_ARRAYS_EDITED,
-    FLAGS_OFFSET,
-    MAGIC,
-    RecordReader,
-    read_stream,
-    verify_stream,
-    write_stream,
-)
+from ._format import DECOMPRESSED_CHUNK, FLAG_ARRAYS_EDITED, FLAGS_OFFSET, MAGIC, write_stream
+from ._reader import RecordReader, Tap, read_stream, unpickle_parsed, verify_stream
 
-__all__ = ["MMAP_MODES", "dump", "load", "resolve_compress"]
+__all__ = [
+    "MMAP_MODES",
+    "dump",
+    "load_value",
+    "read_stream_value",
+    "read_value",
+    "resolve_compress",
+    "sniff",
+    "verify_stream_of",
+    "write_value",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 CompressSpec = Union[bool, int, str, tuple, Compressor, None]
@@ -221,24 +225,25 @@ def _stream_size(fileobj: Any) -> tuple[int | None, int]:
         return None, 0
 
 
-def _mapping_for(fileobj: Any, path: str | None, mmap_mode: str) -> np.memmap | None:
-    """Map the whole raw file, or None (with a warning) if it is not a mappable file."""
-    target = path
-    if target is None:
-        try:
-            fileobj.fileno()
-            target = fileobj
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            warnings.warn(
-                f"mmap_mode={mmap_mode!r} needs a file on disk; this "
-                f"{type(fileobj).__name__} is loaded into memory instead",
-                CacheWarning,
-                stacklevel=4,
-            )
-            return None
+def _mapping_for(fileobj: Any, mmap_mode: str) -> np.memmap | None:
+    """Map the whole file behind ``fileobj`` (by its descriptor), or None with a warning.
+
+    The mapping is made from the open descriptor, never by path again: the arrays
+    returned are the bytes of the file that was opened and checked.
+    """
+    try:
+        fileobj.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        warnings.warn(
+            f"mmap_mode={mmap_mode!r} needs a file on disk; this "
+            f"{type(fileobj).__name__} is loaded into memory instead",
+            CacheWarning,
+            stacklevel=4,
+        )
+        return None
     position = fileobj.tell()
     try:
-        mapping = np.memmap(target, dtype=np.uint8, mode=mmap_mode)
+        mapping = np.memmap(fileobj, dtype=np.uint8, mode=mmap_mode)
     finally:
         fileobj.seek(position)  # mapping a file object moves its position
     if mmap_mode == "r+":
@@ -254,7 +259,7 @@ def _mark_arrays_edited(mapping: np.memmap, start: int) -> None:
         mapping.flush()
 
 
-def _sniff(fileobj: Any) -> tuple[Any, Compressor | None]:
+def sniff(fileobj: Any) -> tuple[Any, Compressor | None]:
     """Return a stream still at the file's start, and its codec (None for a raw file)."""
     prefix, stream = _peek_magic(fileobj)
     if not prefix:
@@ -270,39 +275,76 @@ def _sniff(fileobj: Any) -> tuple[Any, Compressor | None]:
     return stream, compressor
 
 
-def read_value(fileobj: Any, mmap_mode: str | None = None, path: str | None = None) -> Any:
-    """Read one value from an open binary file object, detecting its codec."""
-    stream, compressor = _sniff(fileobj)
-    if compressor is None:
-        size, position = _stream_size(stream) if stream is fileobj else (None, 0)
-        mapping = None
-        if mmap_mode is not None and size is not None:
-            mapping = _mapping_for(fileobj, path, mmap_mode)
-        elif mmap_mode is not None:
-            warnings.warn(
-                f"mmap_mode={mmap_mode!r} needs a seekable file; loading into memory instead",
-                CacheWarning,
-                stacklevel=3,
-            )
-        reader = RecordReader(stream, mapping=mapping, mapping_offset=position, size=size)
-        value = read_stream(reader)
-        if path is not None and stream.read(1):
-            raise CorruptFileError(f"{path!r} has bytes after the end of its cachelib stream")
-        return value
-    if mmap_mode is not None:
+def read_value(fileobj: Any, mmap_mode: str | None = None, whole: bool = False) -> Any:
+    """Read one value from an open binary file object, detecting its codec.
+
+    ``whole`` means the value is all the file holds: bytes after it are damage.
+    """
+    stream, compressor = sniff(fileobj)
+    mapping = None
+    size, position = _stream_size(stream) if stream is fileobj else (None, 0)
+    if mmap_mode is not None and compressor is not None:
         warnings.warn(
             f"mmap_mode={mmap_mode!r} is not compatible with a {compressor.name}-compressed "
             "file; it is loaded into memory instead",
             CacheWarning,
             stacklevel=3,
         )
-    decompressed = compressor.open_reader(stream)
+    elif mmap_mode is not None and size is not None:
+        mapping = _mapping_for(fileobj, mmap_mode)
+    elif mmap_mode is not None:
+        warnings.warn(
+            f"mmap_mode={mmap_mode!r} needs a seekable file; loading into memory instead",
+            CacheWarning,
+            stacklevel=3,
+        )
+    return read_stream_value(
+        stream, compressor, size=size, mapping=mapping, mapping_offset=position, whole=whole
+    )
+
+
+def read_stream_value(
+    stream: Any,
+    compressor: Compressor | None,
+    *,
+    size: int | None = None,
+    mapping: np.memmap | None = None,
+    mapping_offset: int = 0,
+    tap: Tap | None = None,
+    authenticate: Callable[[], None] | None = None,
+    restricted: bool = False,
+    whole: bool = True,
+    parse_only: bool = False,
+) -> Any:
+    """Read the value of the stream ``stream``, raw or compressed with ``compressor``.
+
+    Without ``authenticate``, ``restricted`` or ``parse_only``, the value is
+    unpickled as its bytes arrive. Otherwise every record is read and checked first
+    (``tap`` sees every byte of the raw stream), then ``authenticate()`` runs and may
+    raise, and only then is anything unpickled, from memory (or, for arrays, from
+    ``mapping``); ``parse_only`` returns the checked ``Parsed`` stream instead.
+    """
+    decompressed = compressor.open_reader(stream) if compressor is not None else None
     try:
-        value = read_stream(RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK))
-        _check_frame_end(decompressed, compressor, whole_file=path is not None)
-        return value
+        if decompressed is None:
+            reader = RecordReader(stream, mapping=mapping, mapping_offset=mapping_offset, size=size, tap=tap)
+        else:
+            reader = RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK, tap=tap)
+        deferred = authenticate is not None or restricted or parse_only
+        parsed = reader.parse_all() if deferred else None
+        value = None if deferred else read_stream(reader)
+        if decompressed is not None:
+            _check_frame_end(decompressed, compressor, whole_file=whole)  # type: ignore[arg-type]
+        elif whole and stream.read(1):
+            raise CorruptFileError("the file has bytes after the end of its cachelib stream")
     finally:
-        decompressed.close()
+        if decompressed is not None:
+            decompressed.close()
+    if parsed is None:
+        return value
+    if authenticate is not None:
+        authenticate()
+    return parsed if parse_only else unpickle_parsed(parsed, restricted=restricted)
 
 
 def _check_frame_end(decompressed: Any, compressor: Compressor, whole_file: bool) -> None:
@@ -326,44 +368,31 @@ def _check_frame_end(decompressed: Any, compressor: Compressor, whole_file: bool
         raise CorruptFileError(f"the {compressor.name} stream holds data after the cachelib end record")
 
 
-def verify(filename: str | os.PathLike[str]) -> None:
-    """Check the integrity of a cachelib file without unpickling it.
-
-    Raises ``CorruptFileError`` (or another ``CacheError``) describing the first
-    problem; returns None for an intact file. Safe on untrusted files.
-    """
-    path = os.fspath(filename)
-    _check_not_directory(path)
-    with open(path, "rb") as fileobj:  # default buffering: most entries are small
-        stream, compressor = _sniff(fileobj)
-        if compressor is None:
-            verify_stream(stream)
-            if stream.read(1):
-                raise CorruptFileError(f"{path!r} has bytes after the end of its cachelib stream")
-            return
-        decompressed = compressor.open_reader(stream)
-        try:
-            verify_stream(decompressed)
-            _check_frame_end(decompressed, compressor, whole_file=True)  # as load checks it
-        finally:
-            decompressed.close()
+def verify_stream_of(fileobj: Any, *, whole: bool, tap: Tap | None = None) -> None:
+    """Check the (raw or compressed) stream at ``fileobj``'s position, keeping nothing."""
+    stream, compressor = sniff(fileobj)
+    if compressor is None:
+        verify_stream(stream, tap)
+        if whole and stream.read(1):
+            raise CorruptFileError("the file has bytes after the end of its cachelib stream")
+        return
+    decompressed = compressor.open_reader(stream)
+    try:
+        verify_stream(decompressed, tap)
+        _check_frame_end(decompressed, compressor, whole_file=whole)  # as load checks it
+    finally:
+        decompressed.close()
 
 
-def load(filename: Any, mmap_mode: str | None = None) -> Any:
-    """Read the value stored in ``filename`` (a path or a binary file object).
-
-    The codec is found from the file's magic number, whatever its name. With
-    ``mmap_mode`` ("r", "r+" or "c") the arrays of an uncompressed file are
-    returned as ``np.memmap`` views mapped in place; a compressed file is loaded
-    into memory with a warning. Loading is unpickling: only load trusted files.
-    """
+def load_value(filename: Any, mmap_mode: str | None = None) -> Any:
+    """Read the value stored in a cachelib file (a path or a binary file object)."""
     if mmap_mode not in MMAP_MODES:
         raise InvalidOptionError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
     if _is_path(filename):
         path = os.fspath(filename)
         _check_not_directory(path)
-        with open(path, "rb") as fileobj:
-            return read_value(fileobj, mmap_mode, path)
+        with open(path, "r+b" if mmap_mode == "r+" else "rb") as fileobj:
+            return read_value(fileobj, mmap_mode, whole=True)
     if hasattr(filename, "read"):
         return read_value(filename, mmap_mode)
     raise InvalidOptionError(

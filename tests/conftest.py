@@ -202,3 +202,4 @@ def assert_same(actual: Any, expected: Any, where: str = "value", memmap_ok: boo
 def same():
     """The deep comparison ``assert_same(actual, expected, where="value", memmap_ok=False)``."""
     return assert_same
+

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ def filled(tmp_path):
         sq(x)
     sq(0)
     sq(1)
+    time.sleep(0.2)  # eviction tells ages apart to about 1%: negate(1) is clearly the newest
     neg(1)
+    cache.info()  # counts reach the store about a second after a call; info() writes this process's now
     return location, sq, neg
 
 
@@ -97,22 +100,22 @@ def test_info_of_an_empty_location(tmp_path):
 
 def test_ls_lists_the_entries_of_one_function(filled):
     location, sq, _ = filled
-    done = run(location, "ls", "square")
+    done = run(location, "ls", "--func", "square")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 3
-    keys = {p.stem for p in entry_files(location / sq.function_dir.name)}
+    keys = {p.stem for p in entry_files(location / sq.namespace)}
     listed = {re.match(r"\S+/([0-9a-f]{32})\s", line).group(1) for line in lines}
     assert listed == keys
-    assert all(line.startswith(sq.function_dir.name + "/") for line in lines)
-    by_full_name = run(location, "ls", sq.name)
+    assert all(line.startswith(sq.namespace + "/") for line in lines)
+    by_full_name = run(location, "ls", "--func", sq.name)
     assert by_full_name.returncode == 0
     assert len(by_full_name.stdout.splitlines()) == 3
 
 
 def test_ls_of_an_unknown_function_fails(filled):
     location, _, _ = filled
-    done = run(location, "ls", "no_such_function")
+    done = run(location, "ls", "--func", "no_such_function")
     assert done.returncode == 1
     assert "no_such_function" in done.stderr
 
@@ -121,8 +124,8 @@ def test_clear_one_function(filled):
     location, sq, neg = filled
     done = run(location, "clear", "--func", "square")
     assert done.returncode == 0, done.stderr
-    assert entry_files(location / sq.function_dir.name) == []
-    assert len(entry_files(location / neg.function_dir.name)) == 1
+    assert entry_files(location / sq.namespace) == []
+    assert len(entry_files(location / neg.namespace)) == 1
     assert not sq.check_call_in_cache(0)
     assert neg.check_call_in_cache(1)
 
@@ -150,7 +153,7 @@ def test_prune_max_size(filled):
 
 def test_prune_older_than(filled):
     location, sq, neg = filled
-    old = entry_files(location / sq.function_dir.name)
+    old = entry_files(location / sq.namespace)
     for path in old:
         stored = path.stat().st_mtime - 3600
         os.utime(path, (stored, stored))
@@ -174,7 +177,7 @@ def test_verify_clean_then_damaged_then_fixed(filled):
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "4 entries checked, 0 damaged" in clean.stdout
 
-    victim = entry_files(location / sq.function_dir.name)[0]
+    victim = entry_files(location / sq.namespace)[0]
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -192,7 +195,7 @@ def test_verify_clean_then_damaged_then_fixed(filled):
 
 
 @pytest.mark.parametrize(
-    "command", [["info"], ["ls", "square"], ["clear"], ["verify"], ["prune", "--max-size", "1K"]]
+    "command", [["info"], ["ls", "--func", "square"], ["clear"], ["verify"], ["prune", "--max-size", "1K"]]
 )
 def test_missing_location_is_a_usage_error(tmp_path, command):
     missing = tmp_path / "nowhere"

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xxhash
+from helpers import entry_path
 
 import cachelib
 
@@ -598,7 +599,7 @@ def test_a_cache_entry_cut_inside_its_header_is_a_miss(cut, tmp_path):
     cache = cachelib.Cache(tmp_path / "cache", fsync=False)
     compute = cache.memoize(_double)
     assert compute(21) == 42
-    entry = compute._entry((21,), {})
+    entry = entry_path(compute, 21)
     entry.write_bytes(entry.read_bytes()[:cut])
     with pytest.warns(cachelib.CacheWarning):
         assert compute(21) == 42

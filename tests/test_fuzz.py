@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import entry_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,7 +136,7 @@ def test_a_mutated_entry_is_a_miss_and_is_rewritten(tmp_path: Path, steps: list)
         return {"n": n, "values": np.arange(n, dtype=np.float64) * 1.5}
 
     first = compute(50)
-    entry = compute._entry((50,), {})
+    entry = entry_path(compute, 50)
     entry.write_bytes(_mutate(entry.read_bytes(), steps))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cachelib.CacheWarning)

@@ -28,7 +28,16 @@ pytestmark = pytest.mark.timeout(60)
 
 FORK = multiprocessing.get_context("fork")
 CACHELIB_MAGIC = b"\x89CLIB\r\n\x1a"
+ENTRY_MAGIC = b"\x89CLENT\r\n"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def entry_stream(data: bytes) -> bytes:
+    """The stream an entry file holds: after its 64-byte header and metadata, 64-byte aligned."""
+    assert data[:8] == ENTRY_MAGIC
+    metadata_length = int.from_bytes(data[12:16], "little")
+    start = -(-(64 + metadata_length) // 64) * 64
+    return data[start:-48]
 SIGNATURE_BLOCK = 64  # bytes before the stream of a signed entry (see cachelib._signing)
 
 # Real calls are counted in a module global, never in a closure: closure values are
@@ -380,7 +389,7 @@ def test_code_change_misses_and_reverting_hits_the_old_entry(cache, location, ca
     assert len(entry_files(location)) == 1
 
     edited = define(_VERSION_2)
-    assert edited.function_dir == first.function_dir  # same function, same directory
+    assert edited.namespace == first.namespace  # same function, same directory
     assert edited(1) == 3  # the edit misses
     assert calls == ["v1", "v2"]
     assert len(entry_files(location)) == 2  # nothing was wiped
@@ -438,11 +447,11 @@ def test_per_function_compress_overrides_the_cache(location):
 
     before = entry_files(location)
     assert np.array_equal(packed(1), np.ones(10000))
-    data = only_new_entry(location, before).read_bytes()
+    data = entry_stream(only_new_entry(location, before).read_bytes())
     assert data[:4] == ZSTD_MAGIC
     before = entry_files(location)
     assert np.array_equal(raw(1), np.ones(10000))
-    assert only_new_entry(location, before).read_bytes()[:8] == CACHELIB_MAGIC
+    assert entry_stream(only_new_entry(location, before).read_bytes())[:8] == CACHELIB_MAGIC
     assert np.array_equal(packed(1), np.ones(10000))  # and it reads back
 
 
@@ -566,7 +575,7 @@ def test_info_reports_entries_bytes_hits_misses_and_saved_time(cache, location):
     info = cache.info()
     assert set(info.functions) == {slow.name, quick.name}
     item = info.functions[slow.name]
-    files = entry_files(location / slow.function_dir.name)
+    files = entry_files(location / slow.namespace)
     assert item.entries == 2 == len(files)
     assert item.bytes == sum(p.stat().st_size for p in files)
     assert (item.hits, item.misses) == (2, 2)
@@ -621,8 +630,10 @@ def test_info_includes_counts_from_pool_workers(location):
 
     _POOL_FUNCTION = cache.memoize(cube)
     try:
-        with FORK.Pool(2) as pool:
-            assert pool.map(_pool_call, [1, 2, 3, 1, 2, 3], chunksize=1) == [1, 8, 27, 1, 8, 27]
+        pool = FORK.Pool(2)
+        assert pool.map(_pool_call, [1, 2, 3, 1, 2, 3], chunksize=1) == [1, 8, 27, 1, 8, 27]
+        pool.close()  # workers that exit (not terminate()d) write their last counts
+        pool.join()
     finally:
         memoized, _POOL_FUNCTION = _POOL_FUNCTION, None
     assert memoized.stats.hits == memoized.stats.misses == 0  # nothing ran in this process
@@ -790,7 +801,7 @@ def test_corrupt_entry_warns_once_recomputes_and_is_rewritten(cache, location, d
     assert len(record) == 1
     assert np.array_equal(result, np.arange(1000) * 2)
     assert calls == [2, 2]
-    assert entry.read_bytes()[:8] == CACHELIB_MAGIC  # rewritten whole
+    assert entry_stream(entry.read_bytes())[:8] == CACHELIB_MAGIC  # rewritten whole
     with no_warnings():
         assert np.array_equal(f(2), np.arange(1000) * 2)
     assert calls == [2, 2]
@@ -840,13 +851,7 @@ def test_check_call_in_cache_on_unusable_location_is_false(tmp_path):
 # --- expiry ---------------------------------------------------------------------------------
 
 
-def _age(path, seconds):
-    """Make the entry at ``path`` look stored ``seconds`` ago."""
-    info = path.stat()
-    os.utime(path, (info.st_atime, info.st_mtime - seconds))
-
-
-@pytest.mark.parametrize("expiry", [5.0, datetime.timedelta(seconds=5)], ids=["seconds", "timedelta"])
+@pytest.mark.parametrize("expiry", [0.5, datetime.timedelta(seconds=0.5)], ids=["seconds", "timedelta"])
 def test_expired_entry_is_recomputed(cache, location, expiry, calls):
 
     @cache.memoize(expires_after=expiry)
@@ -857,14 +862,34 @@ def test_expired_entry_is_recomputed(cache, location, expiry, calls):
     f(1)
     f(1)
     assert calls == [1]
-    (entry,) = entry_files(location)
-    _age(entry, 10)
+    time.sleep(0.6)
     assert not f.check_call_in_cache(1)
     assert f(1) == 1
     assert calls == [1, 1]
     assert f.check_call_in_cache(1)
     assert f(1) == 1
     assert calls == [1, 1]
+
+
+def test_expiry_reads_the_time_stored_inside_the_entry(cache, location, calls):
+    """Touching an expired entry, or restoring an old copy of it, does not revive it."""
+
+    @cache.memoize(expires_after=0.5)
+    def f(x):
+        CALLS.append(x)
+        return x
+
+    f(1)
+    (entry,) = entry_files(location)
+    old = entry.read_bytes()
+    time.sleep(0.6)
+    os.utime(entry)  # fresh mtime and atime
+    assert not f.check_call_in_cache(1)
+    assert f(1) == 1
+    assert calls == [1, 1]
+    entry.write_bytes(old)  # a replayed copy of the expired entry
+    assert f(1) == 1
+    assert calls == [1, 1, 1]
 
 
 def test_expiry_in_real_time(location, calls):
