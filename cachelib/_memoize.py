@@ -9,30 +9,40 @@ are never cached, and a failure to store warns but still returns the result.
 from __future__ import annotations
 
 import functools
+import heapq
 import inspect
+import logging
 import os
 import sys
 import time
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
-from ._errors import CacheError, CacheWarning, CorruptFileError, SerializationError
+from ._errors import CacheError, CacheWarning, CorruptFileError, SerializationError, UnhashableError
+from ._explain import explain_miss
+from ._format import MAGIC
+from ._persistence import read_value
 from ._stats import StatsRecorder
-from ._store import ENTRY_SUFFIX, acquire, release
+from ._store import ENTRY_SUFFIX, _context, _skip_signature, acquire, release
 
 if TYPE_CHECKING:
     from ._cache import Cache
 
 __all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
 
+_EXPLAIN_ENTRIES = 200  # the most recent entries whose key parts explain a miss
+_SMALL_TO_READ = 16 << 20  # a compressed entry up to this size is read whole for its metadata
+
 
 class MemoizedFunction:
     """A function whose results are stored in a ``Cache``, one entry per distinct call."""
+
+    __cachelib_passthrough__ = True  # calls __wrapped__ with its own arguments: keys see through it
 
     def __init__(
         self,
@@ -43,6 +53,7 @@ class MemoizedFunction:
         compress: Any = None,
         mmap_mode: Any = None,
         expires_after: Any = None,
+        track_callees: bool = True,
     ) -> None:
         functools.update_wrapper(self, func)
         self.__wrapped__ = func
@@ -57,8 +68,9 @@ class MemoizedFunction:
         self.expires_after: float | None = cache._seconds_for(expires_after)
         # The options as resolved, so that a pickled copy behaves the same in a worker.
         self._options = {"ignore": tuple(ignore), "compress": self.compressor or False,
-                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after}
-        self._keyer = CallKeyer(func, ignore)
+                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after,
+                         "track_callees": track_callees}
+        self._keyer = CallKeyer(func, ignore, track_callees)
         self.name, identity = function_identity(func)
         self.function_dir = cache.store.function_dir(self.name, identity) if cache.store else None
         self._recorder = StatsRecorder(self.function_dir)
@@ -146,21 +158,27 @@ class MemoizedFunction:
                 hit, result = self._lookup(path, warn=False)  # computed while we waited?
                 if hit:
                     return result
+            parts = self._miss_parts(args, kwargs)
             started = time.perf_counter()
             result = self.__wrapped__(*args, **kwargs)
-            return self._store(path, result, time.perf_counter() - started)
+            return self._store(path, result, time.perf_counter() - started, parts)
         finally:
             if locked:
                 release(lock)
 
-    def _store(self, path: Any, result: Any, seconds: float) -> Any:
+    def _store(self, path: Any, result: Any, seconds: float, parts: dict[str, str] | None = None) -> Any:
         """Publish ``result``; return it (re-read as memmaps when ``mmap_mode`` asks)."""
         started = time.perf_counter()
-        metadata = {"function": self.__qualname__, "compute_seconds": seconds, "time": time.time()}
+        metadata = {"function": self.__qualname__, "compute_seconds": seconds, "time": time.time(),
+                    "key_parts": parts}
         try:
             size = self.cache.store.publish(path, (metadata, result), self.compressor)  # type: ignore[union-attr]
-        except SerializationError:
-            raise
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the result of {self.__qualname__} (a {type(result).__module__}."
+                f"{type(result).__qualname__}) cannot be pickled, so it cannot be stored: "
+                f"{exc.__cause__ or exc}"
+            ) from exc
         except (OSError, CacheError) as exc:
             self._recorder.record(False, seconds)
             warnings.warn(
@@ -182,6 +200,65 @@ class MemoizedFunction:
             except (CacheError, OSError):
                 pass
         return result
+
+    # -- why a call misses -------------------------------------------------------------------
+
+    def _miss_parts(self, args: tuple, kwargs: dict) -> dict[str, str]:
+        """The key parts of a call that missed, stored with its entry; logged when verbose."""
+        parts = self._keyer.key_parts(args, kwargs)
+        logger = self.cache.logger
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("miss %s: %s", self.__qualname__, explain_miss(parts, self._stored_key_parts()))
+        return parts
+
+    def explain(self, *args: Any, **kwargs: Any) -> str:
+        """Say why this call would miss: what differs from this function's nearest entries.
+
+        For example ``"argument `x` changed"``, ``"helper `prep` edited"``,
+        ``"constant `SCALE` changed"`` or ``"new code version"``; or that it hits.
+        """
+        try:
+            parts = self._keyer.key_parts(args, kwargs)
+        except UnhashableError as exc:
+            return f"the call cannot be keyed: {exc}"
+        if self.check_call_in_cache(*args, **kwargs):
+            return "the call hits: its entry is stored"
+        return explain_miss(parts, self._stored_key_parts())
+
+    def _stored_key_parts(self) -> Iterator[dict[str, str]]:
+        """Yield the key parts recorded by this function's most recent entries (newest first).
+
+        Reads only entry metadata: arrays are mapped, not loaded; a large entry that
+        cannot be mapped (compressed) is passed over, and so is a damaged one.
+        """
+        store = self.cache.store
+        if store is None or self.function_dir is None:
+            return
+        dated = []
+        for entry in store.entries(self.function_dir):
+            try:
+                stat = entry.stat()
+            except OSError:
+                continue
+            dated.append((stat.st_mtime, stat.st_size, entry.path))
+        for _, size, path in heapq.nlargest(_EXPLAIN_ENTRIES, dated):
+            try:
+                with open(path, "rb") as fileobj, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if store.signer is not None:
+                        store.signer.check(fileobj, _context(Path(path)))
+                    else:
+                        _skip_signature(fileobj)
+                    start = fileobj.tell()
+                    if size > _SMALL_TO_READ and fileobj.read(len(MAGIC)) != MAGIC:
+                        continue  # compressed and large: reading its metadata means decompressing it
+                    fileobj.seek(start)
+                    metadata = read_value(fileobj, "r", path)[0]
+            except (CacheError, OSError, ValueError, TypeError, IndexError, KeyError):
+                continue
+            parts = metadata.get("key_parts") if isinstance(metadata, dict) else None
+            if isinstance(parts, dict):
+                yield parts
 
     # -- management ------------------------------------------------------------------------
 
@@ -226,9 +303,10 @@ class AsyncMemoizedFunction(MemoizedFunction):
         hit, result = self._lookup(path)
         if hit:
             return result
+        parts = self._miss_parts(args, kwargs)
         started = time.perf_counter()
         result = await self.__wrapped__(*args, **kwargs)
-        return self._store(path, result, time.perf_counter() - started)
+        return self._store(path, result, time.perf_counter() - started, parts)
 
 
 def _unpacked(entry: Any) -> tuple[dict, Any]:
