@@ -234,6 +234,7 @@ class _Walk:
         self.seen: set[int] = set()  # ids of functions and classes walked (each kept alive by a check)
         self.reads: dict[int, tuple[Any, dict[str, Any], set[str]]] = {}  # namespace -> (ns, present, absent)
         self.checks: list[tuple[Any, Any, tuple[Any, ...]]] = []
+        self.home: dict[str, Any] | None = None  # the root's globals
 
     def result(self) -> Tracked:
         for namespace, present, absent in self.reads.values():
@@ -263,15 +264,20 @@ class _Walk:
 
     # -- what a name can hold ---------------------------------------------------------
 
-    def code(self, code: types.CodeType, namespace: dict[str, Any], module: str, root: bool) -> None:
-        """Follow every global ``code`` reads in ``namespace`` (a function's ``__globals__``)."""
+    def code(self, code: types.CodeType, namespace: dict[str, Any], module: str) -> None:
+        """Follow every global ``code`` reads in ``namespace`` (a function's ``__globals__``).
+
+        Names of the root function's own module are labelled bare, others ``module.name``.
+        """
+        if self.home is None:
+            self.home = namespace
         chains, stores = global_references(code)
         for chain in chains:
             if chain[0] in stores:
                 continue  # state the function writes itself, not a constant
             value = self._read(namespace, chain[0])
             if value is not _ABSENT:
-                self.value(value, chain[0] if root else f"{module}.{chain[0]}", chain[1:])
+                self.value(value, chain[0] if namespace is self.home else f"{module}.{chain[0]}", chain[1:])
 
     def value(self, value: Any, label: str, attributes: tuple[str, ...] = ()) -> None:
         if isinstance(value, types.ModuleType):
@@ -310,7 +316,7 @@ class _Walk:
             hasher.update(tuple(d if _is_simple(d) else full_name(type(d)) for d in defaults))
             self.parts[f"helper {full_name(func)}"] = hasher.digest()
         module = func.__module__ if isinstance(func.__module__, str) else "?"
-        self.code(code, func.__globals__, module, root)
+        self.code(code, func.__globals__, module)
         registry = getattr(func, "registry", None)
         if isinstance(registry, types.MappingProxyType):  # singledispatch: every implementation
             for implementation in registry.values():

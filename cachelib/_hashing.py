@@ -51,6 +51,7 @@ __all__ = ["HASH_ALGORITHM", "Hasher", "hash", "hash_bytes"]
 
 HASH_ALGORITHM = "xxh3_128"
 _CHUNK = 1 << 22  # bytes of a strided array copied at a time
+_MAX_DEPTH = 100_000  # containers open at once: deeper is a value that never ends
 _FLUSH = 1 << 16  # small encodings are batched into one update
 
 _pack_q = struct.Struct("<q").pack
@@ -210,6 +211,8 @@ class Hasher:
             self._other(obj)
 
     def _push(self, items: Iterator[tuple[Any, Any]], label: Callable[[Any], str], owner: Any = None) -> None:
+        if len(self._stack) >= _MAX_DEPTH:
+            raise RecursionError(f"nested more than {_MAX_DEPTH} levels deep")
         self._stack.append(_Frame(items, label, owner))
 
     def _enter(self, obj: Any) -> bool:
