@@ -196,7 +196,7 @@ class Tracked:
     __slots__ = ("__weakref__", "_checks", "digest", "parts")
 
     def __init__(
-        self, digest: bytes, parts: dict[str, bytes], checks: list[tuple[Any, Any, tuple[Any, ...]]]
+        self, digest: bytes, parts: dict[str, bytes], checks: list[tuple[Any, Any, Any]]
     ) -> None:
         self.digest = digest
         self.parts = parts
@@ -206,7 +206,10 @@ class Tracked:
         """True while nothing this digest was made of was rebound, replaced or edited."""
         try:
             for getter, target, expected in self._checks:
-                if not all(map(operator.is_, getter(target), expected)):
+                if expected is True:  # a predicate
+                    if not getter(target):
+                        return False
+                elif not all(map(operator.is_, getter(target), expected)):
                     return False
         except Exception:  # a name deleted, a cell emptied: recompute
             return False
@@ -217,13 +220,9 @@ _FUNCTION_ATTRIBUTES = operator.attrgetter("__code__", "__defaults__", "__kwdefa
 _CELL = operator.attrgetter("cell_contents", "cell_contents")
 
 
-def _disjoint(keys: Any, names: frozenset[str]) -> tuple[bool]:
-    return (keys.isdisjoint(names),)
-
-
-def _has_length(mapping: Any, length: int) -> tuple[bool]:
+def _has_length(mapping: Any, length: int) -> bool:
     """True while a class has as many attributes as when walked (none added or deleted)."""
-    return (len(mapping.keys() - _SKIPPED_CLASS_ATTRIBUTES) == length,)
+    return len(mapping.keys() - _SKIPPED_CLASS_ATTRIBUTES) == length
 
 
 class _Walk:
@@ -233,7 +232,7 @@ class _Walk:
         self.parts: dict[str, bytes] = {}
         self.seen: set[int] = set()  # ids of functions and classes walked (each kept alive by a check)
         self.reads: dict[int, tuple[Any, dict[str, Any], set[str]]] = {}  # namespace -> (ns, present, absent)
-        self.checks: list[tuple[Any, Any, tuple[Any, ...]]] = []
+        self.checks: list[tuple[Any, Any, Any]] = []  # (getter, target, expected tuple or True)
         self.home: dict[str, Any] | None = None  # the root's globals
 
     def result(self) -> Tracked:
@@ -243,8 +242,9 @@ class _Walk:
                 self.checks.append((_pair_getter(names), namespace, tuple(present[n] for n in names) * (
                     2 if len(names) == 1 else 1)))
             if absent:
-                self.checks.append((functools.partial(_disjoint, names=frozenset(absent)), namespace.keys(),
-                                    (True,)))
+                # Still absent (a builtin not shadowed): one C-level test.
+                disjoint = operator.methodcaller("isdisjoint", frozenset(absent))
+                self.checks.append((disjoint, namespace.keys(), True))
         digest = xxhash.xxh3_128()
         for label in sorted(self.parts):
             digest.update(label.encode() + b"\0" + self.parts[label])
@@ -337,7 +337,7 @@ class _Walk:
         if names:
             values = tuple(namespace[name] for name in names)
             self.checks.append((_pair_getter(names), namespace, values * (2 if len(names) == 1 else 1)))
-        self.checks.append((functools.partial(_has_length, length=len(names)), namespace, (True,)))
+        self.checks.append((functools.partial(_has_length, length=len(names)), namespace, True))
         hasher = Hasher(track=False)
         hasher.update(tuple(full_name(base) for base in cls.__mro__))
         label = full_name(cls)
