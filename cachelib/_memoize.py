@@ -205,10 +205,14 @@ class MemoizedFunction:
 
     def _miss_parts(self, args: tuple, kwargs: dict) -> dict[str, str]:
         """The key parts of a call that missed, stored with its entry; logged when verbose."""
-        parts = self._keyer.key_parts(args, kwargs)
         logger = self.cache.logger
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("miss %s: %s", self.__qualname__, explain_miss(parts, self._stored_key_parts()))
+        try:
+            parts = self._keyer.key_parts(args, kwargs)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("miss %s: %s", self.__qualname__, explain_miss(parts, self._stored_key_parts()))
+        except Exception as exc:  # an explanation must never cost the call its result
+            logger.debug("cannot explain the miss of %s: %r", self.__qualname__, exc)
+            return {}
         return parts
 
     def explain(self, *args: Any, **kwargs: Any) -> str:
