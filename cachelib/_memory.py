@@ -335,7 +335,8 @@ class Memory:
             func = func.__wrapped__
         expiry: Any = _UNSET
         if isinstance(cache_validation_callback, ExpiresAfter):
-            expiry, cache_validation_callback = cache_validation_callback.seconds, None
+            # joblib's negative durations expire everything; the cache's expiry is at least 0.
+            expiry, cache_validation_callback = max(cache_validation_callback.seconds, 0.0), None
         options = {"ignore": tuple(ignore or ()), "compress": _UNSET, "expires_after": expiry,
                    "mmap_mode": _UNSET if mmap_mode is False else mmap_mode, "verbose": verbose,
                    "cache_validation_callback": cache_validation_callback}

@@ -66,7 +66,7 @@ class MemorizedResult(Generic[R]):
             self.cache.entries.delete(self.namespace, self.args_id)
 
     def __repr__(self) -> str:
-        return f'MemorizedResult(location="{self.location}", func="{self.func}", args_id="{self.args_id}")'
+        return f'MemorizedResult(location="{self.location}", func="{self.func_id}", args_id="{self.args_id}")'
 
 
 class NotMemorizedResult(Generic[R]):
