@@ -8,8 +8,9 @@ there the parameters matter only to type checkers.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, Optional, Protocol, TypeVar, Union
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
@@ -21,8 +22,18 @@ else:  # pragma: no cover - Python 3.9
         return TypeVar(name)
 
 
-__all__ = ["P", "R", "T"]
+__all__ = ["Loadable", "MmapMode", "P", "R", "ReadableFile", "T"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+MmapMode = Optional[Literal["r", "r+", "c"]]
+
+
+class ReadableFile(Protocol):
+    """A binary file object ``load`` reads: an open file, ``io.BytesIO``, a pipe, a socket's file."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+Loadable = Union[str, "os.PathLike[str]", ReadableFile]

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = '''
 from __future__ import annotations
 
+import gzip
+import io
 from typing import Any
 
 import numpy as np
@@ -72,6 +74,8 @@ good_info: int = cache.info().entries
 good_function_info: int = bare.cache_info().hits
 good_wrapped: float = bare.__wrapped__(2)
 loaded: Any = cachelib.load("file.pkl")
+loaded_stream: Any = cachelib.load(io.BytesIO(), mmap_mode=None)
+loaded_gzip: Any = cachelib.load(gzip.GzipFile("file.gz"))
 
 bad_argument = bare("one")  # E: arg-type
 bad_keyword = bare(1, z="b")  # E: call-arg
@@ -85,6 +89,8 @@ bad_shelved: str = joblib_bare.call_and_shelve(3).get()  # E: assignment
 bad_check = bare.check_call_in_cache("one")  # E: arg-type
 bad_method: str = Model().predict(1)  # E: assignment
 bad_info: str = cache.info().entries  # E: assignment
+bad_load = cachelib.load(3)  # E: arg-type
+bad_mmap_mode = cachelib.load("file.pkl", mmap_mode="w")  # E: arg-type
 '''
 
 
