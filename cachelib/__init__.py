@@ -1,7 +1,8 @@
 """cachelib: memoize expensive numpy functions on disk.
 
 ``dump``/``load`` write one value, arrays inline, to one file; ``Cache.memoize``
-computes each distinct call once across processes and restarts.
+computes each distinct call once across processes and restarts; ``Memory`` is
+joblib.Memory's interface on a ``Cache``.
 """
 
 from ._cache import Cache, CacheInfo, FunctionInfo
@@ -25,7 +26,9 @@ from ._errors import (
 from ._hashing import hash
 from ._loading import load, verify
 from ._memoize import MemoizedFunction
+from ._memory import MemorizedFunc, Memory, expires_after
 from ._persistence import dump
+from ._shelve import MemorizedResult, NotMemorizedResult
 from ._version import __version__
 
 __all__ = [
@@ -41,8 +44,12 @@ __all__ = [
     "InvalidOptionError",
     "LockTimeout",
     "MemoizedFunction",
+    "MemorizedFunc",
+    "MemorizedResult",
+    "Memory",
     "MissingDependencyError",
     "NotACacheError",
+    "NotMemorizedResult",
     "SerializationError",
     "UnhashableError",
     "UnknownCompressorError",
@@ -51,6 +58,7 @@ __all__ = [
     "__version__",
     "compressors",
     "dump",
+    "expires_after",
     "hash",
     "load",
     "register_compressor",

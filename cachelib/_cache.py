@@ -13,17 +13,20 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ._compressors import Compressor
 from ._entries import Entries
 from ._errors import CacheError, CacheWarning, InvalidOptionError
 from ._local import LocalStore
-from ._memoize import MemoizedFunction, memoized
+from ._memoize import AsyncMemoizedFunction, MemoizedFunction, memoized
 from ._persistence import MMAP_MODES, resolve_compress
 from ._sizes import parse_size
 from ._stats import compact_stats, read_stats
 from ._upkeep import SizeBudget, evict
+
+if TYPE_CHECKING:
+    from ._typing import P, R, T
 
 __all__ = ["Cache", "CacheInfo", "FunctionInfo"]
 
@@ -55,31 +58,28 @@ class CacheInfo:
     location: str | None
     functions: dict[str, FunctionInfo] = field(default_factory=dict)
 
-    def _total(self, name: str) -> Any:
-        return sum(getattr(info, name) for info in self.functions.values())
-
     @property
     def entries(self) -> int:
-        return self._total("entries")  # type: ignore[no-any-return]
+        return sum(info.entries for info in self.functions.values())
 
     @property
     def bytes(self) -> int:
-        return self._total("bytes")  # type: ignore[no-any-return]
+        return sum(info.bytes for info in self.functions.values())
 
     @property
     def hits(self) -> int:
-        return self._total("hits")  # type: ignore[no-any-return]
+        return sum(info.hits for info in self.functions.values())
 
     @property
     def misses(self) -> int:
-        return self._total("misses")  # type: ignore[no-any-return]
+        return sum(info.misses for info in self.functions.values())
 
     @property
     def saved_seconds(self) -> float:
-        return self._total("saved_seconds")  # type: ignore[no-any-return]
+        return sum(info.saved_seconds for info in self.functions.values())
 
     def __str__(self) -> str:
-        def line(name: str, info: Any) -> str:
+        def line(name: str, info: CacheInfo | FunctionInfo) -> str:
             return (f"{name}: {info.entries} entries, {info.bytes / 1e6:.1f} MB, {info.hits} hits, "
                     f"{info.misses} misses, {info.saved_seconds:.2f} s saved")
 
@@ -143,19 +143,19 @@ class Cache:
         self.lock_timeout = float(lock_timeout)
         self.on_lock_timeout = on_lock_timeout
         self.verbose = verbose
-        self._functions: dict[str, MemoizedFunction] = {}
+        self._functions: dict[str, MemoizedFunction[Any, Any]] = {}
 
     def __repr__(self) -> str:
         return f"Cache({str(self.store.location) if self.store else None!r})"
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         """Pickle settings only: a worker's cache registers its own functions."""
         state = self.__dict__.copy()
         state["_functions"] = {}
         state["_budget"] = None
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._budget = SizeBudget(self.entries) if self.entries is not None else None
 
@@ -166,14 +166,7 @@ class Cache:
         A verbose cache prints through ``cachelib.verbose1`` (misses) or
         ``cachelib.verbose2`` (hits too); other caches stay quiet.
         """
-        if not self.verbose:
-            return logger
-        level = min(int(self.verbose), 2)
-        chatty = logging.getLogger(f"cachelib.verbose{level}")
-        if not chatty.handlers:
-            chatty.addHandler(logging.StreamHandler())
-            chatty.setLevel(logging.DEBUG if level > 1 else logging.INFO)
-        return chatty
+        return verbose_logger(self.verbose)
 
     @property
     def location(self) -> str | None:
@@ -215,9 +208,39 @@ class Cache:
 
     # -- the decorator --------------------------------------------------------------------
 
+    # The overloads keep the decorated function's signature and return type for type
+    # checkers, bare (``@cache.memoize``) and called (``@cache.memoize(...)``).
+    @overload
+    def memoize(  # type: ignore[overload-overlap]  # callable since 3.10, yet stays a staticmethod
+        self, func: staticmethod[P, R], *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
+        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
+        track_callees: bool = ...,
+    ) -> staticmethod[P, R]: ...
+
+    @overload
+    def memoize(
+        self, func: classmethod[T, P, R], *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
+        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
+        track_callees: bool = ...,
+    ) -> classmethod[T, P, R]: ...
+
+    @overload
+    def memoize(
+        self, func: Callable[P, R], *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
+        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
+        track_callees: bool = ...,
+    ) -> MemoizedFunction[P, R]: ...
+
+    @overload
+    def memoize(
+        self, func: None = None, *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
+        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
+        track_callees: bool = ...,
+    ) -> Callable[[Callable[P, R]], MemoizedFunction[P, R]]: ...
+
     def memoize(
         self,
-        func: Callable[..., Any] | None = None,
+        func: Any = None,
         *,
         ignore: list[str] | tuple[str, ...] = (),
         compress: Any = _UNSET,
@@ -232,15 +255,25 @@ class Cache:
         for this function. ``ignore`` names arguments (and closure variables) left out
         of the key. ``track_callees=False`` keys on the function's own code only: edits
         of the helpers it calls and of the constants it reads then hit old entries.
+        ``cache.cache`` is the same method under joblib.Memory's name, so that
+        scikit-learn's ``memory=`` takes a ``Cache``.
         """
         options = {"ignore": ignore, "compress": compress, "mmap_mode": mmap_mode,
                    "expires_after": expires_after, "track_callees": track_callees}
         if func is None:
             return lambda f: self.memoize(f, **options)
-        wrapper = memoized(func, self, **options)
+        return self._wrap(func, (MemoizedFunction, AsyncMemoizedFunction), options)
+
+    def _wrap(
+        self, func: Any, kinds: tuple[type[MemoizedFunction[Any, Any]], ...], options: dict[str, Any]
+    ) -> Any:
+        """Wrap ``func`` in ``kinds`` (plain, async) and register it for ``clear``."""
+        wrapper = memoized(func, self, kinds, **options)  # type: ignore[arg-type]
         inner = getattr(wrapper, "__func__", wrapper)
         self._functions[inner.name] = inner
         return wrapper
+
+    cache = memoize
 
     # -- management --------------------------------------------------------------------------
 
@@ -257,7 +290,7 @@ class Cache:
             if self._budget is not None:
                 self._budget.record(0)
 
-    def _function_info(self, func: MemoizedFunction) -> FunctionInfo:
+    def _function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo:
         if self.entries is None:
             return FunctionInfo(func.name)
         return function_info(self.entries, func.namespace)
@@ -303,6 +336,21 @@ class Cache:
                 self._budget.note_write(size, self.bytes_limit)
             except (CacheError, OSError) as exc:
                 warnings.warn(f"cachelib could not keep bytes_limit ({exc})", CacheWarning, stacklevel=4)
+
+
+def verbose_logger(verbose: int) -> logging.Logger:
+    """The ``cachelib`` logger, or for ``verbose`` 1 or more a printing child of it.
+
+    ``cachelib.verbose1`` prints misses, ``cachelib.verbose2`` hits too.
+    """
+    if not verbose:
+        return logger
+    level = min(int(verbose), 2)
+    chatty = logging.getLogger(f"cachelib.verbose{level}")
+    if not chatty.handlers:
+        chatty.addHandler(logging.StreamHandler())
+        chatty.setLevel(logging.DEBUG if level > 1 else logging.INFO)
+    return chatty
 
 
 def function_info(entries: Entries, namespace: str) -> FunctionInfo:

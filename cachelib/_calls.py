@@ -48,13 +48,18 @@ def unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _script(func: Any) -> str:
+def script_of(func: Any) -> str:
     """The real path of the script a ``__main__`` function comes from, or ``""``.
 
-    Its code's file when that is a real file (as run, with ``-m``, or rebuilt in a
-    spawned or joblib worker), else ``__main__.__file__``; notebooks and ``-c``
-    have none, and their functions are told apart by code alone.
+    Its code's file when that is a real file (as run, with ``-m``, or in a spawned
+    worker), else what a function rebuilt by value in a worker was told it is
+    (``__cachelib_script__``: cloudpickle renames the code's file), else
+    ``__main__.__file__``; notebooks and ``-c`` have none, and their functions are
+    told apart by code alone.
     """
+    carried = getattr(func, "__cachelib_script__", None)
+    if isinstance(carried, str):
+        return carried
     code = getattr(func, "__code__", None)
     filename = getattr(code, "co_filename", "") or ""
     if filename and not _NOTEBOOK_FILE.search(filename) and os.path.isfile(filename):
@@ -72,7 +77,7 @@ def _identity_parts(func: Callable[..., Any]) -> tuple[str, str, str]:
     qualname = getattr(target, "__qualname__", None)
     if not isinstance(qualname, str):
         qualname = type(target).__qualname__
-    return module, qualname, _script(target) if module == "__main__" else ""
+    return module, qualname, script_of(target) if module == "__main__" else ""
 
 
 def function_identity(func: Callable[..., Any]) -> tuple[str, str]:

@@ -263,36 +263,42 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cachelib", description="Inspect and maintain a cachelib cache directory."
     )
     parser.add_argument("--version", action="version", version=f"cachelib {__version__}")
-    parser.add_argument("--location", "-l", default=None,
+    parser.add_argument("--location", "-l", default=None, metavar="DIR",
                         help="the cache directory (default: $CACHELIB_LOCATION, else ./cachedir)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--location", "-l", dest="location_option", default=None,
-                       help="the cache directory (default: $CACHELIB_LOCATION, else ./cachedir)")
-    where.add_argument("--secret-file", default=None,
-                       help="file holding the secret of a signed cache (or $CACHELIB_SECRET_FILE, "
-                            "$CACHELIB_SECRET)")
+    where.add_argument("--location", "-l", dest="location_option", default=None, metavar="DIR",
+                       help="the cache directory, as an option")
+    signed = argparse.ArgumentParser(add_help=False)
+    signed.add_argument("--secret-file", default=None, metavar="FILE",
+                        help="file holding the secret of a signed cache (or $CACHELIB_SECRET_FILE, "
+                             "$CACHELIB_SECRET)")
 
     def command(name: str) -> argparse.ArgumentParser:
         summary, description = _COMMANDS[name]
-        sub = commands.add_parser(name, parents=[where], help=summary, description=description)
+        parents = [where] if name == "demo" else [where, signed]
+        sub = commands.add_parser(name, parents=parents, help=summary, description=description)
         if name != "demo":
-            sub.add_argument("directory", nargs="?", default=None, help="the cache directory")
+            sub.add_argument("directory", nargs="?", default=None, metavar="DIR",
+                             help="the cache directory (default: $CACHELIB_LOCATION, else ./cachedir)")
         return sub
 
     command("info")
     ls = command("ls")
-    ls.add_argument("--func", help="only this function (as 'info' shows it, or its last part)")
+    ls.add_argument("--func", metavar="NAME",
+                    help="only this function (as 'info' shows it, or its last part); default: all")
     clear = command("clear")
-    clear.add_argument("--func", help="only this function")
+    clear.add_argument("--func", metavar="NAME", help="only this function; default: all")
     prune = command("prune")
-    prune.add_argument("--max-size", type=_size, help="keep at most this much, e.g. 10G")
-    prune.add_argument("--max-items", type=int, help="keep at most this many entries")
-    prune.add_argument("--older-than", type=parse_duration, help="remove entries stored longer ago, e.g. 30d")
+    prune.add_argument("--max-size", type=_size, metavar="SIZE", help="keep at most this much, e.g. 10G")
+    prune.add_argument("--max-items", type=int, metavar="N", help="keep at most this many entries")
+    prune.add_argument("--older-than", type=parse_duration, metavar="AGE",
+                       help="remove entries stored longer ago, e.g. 90s, 45m, 12h, 30d, 2w")
     verify = command("verify")
     verify.add_argument("--fix", action="store_true", help="remove damaged entries")
     demo = command("demo")
-    demo.add_argument("--size", type=int, default=1200, help="matrix size of the demo's SVD (default 1200)")
+    demo.add_argument("--size", type=int, default=1200, metavar="N",
+                      help="matrix size of the demo's SVD (default 1200)")
     return parser
 
 

@@ -14,6 +14,7 @@ from ._entry import ENTRY_MAGIC, read_entry, read_head, verify_entry
 from ._errors import InvalidOptionError
 from ._persistence import MMAP_MODES, load_value, verify_stream_of
 from ._signing import Signer
+from ._typing import Loadable, MmapMode
 
 __all__ = ["load", "verify"]
 
@@ -32,7 +33,7 @@ def _entry_size(fileobj: Any) -> int | None:
     return end - position if is_entry and position == 0 else None
 
 
-def load(filename: Any, mmap_mode: str | None = None) -> Any:
+def load(filename: Loadable, mmap_mode: MmapMode = None) -> Any:
     """Read the value stored in ``filename`` (a path or a binary file object).
 
     The codec is found from the file's magic number, whatever its name. With

@@ -11,12 +11,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import sys
 import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
@@ -30,24 +29,33 @@ from ._errors import (
     UnhashableError,
 )
 from ._explain import explain_miss
-from ._stats import StatsRecorder
+from ._reduce import reduce_wrapper
+from ._stats import CallStats, StatsRecorder
+from ._summary import CallSummary
+from ._typing import P, R
 
 if TYPE_CHECKING:
-    from ._cache import Cache
+    from ._cache import Cache, FunctionInfo
 
 __all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
 
 _EXPLAIN_ENTRIES = 200  # the most recent entries whose key parts explain a miss
+M = TypeVar("M", bound="MemoizedFunction[Any, Any]")
 
 
-class MemoizedFunction:
-    """A function whose results are stored in a ``Cache``, one entry per distinct call."""
+class MemoizedFunction(Generic[P, R]):
+    """A function whose results are stored in a ``Cache``, one entry per distinct call.
+
+    For type checkers it keeps the signature and return type of the function it wraps.
+    """
+
+    __wrapped__: Callable[P, R]
 
     __cachelib_passthrough__ = True  # calls __wrapped__ with its own arguments: keys see through it
 
     def __init__(
         self,
-        func: Callable[..., Any],
+        func: Callable[P, R],
         cache: Cache,
         *,
         ignore: list[str] | tuple[str, ...] = (),
@@ -62,16 +70,17 @@ class MemoizedFunction:
             inner = unwrap(func)
             self.__qualname__ = getattr(inner, "__qualname__", type(inner).__qualname__)
             self.__name__ = getattr(inner, "__name__", type(inner).__name__)
-            self.__module__ = getattr(inner, "__module__", None)
+            self.__module__ = getattr(inner, "__module__", None) or ""
         self.cache = cache
         self.compressor: Compressor | None = cache._compressor_for(compress)
         self.mmap_mode: str | None = cache._mmap_mode_for(mmap_mode)
         self.expires_after: float | None = cache._seconds_for(expires_after)
         # The options as resolved, so that a pickled copy behaves the same in a worker.
-        self._options = {"ignore": tuple(ignore), "compress": self.compressor or False,
-                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after,
-                         "track_callees": track_callees}
+        self._options: dict[str, Any] = {"ignore": tuple(ignore), "compress": self.compressor or False,
+                                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after,
+                                         "track_callees": track_callees}
         self._keyer = CallKeyer(func, ignore, track_callees)
+        self._summary = CallSummary(func, ignore)
         self.name, identity = function_identity(func)
         self.namespace = f"{self.name}-{identity}"
         self._about = {"function": self.name, "identity": identity}
@@ -89,29 +98,35 @@ class MemoizedFunction:
         return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
 
     def __reduce__(self) -> Any:
-        """Pickle by name when the module holds this wrapper, else rebuild it from parts.
+        """Pickle by name, or by value where other processes cannot import it (``_reduce``).
 
         Workers (multiprocessing, joblib, dask) then share the same cache location.
         """
-        target: Any = sys.modules.get(self.__module__)
-        for part in self.__qualname__.split("."):
-            target = getattr(target, part, None)
-        if target is self:
-            return self.__qualname__
-        return _restore, (self.__wrapped__, self.cache, self._options)
+        return reduce_wrapper(self, _restore)
+
+    @overload
+    def __get__(self: M, instance: None, owner: type | None = None) -> M: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., R]: ...
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """Bind like a function, so that decorated methods receive ``self``."""
         return self if instance is None else types.MethodType(self, instance)
 
+    @property
+    def logger(self) -> logging.Logger:
+        """Where this function reports its hits and misses (its cache's logger)."""
+        return self.cache.logger
+
     # -- keys ------------------------------------------------------------------------------
 
-    def _key(self, args: tuple, kwargs: dict) -> str:
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Return the key (32 hex digits) of one call."""
         return self._keyer.key(args, kwargs)
 
     @property
-    def stats(self) -> Any:
+    def stats(self) -> CallStats:
         """This process's hits, misses and seconds for this function."""
         return self._recorder.stats
 
@@ -148,7 +163,7 @@ class MemoizedFunction:
                 )
             return False, None
         self._recorder.record(True, _seconds(metadata))
-        self.cache.logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
+        self.logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
         return True, result
 
     def _acquire(self, key: str) -> Any:
@@ -159,7 +174,7 @@ class MemoizedFunction:
             self._refuse(exc)
             return None
         except (OSError, CacheError) as exc:  # storing will fail too, and say so once
-            self.cache.logger.debug("no lock for %s: %s", self.__qualname__, exc)
+            self.logger.debug("no lock for %s: %s", self.__qualname__, exc)
             return None
         if lock is None:
             return None
@@ -175,13 +190,13 @@ class MemoizedFunction:
             )
         return None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.cache.entries is None or self._refused:
             return self.__wrapped__(*args, **kwargs)
         key = self._key(args, kwargs)
         hit, result = self._lookup(key)
         if hit:
-            return result
+            return cast(R, result)
         if self._refused:
             return self.__wrapped__(*args, **kwargs)
         lock = self._acquire(key)
@@ -189,19 +204,35 @@ class MemoizedFunction:
             if lock is not None:
                 hit, result = self._lookup(key, warn=False)  # computed while we waited?
                 if hit:
-                    return result
-            parts = self._miss_parts(args, kwargs)
+                    return cast(R, result)
+            parts, why = self._miss_parts(args, kwargs)
+            call = self._summary.describe(args, kwargs)
             started = time.perf_counter()
             result = self.__wrapped__(*args, **kwargs)
-            return self._store(key, result, time.perf_counter() - started, parts)
+            return cast(R, self._store(key, result, time.perf_counter() - started, parts, call, why))
         finally:
             if lock is not None:
                 lock.release()
 
-    def _store(self, key: str, result: Any, seconds: float, parts: dict[str, str] | None = None) -> Any:
-        """Publish ``result``; return it (as stored memmaps when ``mmap_mode`` asks)."""
+    def _store(
+        self,
+        key: str,
+        result: Any,
+        seconds: float,
+        parts: dict[str, str] | None = None,
+        call: str | None = None,
+        why: str = "",
+    ) -> Any:
+        """Publish ``result``; return it (as stored memmaps when ``mmap_mode`` asks).
+
+        ``parts`` are the key's parts (for ``explain``) and ``call`` the call's short
+        summary (``_summary``), both kept in the entry's metadata.
+        """
         started = time.perf_counter()
-        metadata = {"function": self.__qualname__, "compute_seconds": seconds, "key_parts": parts or {}}
+        metadata: dict[str, Any] = {"function": self.__qualname__, "compute_seconds": seconds,
+                                    "key_parts": parts or {}}
+        if call is not None:
+            metadata["call"] = call
         self._recorder.record(False, seconds)
         try:
             size, returned = self.cache.entries.put(  # type: ignore[union-attr]
@@ -225,26 +256,25 @@ class MemoizedFunction:
                 stacklevel=3,
             )
             return result
-        self.cache.logger.info(
-            "miss %s: computed in %.3f s, stored %d bytes in %.3f s",
-            self.__qualname__, seconds, size, time.perf_counter() - started,
+        self.logger.info(
+            "miss %s (%s): computed in %.3f s, stored %d bytes in %.3f s",
+            self.__qualname__, why or "not stored yet", seconds, size, time.perf_counter() - started,
         )
         self.cache._after_store(size)
         return returned
 
     # -- why a call misses -------------------------------------------------------------------
 
-    def _miss_parts(self, args: tuple, kwargs: dict) -> dict[str, str]:
-        """The key parts of a call that missed, stored with its entry; logged when verbose."""
-        logger = self.cache.logger
+    def _miss_parts(self, args: tuple, kwargs: dict) -> tuple[dict[str, str], str]:
+        """The key parts of a call that missed (stored with its entry), and why it missed when verbose."""
         try:
             parts = self._keyer.key_parts(args, kwargs)
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("miss %s: %s", self.__qualname__, explain_miss(parts, self._stored_key_parts()))
+            verbose = self.logger.isEnabledFor(logging.INFO)
+            why = explain_miss(parts, self._stored_key_parts()) if verbose else ""
         except Exception as exc:  # an explanation must never cost the call its result
-            logger.debug("cannot explain the miss of %s: %r", self.__qualname__, exc)
-            return {}
-        return parts
+            self.logger.debug("cannot explain the miss of %s: %r", self.__qualname__, exc)
+            return {}, ""
+        return parts, why
 
     def explain(self, *args: Any, **kwargs: Any) -> str:
         """Say why this call would miss: what differs from this function's nearest entries.
@@ -274,7 +304,7 @@ class MemoizedFunction:
 
     # -- management ------------------------------------------------------------------------
 
-    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+    def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Return True if this call's result is stored (and not expired)."""
         if self.cache.entries is None or self._refused:
             return False
@@ -290,12 +320,12 @@ class MemoizedFunction:
         """Count afresh after this function's entries were cleared."""
         self._recorder = StatsRecorder(self.cache.entries, self.namespace)
 
-    def cache_info(self) -> Any:
+    def cache_info(self) -> FunctionInfo:
         """Return this function's entries, bytes, hits, misses and time saved."""
         return self.cache._function_info(self)
 
 
-class AsyncMemoizedFunction(MemoizedFunction):
+class AsyncMemoizedFunction(MemoizedFunction[P, R]):
     """The ``MemoizedFunction`` of an ``async def`` function: calling it returns a coroutine.
 
     A hit is read without awaiting; a miss awaits the function, then stores its
@@ -305,15 +335,16 @@ class AsyncMemoizedFunction(MemoizedFunction):
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if self.cache.entries is None or self._refused:
-            return await self.__wrapped__(*args, **kwargs)
+            return await cast(Any, self.__wrapped__)(*args, **kwargs)
         key = self._key(args, kwargs)
         hit, result = self._lookup(key)
         if hit or self._refused:
-            return result if hit else await self.__wrapped__(*args, **kwargs)
-        parts = self._miss_parts(args, kwargs)
+            return result if hit else await cast(Any, self.__wrapped__)(*args, **kwargs)
+        parts, why = self._miss_parts(args, kwargs)
+        call = self._summary.describe(args, kwargs)
         started = time.perf_counter()
-        result = await self.__wrapped__(*args, **kwargs)
-        return self._store(key, result, time.perf_counter() - started, parts)
+        result = await cast(Any, self.__wrapped__)(*args, **kwargs)
+        return self._store(key, result, time.perf_counter() - started, parts, call, why)
 
 
 def _seconds(metadata: dict[str, Any]) -> float:
@@ -322,15 +353,25 @@ def _seconds(metadata: dict[str, Any]) -> float:
     return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
 
 
-def memoized(func: Callable[..., Any], cache: Cache, **options: Any) -> Any:
-    """Wrap ``func`` (a function, method, static or class method, partial, coroutine)."""
+def memoized(
+    func: Any,
+    cache: Cache,
+    kinds: tuple[type[MemoizedFunction[Any, Any]], type[MemoizedFunction[Any, Any]]] = (
+        MemoizedFunction, AsyncMemoizedFunction),
+    **options: Any,
+) -> Any:
+    """Wrap ``func`` (a function, method, static or class method, partial, coroutine).
 
+    ``kinds`` are the wrapper classes of plain and of ``async def`` functions.
+    """
     if isinstance(func, (staticmethod, classmethod)):
-        return type(func)(memoized(func.__func__, cache, **options))
-    kind = AsyncMemoizedFunction if inspect.iscoroutinefunction(func) else MemoizedFunction
+        return type(func)(memoized(func.__func__, cache, kinds, **options))
+    kind = kinds[1] if inspect.iscoroutinefunction(func) else kinds[0]
     return kind(func, cache, **options)
 
 
-def _restore(func: Callable[..., Any], cache: Cache, options: dict) -> Any:
-    """Rebuild a pickled ``MemoizedFunction`` (used by ``__reduce__``)."""
-    return memoized(func, cache, **options)
+def _restore(
+    kind: type[MemoizedFunction[Any, Any]], func: Callable[..., Any], cache: Cache, options: dict[str, Any]
+) -> MemoizedFunction[Any, Any]:
+    """Rebuild a pickled ``MemoizedFunction`` of class ``kind`` (used by ``__reduce__``)."""
+    return kind(func, cache, **options)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import cachelib
+from cachelib._cli import build_parser
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -236,3 +237,39 @@ def test_console_script_runs_help():
     assert "usage: cachelib" in done.stdout
     for command in ("info", "ls", "clear", "prune", "verify", "demo"):
         assert command in done.stdout
+
+
+def test_ls_without_a_function_lists_every_entry_with_its_call(filled):
+    location, _, _ = filled
+    done = run(None, "ls", location)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4
+    calls = sorted(line.split("  ")[-1] for line in lines)
+    assert calls == ["negate(x=1)", "square(x=0)", "square(x=1)", "square(x=2)"]
+
+
+def test_ls_shows_arrays_as_shape_and_dtype(tmp_path):
+    location = tmp_path / "cache"
+    neg = cachelib.Cache(location).memoize(negate)
+    neg(np.zeros((3, 4), dtype=np.float32))
+    done = run(location, "ls")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("negate(x=ndarray(shape=(3, 4), dtype=float32))")
+
+
+@pytest.mark.parametrize("command", ["info", "ls", "clear", "prune", "verify", "demo"])
+def test_every_command_has_a_help_that_describes_it_and_its_options(command):
+    done = run(None, command, "--help")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert f"usage: cachelib {command}" in text
+    description = text.split("\n\n")[1]
+    assert len(description.split()) >= 5, text  # a sentence, not a bare name
+    assert "--location DIR" in text
+    if command != "demo":
+        assert "positional arguments:\n  DIR" in text
+        assert "--secret-file FILE" in text
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    for action in subparsers.choices[command]._actions:
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help"

@@ -1,0 +1,445 @@
+"""``cachelib.Memory``: joblib.Memory's documented interface and meanings, on a ``Cache``.
+
+Written from joblib's documentation (``Memory``, ``MemorizedFunc``, ``MemorizedResult``,
+``expires_after``); every test counts the real calls in the module global ``CALLS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import multiprocessing
+import pickle
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from helpers import entry_path
+
+import cachelib
+
+pytestmark = pytest.mark.timeout(60)
+
+CALLS: list = []
+ENTRY_MAGIC = b"\x89CLENT\r\n"
+
+
+def entry_stream(data: bytes) -> bytes:
+    """The result's stream inside an entry file (after its header and metadata, 64-byte aligned)."""
+    assert data[:8] == ENTRY_MAGIC
+    metadata_length = int.from_bytes(data[12:16], "little")
+    return data[-(-(64 + metadata_length) // 64) * 64 : -48]
+
+
+def square(x, y=1):
+    CALLS.append(x)
+    return x * x + y
+
+
+def ones(n):
+    CALLS.append(n)
+    return np.ones(n)
+
+
+@pytest.fixture
+def calls():
+    CALLS.clear()
+    yield CALLS
+    CALLS.clear()
+
+
+@pytest.fixture
+def location(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def memory(location):
+    return cachelib.Memory(location, verbose=0)
+
+
+# -- the constructor ----------------------------------------------------------------------
+
+
+def test_cache_computes_each_distinct_call_once(memory, calls):
+    f = memory.cache(square)
+    assert [f(2), f(2), f(x=2), f(2, 1), f(3)] == [5, 5, 5, 5, 10]
+    assert calls == [2, 3]
+
+
+def test_location_none_caches_nothing(calls):
+    memory = cachelib.Memory(None, verbose=0)
+    f = memory.cache(square)
+    assert memory.location is None
+    assert [f(2), f(2)] == [5, 5]
+    assert calls == [2, 2]
+    assert not f.check_call_in_cache(2)
+    shelved = f.call_and_shelve(2)
+    assert isinstance(shelved, cachelib.NotMemorizedResult)
+    assert shelved.get() == 5
+    assert f.call(2) == (5, {})
+    assert memory.eval(square, 4) == 17
+    f.clear()
+    memory.clear(warn=False)
+    assert memory.reduce_size(items_limit=0) == 0
+
+
+@pytest.mark.parametrize(
+    ("compress", "level"), [(3, 3), (True, 3), (9, 9), ("zlib", 3), (("zlib", 6), 6)]
+)
+def test_compress_means_zlib_as_in_joblib(location, compress, level):
+    f = cachelib.Memory(location, compress=compress, verbose=0).cache(ones)
+    f(10_000)
+    stream = entry_stream(entry_path(f, 10_000).read_bytes())
+    assert stream[:1] == b"\x78", "not a zlib stream"
+    raw = zlib.decompress(stream)
+    assert zlib.compress(raw, level) == stream
+
+
+@pytest.mark.parametrize("compress", [False, 0, None, ("zlib", 0)])
+def test_compress_off_writes_raw_entries(location, compress):
+    f = cachelib.Memory(location, compress=compress, verbose=0).cache(ones)
+    f(100)
+    stream = entry_stream(entry_path(f, 100).read_bytes())
+    assert stream[:8] == b"\x89CLIB\r\n\x1a"
+
+
+@pytest.mark.parametrize("compress", [10, -1, 1.5, {"zlib": 3}])
+def test_bad_compress_raises_value_error(location, compress):
+    with pytest.raises(ValueError, match="compress"):
+        cachelib.Memory(location, compress=compress)
+
+
+def test_backend_is_the_second_positional_argument(location, calls):
+    memory = cachelib.Memory(location, "local", verbose=0)
+    assert memory.backend == "local"
+    f = memory.cache(square)
+    assert f(1) == f(1) == 2
+    assert calls == [1]
+
+
+def test_unknown_backend_raises_naming_local(location):
+    with pytest.raises(ValueError, match="backend='local'"):
+        cachelib.Memory(location, backend="s3")
+    with pytest.raises(ValueError, match="backend='local'"):
+        cachelib.Memory(location, "zstd")  # a codec where joblib expects a backend
+
+
+def test_backend_options_take_the_cache_options(location, calls):
+    memory = cachelib.Memory(location, backend_options={"secret": b"s" * 32, "fsync": False}, verbose=0)
+    f = memory.cache(square)
+    f(2)
+    assert entry_path(f, 2).read_bytes()[10] & 1, "entry not signed"
+    assert cachelib.Memory(location, backend_options={"secret": b"s" * 32}, verbose=0).cache(square)(2) == 5
+    assert calls == [2]
+    with pytest.raises(ValueError, match="not options of a cachelib cache"):
+        cachelib.Memory(location, backend_options={"compresslevel": 3})
+
+
+def test_mmap_mode_maps_first_calls_and_hits_and_cache_overrides_it(location, calls):
+    memory = cachelib.Memory(location, mmap_mode="r", verbose=0)
+    mapped = memory.cache(ones)
+    first, again = mapped(5), mapped(5)
+    assert isinstance(first, np.memmap) and isinstance(again, np.memmap)
+    assert first.mode == again.mode == "r"
+    kept = memory.cache(ones, mmap_mode=False)  # False: the Memory's own
+    assert isinstance(kept(5), np.memmap)
+    plain = memory.cache(ones, mmap_mode=None)
+    result = plain(5)
+    assert type(result) is np.ndarray
+    np.testing.assert_array_equal(result, np.ones(5))
+    assert calls == [5]
+
+
+def test_mmap_mode_r_plus_is_refused_with_the_fix(location):
+    with pytest.raises(ValueError, match="'c'"):
+        cachelib.Memory(location, mmap_mode="r+")
+
+
+def test_memory_attributes_and_repr(location):
+    memory = cachelib.Memory(location, compress=3, verbose=0)
+    assert memory.location == str(location)
+    assert memory.compress == 3
+    assert memory.mmap_mode is None
+    assert memory.verbose == 0
+    assert repr(memory) == f"Memory(location={location})"
+    assert isinstance(memory.as_cache, cachelib.Cache)
+
+
+def test_memory_pickles_and_its_functions_hit_in_a_worker(memory, calls):
+    f = memory.cache(square)
+    f(3)
+    clone = pickle.loads(pickle.dumps(memory))
+    assert clone.location == memory.location
+    assert clone.cache(square)(3) == 10
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map(f, [3, 4]) == [10, 17]
+    assert calls == [3]  # 4 was computed in the worker
+    assert f.check_call_in_cache(4)
+
+
+# -- Memory.cache -------------------------------------------------------------------------
+
+
+def test_cache_with_options_only_returns_a_decorator(memory, calls):
+    @memory.cache(ignore=["y"], verbose=0)
+    def g(x, y=1):
+        CALLS.append(x)
+        return x
+
+    assert g(1, y=1) == g(1, y=2) == 1
+    assert calls == [1]
+    assert g.ignore == ["y"]
+    assert g.func(5, 6) == 5
+    assert g.__wrapped__ is g.func
+
+    @memory.cache()
+    def h(x):
+        return x
+
+    assert isinstance(h, cachelib.MemorizedFunc)
+
+
+def test_ignore_none_is_no_argument_ignored(memory, calls):
+    f = memory.cache(square, ignore=None)
+    assert f.ignore == []
+    f(1, 1)
+    f(1, 2)
+    assert calls == [1, 1]
+
+
+def test_cache_of_a_memoized_function_wraps_the_original(memory, calls):
+    once = memory.cache(square)
+    twice = memory.cache(once)
+    assert twice.func is square
+    twice(2)
+    once(2)
+    assert calls == [2]
+
+
+def test_per_function_verbose_overrides_the_memory(location, caplog):
+    """Verbose functions report through the printing ``cachelib.verbose1`` logger, quiet ones not."""
+    chatty = cachelib.Memory(location, verbose=0).cache(square, verbose=1)
+    silent = cachelib.Memory(location, verbose=1).cache(ones, verbose=0)
+    with caplog.at_level(logging.DEBUG, logger="cachelib"):
+        silent(3)
+        chatty(7)
+    printed = [r.getMessage() for r in caplog.records if r.name.startswith("cachelib.verbose")]
+    assert len(printed) == 1 and printed[0].startswith("miss square"), printed
+
+
+def test_eval_memoizes_the_call(memory, calls):
+    assert memory.eval(square, 3, y=2) == 11
+    assert memory.eval(square, 3, y=2) == 11
+    assert calls == [3]
+
+
+def test_clear_removes_the_functions_results(memory, calls, caplog):
+    f = memory.cache(square)
+    g = memory.cache(ones)
+    f(1)
+    g(2)
+    f.clear(warn=False)
+    assert not f.check_call_in_cache(1)
+    assert g.check_call_in_cache(2)
+    with caplog.at_level(logging.WARNING, logger="cachelib"):
+        memory.clear()
+    assert any("flushing" in r.getMessage() for r in caplog.records)
+    assert not g.check_call_in_cache(2)
+    caplog.clear()
+    f(1)
+    with caplog.at_level(logging.WARNING, logger="cachelib"):
+        memory.clear(warn=False)
+    assert not caplog.records
+    assert not f.check_call_in_cache(1)
+
+
+def test_reduce_size_keeps_the_limits(memory, calls):
+    f = memory.cache(ones)
+    for n in range(5):
+        f(n)
+    assert memory.reduce_size(items_limit=2) == 3
+    assert sum(f.check_call_in_cache(n) for n in range(5)) == 2
+    assert memory.reduce_size(age_limit=datetime.timedelta(0)) == 2
+
+
+# -- call_and_shelve and MemorizedResult --------------------------------------------------
+
+
+def test_call_and_shelve_returns_a_reference_to_the_stored_result(memory, calls):
+    f = memory.cache(square)
+    shelved = f.call_and_shelve(4)
+    assert isinstance(shelved, cachelib.MemorizedResult)
+    assert calls == [4]
+    assert shelved.get() == 17
+    again = f.call_and_shelve(4)
+    assert calls == [4]
+    assert (again.args_id, again.func_id) == (shelved.args_id, shelved.func_id)
+    assert repr(again) == (
+        f'MemorizedResult(location="{memory.location}", func="{f.namespace}", args_id="{again.args_id}")'
+    )
+
+
+def test_call_and_shelve_does_not_read_a_stored_result(memory, calls):
+    f = memory.cache(ones)
+    f(1000)
+    path = entry_path(f, 1000)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # damage the result's bytes, not the header
+    path.write_bytes(bytes(data))
+    shelved = f.call_and_shelve(1000)  # the header is intact: a hit, not read
+    assert calls == [1000]
+    with pytest.raises(KeyError, match="cannot be read"):
+        shelved.get()
+
+
+def test_shelved_result_clear_and_get(memory, calls):
+    f = memory.cache(square)
+    shelved = f.call_and_shelve(2)
+    shelved.clear()
+    with pytest.raises(KeyError, match="no longer stored"):
+        shelved.get()
+    shelved.clear()  # already gone: nothing happens
+    assert not f.check_call_in_cache(2)
+    assert f(2) == 5
+    assert calls == [2, 2]
+
+
+def test_shelved_result_pickles_small_and_loads_in_another_process(memory, location, calls):
+    f = memory.cache(ones)
+    shelved = f.call_and_shelve(100_000)
+    data = pickle.dumps(shelved)
+    assert len(data) < 2000, "the pickle holds the result"
+    script = (
+        "import pickle, sys\n"
+        "result = pickle.loads(sys.stdin.buffer.read()).get()\n"
+        "print(result.shape, result.sum())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().split() == ["(100000,)", "100000.0"]
+
+
+def test_shelved_result_keeps_the_functions_mmap_mode(location, calls):
+    f = cachelib.Memory(location, mmap_mode="r", verbose=0).cache(ones)
+    result = pickle.loads(pickle.dumps(f.call_and_shelve(10))).get()
+    assert isinstance(result, np.memmap)
+
+
+def test_a_result_that_cannot_be_stored_is_shelved_in_memory(tmp_path, calls):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    f = cachelib.Memory(blocker, verbose=0).cache(square)
+    with pytest.warns(cachelib.CacheWarning):
+        shelved = f.call_and_shelve(3)
+    assert isinstance(shelved, cachelib.NotMemorizedResult)
+    assert shelved.get() == 10
+    shelved.clear()
+    with pytest.raises(KeyError):
+        shelved.get()
+
+
+# -- call, check_call_in_cache, validation callbacks ---------------------------------------
+
+
+def test_call_recomputes_stores_and_returns_metadata(memory, calls):
+    f = memory.cache(square)
+    f(5)
+    result, metadata = f.call(5)
+    assert result == 26
+    assert calls == [5, 5]
+    assert metadata["call"] == "square(x=5, y=1)"
+    assert metadata["duration"] >= 0
+    assert abs(metadata["time"] - __import__("time").time()) < 600
+    assert f(5) == 26
+    assert calls == [5, 5]
+
+
+def test_validation_callback_must_be_callable(memory):
+    with pytest.raises(ValueError, match=r"cache_validation_callback needs to be callable\. Got True\."):
+        memory.cache(square, cache_validation_callback=True)
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_constant_validation_callback(memory, calls, valid):
+    f = memory.cache(square, cache_validation_callback=lambda metadata: valid)
+    f(2)
+    assert f.check_call_in_cache(2) is valid
+    f(2)
+    assert calls == [2] if valid else [2, 2]
+
+
+def test_validation_callback_sees_the_entrys_metadata(memory, calls):
+    seen = []
+
+    def keep_slow_ones(metadata):
+        seen.append(metadata)
+        return metadata["duration"] > 3600
+
+    f = memory.cache(square, cache_validation_callback=keep_slow_ones)
+    f(2)
+    f(2)
+    assert calls == [2, 2]  # never slow enough to keep
+    assert seen and set(seen[0]) >= {"duration", "time", "call"}
+    assert seen[0]["call"] == "square(x=2, y=1)"
+    shelved = f.call_and_shelve(2)  # stored, but not valid: held in memory
+    assert isinstance(shelved, cachelib.NotMemorizedResult)
+
+
+@pytest.mark.parametrize("helper", [cachelib.expires_after, pytest.importorskip("joblib").expires_after])
+def test_expires_after(memory, calls, helper):
+    fresh = memory.cache(square, cache_validation_callback=helper(days=1))
+    fresh(3)
+    fresh(3)
+    assert calls == [3]
+    stale = memory.cache(square, cache_validation_callback=helper(seconds=-1))
+    stale(3)
+    assert calls == [3, 3]
+    assert not stale.check_call_in_cache(3)
+
+
+def test_cachelib_expires_after_becomes_the_caches_expiry(memory):
+    f = memory.cache(square, cache_validation_callback=cachelib.expires_after(minutes=2))
+    assert f.expires_after == 120.0
+    assert f.cache_validation_callback is None
+    assert cachelib.expires_after(hours=1)({"time": __import__("time").time()})
+
+
+# -- async functions ----------------------------------------------------------------------
+
+
+async def add_async(x):
+    CALLS.append(x)
+    return x + 1
+
+
+def test_async_functions(memory, calls):
+    f = memory.cache(add_async)
+    assert isinstance(f, cachelib.MemorizedFunc)
+
+    async def scenario():
+        first = await f(1)
+        second = await f(1)
+        shelved = await f.call_and_shelve(1)
+        forced = await f.call(1)
+        return first, second, shelved.get(), forced[0]
+
+    assert asyncio.run(scenario()) == (2, 2, 2, 2)
+    assert calls == [1, 1]
+
+
+# -- Cache for scikit-learn --------------------------------------------------------------
+
+
+def test_cache_has_joblibs_cache_and_location(location, calls):
+    cache = cachelib.Cache(location)
+    f = cache.cache(square, ignore=["y"])
+    f(1, y=1)
+    f(1, y=2)
+    assert calls == [1]
+    assert cache.location == str(location)
+    assert cachelib.Cache(None).location is None
