@@ -117,6 +117,7 @@ class Entries:
         """Mark the location and the function's directory as cachelib's before writing in them."""
         if namespace in self._marked:
             return
+        self.store.initialize()
         for key, data in ((LOCATION_MARKER, _LOCATION_TEXT), (f"{namespace}/{FUNCTION_MARKER}", about)):
             if not self.store.exists(key):
                 payload = data if isinstance(data, bytes) else json.dumps(data).encode()

@@ -281,6 +281,7 @@ def read_entry(
         authenticate=authenticator.check if authenticator else None,
         restricted=restricted,
         parse_only=parse_only,
+        edited_ok=False,
     )
 
 
@@ -290,7 +291,7 @@ def verify_entry(fileobj: Any, size: int, *, signer: Signer | None = None, conte
     if signer is not None and not head.signed:
         raise CorruptFileError("the entry is not signed")
     stream, _, authenticator = _open_stream(fileobj, size, head, signer if head.signed else None, context)
-    verify_stream_of(stream, whole=True, tap=authenticator.tap if authenticator else None)
+    verify_stream_of(stream, whole=True, tap=authenticator.tap if authenticator else None, edited_ok=False)
     if authenticator is not None:
         authenticator.check()
     return head

@@ -121,11 +121,23 @@ class LocalStore(Store):
             os.close(fd)
             raise UnsafeLocationError(f"cache location {path!r} cannot be used safely: {verdict.reason}")
         self._group = st.st_gid
-        if create:
-            for name, text in (("CACHEDIR.TAG", _CACHEDIR_TAG), (".gitignore", _GITIGNORE)):
-                with contextlib.suppress(OSError):
-                    self._create_small(fd, name, text.encode())
         return fd
+
+    def initialize(self) -> None:
+        """Create the location, with the tags that keep backup and version-control tools out."""
+        root = self._root_fd(True)
+        for name, text in (("CACHEDIR.TAG", _CACHEDIR_TAG), (".gitignore", _GITIGNORE)):
+            with contextlib.suppress(OSError):
+                self._create_small(root, name, text.encode())
+
+    def exists(self, key: str) -> bool:
+        parts = check_key(key)
+        try:
+            with self._parent(parts, False) as parent:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except (KeyError, FileNotFoundError, NotADirectoryError):
+            return False
+        return stat.S_ISREG(st.st_mode)
 
     def _create_location(self) -> None:
         """Make the location and any missing parents, each with this mode's permissions."""
@@ -268,9 +280,8 @@ class LocalStore(Store):
         try:
             st = os.fstat(fd)
             verdict = judge_file(st, self.share)
-            if verdict.reason is not None:
-                error = CorruptFileError if not stat.S_ISREG(st.st_mode) else UnsafeLocationError
-                raise error(f"{key!r} in the cache at {self.url!r} is not used: {verdict.reason}")
+            if verdict.reason is not None:  # a damaged entry: recomputed and replaced
+                raise CorruptFileError(f"{key!r} in the cache at {self.url!r} is not used: {verdict.reason}")
             file = open(fd, "rb", closefd=True)  # noqa: SIM115 - the Readable closes it
         except BaseException:
             os.close(fd)

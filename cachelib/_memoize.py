@@ -143,12 +143,8 @@ class MemoizedFunction:
         except FileAccessError as exc:
             self._refuse(exc)
             return None
-        except (OSError, CacheError) as exc:
-            warnings.warn(
-                f"cannot lock the cache entry of {self.__qualname__} ({exc}); computing without the lock",
-                CacheWarning,
-                stacklevel=4,
-            )
+        except (OSError, CacheError) as exc:  # storing will fail too, and say so once
+            self.cache.logger.debug("no lock for %s: %s", self.__qualname__, exc)
             return None
         if lock is None:
             return None

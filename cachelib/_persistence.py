@@ -315,6 +315,7 @@ def read_stream_value(
     restricted: bool = False,
     whole: bool = True,
     parse_only: bool = False,
+    edited_ok: bool = True,
 ) -> Any:
     """Read the value of the stream ``stream``, raw or compressed with ``compressor``.
 
@@ -327,9 +328,12 @@ def read_stream_value(
     decompressed = compressor.open_reader(stream) if compressor is not None else None
     try:
         if decompressed is None:
-            reader = RecordReader(stream, mapping=mapping, mapping_offset=mapping_offset, size=size, tap=tap)
+            reader = RecordReader(
+                stream, mapping=mapping, mapping_offset=mapping_offset, size=size, tap=tap,
+                edited_ok=edited_ok,
+            )
         else:
-            reader = RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK, tap=tap)
+            reader = RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK, tap=tap, edited_ok=edited_ok)
         deferred = authenticate is not None or restricted or parse_only
         parsed = reader.parse_all() if deferred else None
         value = None if deferred else read_stream(reader)
@@ -368,17 +372,17 @@ def _check_frame_end(decompressed: Any, compressor: Compressor, whole_file: bool
         raise CorruptFileError(f"the {compressor.name} stream holds data after the cachelib end record")
 
 
-def verify_stream_of(fileobj: Any, *, whole: bool, tap: Tap | None = None) -> None:
+def verify_stream_of(fileobj: Any, *, whole: bool, tap: Tap | None = None, edited_ok: bool = True) -> None:
     """Check the (raw or compressed) stream at ``fileobj``'s position, keeping nothing."""
     stream, compressor = sniff(fileobj)
     if compressor is None:
-        verify_stream(stream, tap)
+        verify_stream(stream, tap, edited_ok)
         if whole and stream.read(1):
             raise CorruptFileError("the file has bytes after the end of its cachelib stream")
         return
     decompressed = compressor.open_reader(stream)
     try:
-        verify_stream(decompressed, tap)
+        verify_stream(decompressed, tap, edited_ok)
         _check_frame_end(decompressed, compressor, whole_file=whole)  # as load checks it
     finally:
         decompressed.close()

@@ -77,7 +77,8 @@ class RecordReader:
     stream starts at ``mapping_offset`` in it. ``size``, when known, bounds every
     length read from the stream. ``read_size`` bounds each read: decompressors
     allocate a buffer per read, so they get smaller ones than a plain file.
-    ``tap`` is fed every byte of the stream, in order.
+    ``tap`` is fed every byte of the stream, in order. ``edited_ok=False`` refuses a
+    stream flagged as edited in place (whose array checksums would be skipped).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class RecordReader:
         size: int | None = None,
         read_size: int = IO_CHUNK,
         tap: Tap | None = None,
+        edited_ok: bool = True,
     ) -> None:
         self._source = source
         self._read_size = read_size
@@ -105,6 +107,8 @@ class RecordReader:
         self._whole = False  # parse_all keeps every array: only runs are bounded
         self._ended = False
         self._arrays_edited = check_header(self._read(HEADER.size))
+        if self._arrays_edited and not edited_ok:  # e.g. a cache entry: never mapped writable
+            raise CorruptFileError("the stream says its arrays were edited in place, which it cannot be")
 
     @property
     def mapped(self) -> bool:
@@ -332,13 +336,13 @@ class RecordReader:
             self._chunk = memoryview(b"")
 
 
-def verify_stream(source: Any, tap: Tap | None = None) -> None:
+def verify_stream(source: Any, tap: Tap | None = None, edited_ok: bool = True) -> None:
     """Check every record's checksum and the end record, without unpickling anything.
 
     Reads ``source`` once in bounded chunks; raises ``CorruptFileError`` (or
     ``UnsupportedFormatError``) on the first problem.
     """
-    RecordReader(source, tap=tap).skim()
+    RecordReader(source, tap=tap, edited_ok=edited_ok).skim()
 
 
 def _unpickled(load: Callable[[], Any]) -> Any:

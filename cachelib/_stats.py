@@ -247,7 +247,19 @@ def _merged_objects(entries: Entries, namespace: str) -> list[tuple[str, CallSta
             absorbed = raw.get("absorbed") if isinstance(raw, dict) else None
             if stats is not None and isinstance(absorbed, list) and all(isinstance(a, str) for a in absorbed):
                 found.append((item.key, stats, absorbed))
+            elif raw is not None:
+                _warn_once(f"read {entries.store.url}/{item.key}", f"cachelib ignores the statistics file "
+                           f"{item.key!r} in {entries.store.url!r} (it does not hold counts); it is rebuilt")
     return found
+
+
+def _counts(entries: Entries, key: str) -> CallStats | None:
+    raw = _read_json(entries, key, _COUNTS_LIMIT)
+    counts = _parsed_stats(raw)
+    if counts is None and raw is not None:
+        _warn_once(f"read {entries.store.url}/{key}", f"cachelib ignores the statistics file {key!r} "
+                   f"in {entries.store.url!r} (it does not hold counts)")
+    return counts
 
 
 def read_stats(entries: Entries, namespace: str) -> CallStats:
@@ -263,7 +275,7 @@ def read_stats(entries: Entries, namespace: str) -> CallStats:
     for item in entries.store.list(f"{namespace}/{STATS}"):
         name = item.key.rsplit("/", 1)[-1]
         if name.endswith(_SUFFIX) and name not in absorbed:
-            counts = _parsed_stats(_read_json(entries, item.key, _COUNTS_LIMIT))
+            counts = _counts(entries, item.key)
             if counts is not None:
                 total.add(counts)
     return total
@@ -287,7 +299,7 @@ def compact_stats(entries: Entries, namespace: str, wait: float = 5.0) -> int:
         fresh = []
         for name, item in present.items():
             if name.endswith(_SUFFIX) and name not in absorbed and item.own and len(fresh) < _MERGE_AT_MOST:
-                counts = _parsed_stats(_read_json(entries, item.key, _COUNTS_LIMIT))
+                counts = _counts(entries, item.key)
                 if counts is not None:
                     stats.add(counts)
                 fresh.append(name)

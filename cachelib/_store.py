@@ -160,6 +160,9 @@ class Store(abc.ABC):
     def remove_dir(self, prefix: str) -> None:  # noqa: B027 - nothing to do where there are no directories
         """Remove the now-empty "directory" ``prefix``, where directories exist."""
 
+    def initialize(self) -> None:  # noqa: B027 - most stores need nothing before a first write
+        """Prepare the store for its first write (create a directory, tag it)."""
+
     def read_bytes(self, key: str, limit: int) -> bytes:
         """Return the whole object ``key``, refusing one larger than ``limit`` bytes."""
         with self.open(key) as handle:

@@ -35,6 +35,7 @@ PLAIN_DATA: frozenset[tuple[str, str]] = frozenset(
         ("numpy", "matrix"),
         ("numpy.matrixlib.defmatrix", "matrix"),
         ("numpy.ma.core", "MaskedArray"),
+        ("numpy.ma", "MaskedArray"),
         ("numpy.ma.core", "_mareconstruct"),
         ("cachelib._format", "rebuild_array"),
     ]
