@@ -269,7 +269,7 @@ class Outcome:
         return [message for _, message in self.warnings]
 
 
-def _child(function: Callable[..., Any], args: tuple[Any, ...], write: int,
+def _child(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], write: int,
            user: User | None, umask: int | None, memory: int | None) -> None:
     """Run in a forked child: drop to ``user``, cap memory, call, send the outcome, exit."""
     status = 0
@@ -291,7 +291,7 @@ def _child(function: Callable[..., Any], args: tuple[Any, ...], write: int,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                value = function(*args)
+                value = function(*args, **kwargs)
             except BaseException as exc:
                 error, trace = exc, traceback.format_exc()
         seen = [(w.category, str(w.message)) for w in caught]
@@ -321,13 +321,13 @@ def _address_space() -> int:
 
 
 def start_child(function: Callable[..., Any], *args: Any, user: User | None = None,
-                umask: int | None = None, memory: int | None = None) -> Child:
-    """Fork a child that runs ``function(*args)`` (as ``user``, under ``umask`` and a memory cap)."""
+                umask: int | None = None, memory: int | None = None, **kwargs: Any) -> Child:
+    """Fork a child that runs ``function(*args, **kwargs)`` (as ``user``, under ``umask``, capped)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read)
-        _child(function, args, write, user, umask, memory)
+        _child(function, args, kwargs, write, user, umask, memory)
     os.close(write)
     return Child(pid, read, getattr(function, "__name__", repr(function)))
 
@@ -383,15 +383,17 @@ class Child:
             os.waitpid(self.pid, 0)
 
 
-def run_with_timeout(function: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Outcome:
-    """Run ``function(*args)`` in a forked child; a hang or a signal fails the test."""
-    return start_child(function, *args).wait(timeout)
+def run_with_timeout(
+    function: Callable[..., Any], *args: Any, timeout: float = 30.0, **kwargs: Any
+) -> Outcome:
+    """Run ``function(*args, **kwargs)`` in a forked child; a hang or a signal fails the test."""
+    return start_child(function, *args, **kwargs).wait(timeout)
 
 
 def run_as(user: User, function: Callable[..., Any], *args: Any, timeout: float = 30.0,
-           umask: int | None = None) -> Outcome:
-    """Run ``function(*args)`` as ``user`` in a forked child that dropped root."""
-    return start_child(function, *args, user=user, umask=umask).wait(timeout)
+           umask: int | None = None, **kwargs: Any) -> Outcome:
+    """Run ``function(*args, **kwargs)`` as ``user`` in a forked child that dropped root."""
+    return start_child(function, *args, user=user, umask=umask, **kwargs).wait(timeout)
 
 
 def memory_capped(nbytes: int, function: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Outcome:
