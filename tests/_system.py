@@ -28,6 +28,7 @@ import pickle
 import pwd
 import re
 import resource
+import runpy
 import secrets
 import select
 import shutil
@@ -467,6 +468,19 @@ def run_cli(
     return process
 
 
+def cli_here(*args: Any) -> int:
+    """Run the command line in this process (a child that changed user cannot exec python)."""
+    saved = sys.argv
+    sys.argv = ["cachelib", *map(str, args)]
+    try:
+        runpy.run_module("cachelib", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = saved
+    return 0
+
+
 # --- users ----------------------------------------------------------------------------
 
 
@@ -558,8 +572,8 @@ class Inotify:
             raise OSError(ctypes.get_errno(), "inotify_add_watch", str(path))
         return int(wd)
 
-    def wait(self, timeout: float) -> list[tuple[int, int]]:
-        """Return the (watch, mask) events that arrive within ``timeout`` s (maybe none)."""
+    def wait(self, timeout: float) -> list[tuple[int, int, str]]:
+        """Return the (watch, mask, name) events that arrive within ``timeout`` s (maybe none)."""
         ready, _, _ = select.select([self.fd], [], [], timeout)
         if not ready:
             return []
@@ -570,7 +584,8 @@ class Inotify:
         events, offset = [], 0
         while offset < len(data):
             wd, mask, _, length = _EVENT.unpack_from(data, offset)
-            events.append((wd, mask))
+            name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0")
+            events.append((wd, mask, os.fsdecode(name)))
             offset += _EVENT.size + length
         return events
 
@@ -602,25 +617,41 @@ def end_record(count: int, offset: int) -> bytes:
     return record(b"E", struct.pack("<QQ", count, offset), offset)
 
 
-def pickle_records(stream: bytes) -> list[tuple[int, int]]:
-    """The (payload offset, payload length) of each P record of the raw stream in ``stream``."""
-    found, offset = [], len(STREAM_MAGIC) + 8
-    while offset + RECORD.size <= len(stream):
-        kind, padding, _, _, length = RECORD.unpack_from(stream, offset)
-        payload = offset + RECORD.size + padding
-        if kind == b"P":
-            found.append((payload, length))
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One record of a raw stream found inside a file's bytes (offsets count in those bytes)."""
+
+    kind: bytes
+    head: int  # where its 16-byte header starts
+    payload: int  # where its payload starts (after the padding)
+    length: int
+
+
+def records_in(data: bytes) -> list[Record]:
+    """The records of the uncompressed cachelib stream inside ``data`` (a file or a cache entry)."""
+    offset = data.index(STREAM_MAGIC) + len(header())
+    found = []
+    while offset + RECORD.size <= len(data):
+        kind, padding, _, _, length = RECORD.unpack_from(data, offset)
+        found.append(Record(kind, offset, offset + RECORD.size + padding, length))
         if kind == b"E":
             break
-        offset = payload + length + 8
+        offset += RECORD.size + padding + length + 8
     return found
 
 
-def with_record_replaced(stream: bytes, payload_at: int, payload: bytes) -> bytes:
-    """``stream`` with the P record whose payload starts at ``payload_at`` replaced (checksum fixed)."""
-    start = payload_at - RECORD.size
-    kind, padding, _, _, length = RECORD.unpack_from(stream, start)
-    assert kind == b"P" and padding == 0 and len(payload) == length
-    head = stream[start:payload_at]
-    checksum = struct.pack("<Q", xxhash.xxh3_64_intdigest(head + payload))
-    return stream[:payload_at] + payload + checksum + stream[payload_at + length + 8:]
+def patch_record(data: bytes, rec: Record, new: bytes, at: int = 0) -> list[tuple[int, bytes]]:
+    """The writes that put ``new`` at ``at`` in a record's payload, with the record's checksum fixed."""
+    assert at + len(new) <= rec.length
+    payload = bytearray(data[rec.payload:rec.payload + rec.length])
+    payload[at:at + len(new)] = new
+    checksum = xxhash.xxh3_64_intdigest(data[rec.head:rec.payload] + bytes(payload))
+    return [(rec.payload + at, new), (rec.payload + rec.length, struct.pack("<Q", checksum))]
+
+
+def patched(data: bytes, writes: list[tuple[int, bytes]]) -> bytes:
+    """``data`` with ``writes`` (offset, bytes) applied."""
+    out = bytearray(data)
+    for offset, chunk in writes:
+        out[offset:offset + len(chunk)] = chunk
+    return bytes(out)

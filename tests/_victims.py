@@ -64,6 +64,13 @@ def large(x: int, log: str | None = None) -> dict[str, Any]:
     return {"x": x, "label": f"large {x}", "values": np.full(500_000, x, dtype=np.int64)}
 
 
+def slow(x: int, delay: float = 60.0, log: str | None = None) -> int:
+    """Takes ``delay`` seconds (memoize it ignoring ``delay``): its lock's holder can be killed meanwhile."""
+    note(log, f"slow {x}")
+    time.sleep(delay)
+    return x
+
+
 def stamped(x: int, log: str | None = None) -> dict[str, Any]:
     """A result every part of which names the computation that made it.
 
