@@ -304,7 +304,8 @@ class Cache:
 
 def function_info(entries: Entries, namespace: str) -> FunctionInfo:
     """Summarise one function: entries on disk and recorded calls."""
-    info = FunctionInfo(entries.about(namespace).get("function") or namespace.rsplit("-", 1)[0])
+    name = entries.about(namespace).get("function")
+    info = FunctionInfo(name if isinstance(name, str) and name else namespace.rsplit("-", 1)[0])
     for _, item in entries.entries(namespace):
         info.entries += 1
         info.bytes += item.size

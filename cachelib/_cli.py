@@ -17,6 +17,7 @@ import os
 import stat
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -295,8 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    print(f"cachelib: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit code."""
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning  # type: ignore[assignment]
+    try:
+        return _run(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     chosen = getattr(args, "directory", None) or args.location_option or args.location

@@ -79,8 +79,9 @@ class Lease(KeyLock):
                 return True
             holder = self._holder()
             if holder is not None and self._is_stale(holder):
-                with contextlib.suppress(OSError, KeyError):
-                    self._store.delete(self._key)
+                # Breaking it may fail (something that is not a lease sits there): the
+                # OSError tells the caller to compute without a lock, rather than spin.
+                self._store.delete(self._key)
                 continue
             if time.monotonic() >= deadline:
                 return False

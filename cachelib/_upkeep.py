@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._entries import Entries
-from ._errors import CacheError, CacheWarning
+from ._errors import CacheError, CacheWarning, FileAccessError
 from ._eviction import plan_eviction
 from ._processes import HOST_ID, process_alive
 from ._sizes import format_size
@@ -57,13 +57,22 @@ def evict(
         time.time(), bytes_limit, items_limit, max_age, low_water,
     )
     removed = freed = 0
+    failures: list[str] = []
     if plan.needed:
         for namespace, key, used, stored, size in show(_entry_times(entries, True), "checked"):
-            if plan.should_delete(used, stored, size):
-                with contextlib.suppress(OSError):
-                    if entries.delete(namespace, key):
-                        removed += 1
-                        freed += size
+            if not plan.should_delete(used, stored, size):
+                continue
+            try:
+                if entries.delete(namespace, key):
+                    removed += 1
+                    freed += size
+            except OSError as exc:
+                failures.append(f"{namespace}/{key}: {exc.strerror or exc}")
+    if failures:
+        raise FileAccessError(
+            f"could not evict {len(failures)} entries from {entries.store.url!r} "
+            f"({removed} evicted): {failures[0]}"
+        )
     if removed:
         logger.info(
             "evicted %d of %d entries (%s of %s) from %s",
