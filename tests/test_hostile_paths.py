@@ -391,6 +391,30 @@ def test_the_command_line_refuses_a_directory_that_is_not_a_cache(tmp_path: Path
     assert snapshot(project) == before
 
 
+def test_memoizing_into_a_project_directory_then_clearing_keeps_the_project(tmp_path: Path) -> None:
+    """A cache pointed at a project directory by mistake: clearing it removes none of the project."""
+    project = _project(tmp_path / "project")
+    before = snapshot(project)
+
+    def use_then_clear() -> None:
+        cache = cachelib.Cache(str(project))
+        f = cache.memoize(ignore=["log"])(square)
+        f(1)
+        f(2)
+        for clear in (cache.clear, f.clear, lambda: cache.reduce_size(bytes_limit=0)):
+            with contextlib.suppress(cachelib.NotACacheError):
+                clear()
+
+    outcome = run_with_timeout(use_then_clear)
+    outcome.result()
+    outcome.cache_warnings()
+    run_cli("--location", project, "clear")
+    run_cli("--location", project, "prune", "--max-size", "0")
+    after = snapshot(project)
+    changed = {path: state for path, state in before.items() if path != "." and after.get(path) != state}
+    assert not changed, f"the project lost or changed {sorted(changed)}"
+
+
 def _foreign(location: Path) -> dict[Path, bytes]:
     """Files that are not cachelib's, put inside a cache: at its top, in a function dir, in a shard."""
     entry = entry_files(location)[0]
