@@ -223,15 +223,18 @@ class Cache:
         compress: Any = _UNSET,
         mmap_mode: Any = _UNSET,
         expires_after: Any = _UNSET,
+        track_callees: bool = True,
     ) -> Any:
         """Decorate ``func`` so that each distinct call is computed once and then loaded.
 
         Use bare (``@cache.memoize``) or with options (``@cache.memoize(ignore=["verbose"])``).
         ``compress``, ``mmap_mode`` and ``expires_after`` override the cache's defaults
-        for this function.
+        for this function. ``ignore`` names arguments (and closure variables) left out
+        of the key. ``track_callees=False`` keys on the function's own code only: edits
+        of the helpers it calls and of the constants it reads then hit old entries.
         """
         options = {"ignore": ignore, "compress": compress, "mmap_mode": mmap_mode,
-                   "expires_after": expires_after}
+                   "expires_after": expires_after, "track_callees": track_callees}
         if func is None:
             return lambda f: self.memoize(f, **options)
         wrapper = memoized(func, self, **options)

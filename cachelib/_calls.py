@@ -1,81 +1,158 @@
-"""Call identity: which function is called (name, code) and with what (bound arguments).
+"""Call identity: which function is called (name, code, state) and with what (bound arguments).
 
-Rule: two calls get the same key exactly when they run the same code on equal
-arguments. Arguments are bound with ``inspect.signature``, so passing a value by
-position or by keyword, or leaving a default out, gives one key; the function's
-code (bytecode, constants, defaults and closure values) is part of the key, so an
-edited function misses and a reverted edit hits its old entries again.
+Rule: two calls get the same key only when they run the same code, in the same
+state, on interchangeable arguments. Arguments are bound with the signature of what
+runs (a ``functools.wraps`` wrapper's own, not the wrapped function's), so passing a
+value by position or by keyword, or leaving a default out, gives one key. Everything
+a call can depend on is read *at the call*: the function's current ``__code__`` and
+defaults, its closure values, a bound method's ``self``, a partial's arguments, a
+callable object's attributes, and the helpers and constants it reaches
+(``_callees``). An edit misses; a reverted edit hits its old entries again.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
+import sys
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import xxhash
 
+from ._callees import Tracked, code_digest, tracked
 from ._errors import InvalidOptionError, UnhashableError
-from ._hashing import Hasher, module_name, scalars_encoding
+from ._hashing import Hasher, _passes_through, cell_value, module_name, scalars_encoding, short_digest
 
-__all__ = ["CallKeyer", "function_identity"]
+__all__ = ["CallKeyer", "function_identity", "unwrap"]
 
-KEY_VERSION = b"cachelib-key-1"
+KEY_VERSION = b"cachelib-key-2"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_NOTEBOOK_FILE = re.compile(r"^<ipython-input-|[/\\]ipykernel_\d+[/\\]|^<string>$|^<stdin>$")
 
 
 def unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Return the function whose code decides the result (through partials and methods)."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    return getattr(func, "__func__", func)
+    """Return the function whose code decides the result (through partials, methods, wrappers)."""
+    for _ in range(100):
+        if isinstance(func, functools.partial):
+            func = func.func
+        elif isinstance(func, types.MethodType):
+            func = func.__func__
+        elif _passes_through(func):
+            func = func.__wrapped__  # type: ignore[attr-defined]
+        else:
+            break
+    return func
+
+
+def _script(func: Any) -> str:
+    """The real path of the script a ``__main__`` function comes from, or ``""``.
+
+    Its code's file when that is a real file (as run, with ``-m``, or rebuilt in a
+    spawned or joblib worker), else ``__main__.__file__``; notebooks and ``-c``
+    have none, and their functions are told apart by code alone.
+    """
+    code = getattr(func, "__code__", None)
+    filename = getattr(code, "co_filename", "") or ""
+    if filename and not _NOTEBOOK_FILE.search(filename) and os.path.isfile(filename):
+        return os.path.realpath(filename)
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if isinstance(main_file, str) and getattr(func, "__globals__", None) is vars(main):
+        return os.path.realpath(main_file)
+    return ""
+
+
+def _identity_parts(func: Callable[..., Any]) -> tuple[str, str, str]:
+    target = unwrap(func)
+    module = module_name(target)
+    qualname = getattr(target, "__qualname__", None)
+    if not isinstance(qualname, str):
+        qualname = type(target).__qualname__
+    return module, qualname, _script(target) if module == "__main__" else ""
 
 
 def function_identity(func: Callable[..., Any]) -> tuple[str, str]:
     """Return ``(readable name, identity hash)`` naming ``func`` across processes.
 
-    The name is ``module.qualname`` made safe for a directory; the hash (of module
-    and qualname) keeps two functions whose names sanitise alike apart. Lambdas
-    and nested functions of one name share a directory; their code, defaults and
-    closure values, which are part of every key, keep their entries apart.
+    The name is ``module.qualname`` made safe for a directory; the hash (of module,
+    qualname and, for ``__main__``, the script's path) keeps two functions whose names
+    sanitise alike apart, and two scripts' ``__main__.work`` apart, while one script
+    run as a file, with ``-m`` or in a spawned worker keeps one identity. Lambdas and
+    nested functions of one name share a directory; their code and closure values,
+    part of every key, keep their entries apart.
     """
-    target = unwrap(func)
-    module = module_name(target)
-    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module, qualname, script = _identity_parts(func)
     dotted = f"{module}.{qualname}".replace("<locals>.", "")
     readable = _UNSAFE.sub("_", dotted.replace("<", "").replace(">", ""))
     readable = readable.strip(".-")[:80] or "function"
-    hasher = Hasher()
-    hasher.update((module, qualname))
+    hasher = Hasher(track=False)
+    hasher.update((module, qualname, script) if script else (module, qualname))
     return readable, hasher.digest().hex()[:12]
+
+
+def _signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature of what runs: a wrapper's own; through pass-through wrappers only."""
+    while _passes_through(func):
+        func = func.__wrapped__  # type: ignore[attr-defined]
+    try:
+        return inspect.signature(func, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None  # a builtin without a signature: hash args and kwargs
 
 
 class CallKeyer:
     """Turn the arguments of calls to one function into cache keys.
 
-    Keys are 32 hex digits of xxh3-128 over the key version, the function's code
-    and the bound, non-ignored arguments in signature order.
+    Keys are 32 hex digits of xxh3-128 over the key version, the function's
+    identity, its state at the call and the bound, non-ignored arguments in
+    signature order. ``ignore`` names arguments (``"*"``/``"**"`` for the variadic
+    ones) and closure variables left out of the key; ``track_callees=False`` keys
+    on the function's own code only, not on the helpers and constants it reaches.
     """
 
-    def __init__(self, func: Callable[..., Any], ignore: Iterable[str] = ()) -> None:
+    def __init__(
+        self, func: Callable[..., Any], ignore: Iterable[str] = (), track_callees: bool = True
+    ) -> None:
         if isinstance(ignore, str):
             raise InvalidOptionError(f"ignore must be a list of argument names, got the string {ignore!r}")
+        self._func = func
         self._ignore = frozenset(ignore)
-        try:
-            self._signature: inspect.Signature | None = inspect.signature(func)
-        except (TypeError, ValueError):
-            self._signature = None  # a builtin without a signature: hash args and kwargs
+        self._track = bool(track_callees)
+        target = unwrap(func)
+        # A plain function is keyed through its parts (fast); anything else is hashed whole.
+        self._root: types.FunctionType | None = target if func is target and isinstance(
+            target, types.FunctionType) and not hasattr(target, "registry") else None
+        identity = Hasher(track=False)
+        identity.update((KEY_VERSION, _identity_parts(func)))
+        self._identity = identity.digest()
+        self._code: Any = None
+        self._tracked: Tracked | None = None
+        self._bind(check=True)
+
+    # -- the signature, rebuilt whenever the code or the defaults change ----------------------
+
+    def _bind(self, check: bool = False) -> None:
+        root = self._root
+        if root is not None:
+            self._code, self._fdefaults = root.__code__, root.__defaults__
+            self._fkwdefaults = root.__kwdefaults__
+        self._signature = _signature_of(self._func)
         parameters = list(self._signature.parameters.values()) if self._signature else []
         names = {p.name for p in parameters}
-        unknown = self._ignore - names - {"*", "**"}
-        if unknown:
+        freevars = set(root.__code__.co_freevars) if root is not None else set()
+        unknown = self._ignore - names - freevars - {"*", "**"}
+        if unknown and check:
             raise InvalidOptionError(
-                f"ignore names {sorted(unknown)} that {getattr(func, '__qualname__', func)!r} "
+                f"ignore names {sorted(unknown)} that {getattr(self._func, '__qualname__', self._func)!r} "
                 f"does not take; its arguments are {sorted(names)}"
+                + (f" and its closure variables {sorted(freevars)}" if freevars else "")
             )
         self._kept = [p.name not in self._ignore and not self._ignored_var(p) for p in parameters]
+        self._kept_names = [p.name for p, kept in zip(parameters, self._kept) if kept]
         # The fast path: only positional-or-keyword parameters, each kept.
         self._simple = (
             self._signature is not None
@@ -84,11 +161,12 @@ class CallKeyer:
         )
         self._defaults = tuple(p.default for p in parameters)
         self._required = sum(p.default is p.empty for p in parameters)
-        prefix = Hasher()
-        prefix.update(KEY_VERSION)
-        prefix.update(func)
-        prefix.update(tuple(n for n, kept in zip([p.name for p in parameters], self._kept) if kept))
-        self._prefix = prefix.digest()
+        self._cells = [
+            (name, cell) for name, cell in zip(root.__code__.co_freevars, root.__closure__ or ())
+            if name not in self._ignore
+        ] if root is not None else []
+        code = code_digest(root.__code__) if root is not None else b""
+        self._prefix = self._identity + code + xxhash.xxh3_128_digest(repr(self._kept_names).encode())
 
     def _ignored_var(self, parameter: inspect.Parameter) -> bool:
         """``ignore=["*"]`` / ``["**"]`` drop ``*args`` / ``**kwargs`` whatever their names."""
@@ -98,31 +176,103 @@ class CallKeyer:
             return "**" in self._ignore
         return False
 
-    def bound_values(self, args: tuple, kwargs: dict) -> tuple:
+    def _current(self) -> None:
+        """Rebuild what depends on the function's code and defaults if they were replaced."""
+        root = self._root
+        if root is not None and (
+            root.__code__ is not self._code
+            or root.__defaults__ is not self._fdefaults
+            or root.__kwdefaults__ is not self._fkwdefaults
+        ):
+            self._bind()
+            self._tracked = None
+
+    def bound_values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Return the kept argument values in signature order, defaults applied."""
+        self._current()
         if self._simple and not kwargs and self._required <= len(args) <= len(self._defaults):
             return args + self._defaults[len(args) :]
         if self._signature is None:
             return (args, kwargs)
         bound = self._signature.bind(*args, **kwargs)  # raises TypeError like a real call
         bound.apply_defaults()
-        return tuple(
-            value for value, kept in zip(bound.arguments.values(), self._kept) if kept
-        )
+        return tuple(value for value, kept in zip(bound.arguments.values(), self._kept) if kept)
 
-    def key(self, args: tuple, kwargs: dict) -> str:
-        """Return the cache key of one call."""
+    # -- the state at the call ----------------------------------------------------------------
+
+    def _callees(self) -> bytes:
+        """The digest of the helpers and constants the function reaches, checked cheaply."""
+        known = self._tracked
+        if known is None or not known.is_current():
+            known = self._tracked = tracked(self._root)  # type: ignore[arg-type]
+        return known.digest
+
+    def _state(self, hasher: Hasher | None) -> bytes:
+        """What the function is at this call, beyond its code: closure, callees, or the whole callable."""
+        if self._root is None:
+            whole = Hasher(self._track)
+            whole._digests = hasher._digests if hasher is not None else whole._digests
+            try:
+                whole.update(self._func)
+            except UnhashableError as exc:
+                where = getattr(exc, "path", "")
+                raise UnhashableError(f"the function's state{where}: {exc}") from exc.__cause__
+            return whole.digest()
+        state = self._callees() if self._track else b""
+        if self._cells:
+            contents = tuple(cell_value(cell) for _, cell in self._cells)
+            flat = scalars_encoding(contents)
+            if flat is not None:
+                flat = b"c" + flat
+            else:
+                closure = Hasher(self._track)
+                try:
+                    closure.update(contents)
+                except UnhashableError as exc:
+                    raise UnhashableError(
+                        f"closure variable {self._cell_name(exc)}: {exc}; pass its name in `ignore=` "
+                        "to leave it out of the key"
+                    ) from exc.__cause__
+                flat = b"h" + closure.digest()
+            state += flat
+        return state
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Return the cache key of one call (32 hex digits)."""
         values = self.bound_values(args, kwargs)
         flat = scalars_encoding(values)
         if flat is not None:
-            return xxhash.xxh3_128_hexdigest(self._prefix + flat)
-        hasher = Hasher()
-        hasher._put(self._prefix)
+            return xxhash.xxh3_128_hexdigest(self._prefix + self._state(None) + flat)
+        hasher = Hasher(self._track)
+        hasher._put(self._prefix + self._state(hasher))
         try:
             hasher.update(values)
         except UnhashableError as exc:
             raise UnhashableError(f"argument {self._argument_name(exc)}: {exc}") from exc.__cause__
         return hasher.digest().hex()
+
+    def key_parts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, str]:
+        """Return the named parts the key of this call is made of, a short digest each.
+
+        Arguments by name, the code, closure variables or the callable's state, and
+        each tracked helper, class and constant; never argument values.
+        """
+        values = self.bound_values(args, kwargs)
+        parts: dict[str, str] = {}
+        if self._root is None:
+            parts["callable"] = self._state(None).hex()[:12]
+        else:
+            parts["code"] = code_digest(self._root.__code__).hex()[:12]
+            for name, cell in self._cells:
+                parts[f"closure {name}"] = short_digest(cell_value(cell), self._track)
+            if self._track:
+                self._callees()
+                for label, digest in sorted(self._tracked.parts.items()):  # type: ignore[union-attr]
+                    parts[label] = digest.hex()[:12]
+        names = self._kept_names if self._signature is not None else ["*args", "**kwargs"]
+        for name, value in zip(names, values):
+            parts[f"argument {name}"] = short_digest(value, self._track)
+        return parts
 
     def _argument_name(self, exc: UnhashableError) -> str:
         """Turn the error's path, ``[i]...``, into the name of the argument it sits in."""
@@ -130,7 +280,14 @@ class CallKeyer:
         match = re.match(r"\[(\d+)\](.*)", path)
         if not match or self._signature is None:
             return repr(path)
-        kept = [n for n, k in zip(self._signature.parameters, self._kept) if k]
         index = int(match.group(1))
-        name = kept[index] if index < len(kept) else "?"
+        name = self._kept_names[index] if index < len(self._kept_names) else "?"
+        return f"{name!r}" + (f" at {name}{match.group(2)}" if match.group(2) else "")
+
+    def _cell_name(self, exc: UnhashableError) -> str:
+        path = getattr(exc, "path", "")
+        match = re.match(r"\[(\d+)\](.*)", path)
+        if not match or int(match.group(1)) >= len(self._cells):
+            return repr(path)
+        name = self._cells[int(match.group(1))][0]
         return f"{name!r}" + (f" at {name}{match.group(2)}" if match.group(2) else "")

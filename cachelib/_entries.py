@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import io
 import json
 import re
@@ -305,6 +306,15 @@ class Entries:
             match = _ENTRY_NAME.match(item.key[len(namespace) + 1 :])
             if match:
                 yield match.group(1), item
+
+    def recent_metadata(self, namespace: str, limit: int) -> Iterator[dict[str, Any]]:
+        """Yield the metadata of a function's ``limit`` most recently stored entries, newest first."""
+        newest = heapq.nlargest(limit, self.entries(namespace), key=lambda pair: pair[1].stored)
+        for key, _ in newest:
+            try:
+                yield self.head(namespace, key).metadata
+            except (Missing, CacheError, OSError):
+                continue
 
     def all_entries(self) -> Iterator[tuple[str, str, ItemInfo]]:
         """Yield ``(namespace, key, item)`` for every entry of the location."""

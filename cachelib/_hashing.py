@@ -1,69 +1,135 @@
 """``hash``: a stable content hash of arguments, xxh3-128 over a canonical encoding.
 
-Rule: equal values give equal hashes in every process, run and ``PYTHONHASHSEED``;
-values that may behave differently give different hashes. Every value is fed as a
-one-byte type tag followed by length-framed content, so ``("ab", "c")`` and
-``("a", "bc")`` differ, and ``1``, ``1.0``, ``True``, ``np.int64(1)`` and ``"1"`` differ.
+Rule: two values get equal hashes only if a function cannot tell them apart
+(beyond identity and mutation), in every process, run and ``PYTHONHASHSEED``. Every
+value is fed as a one-byte type tag followed by length-framed content, so
+``("ab", "c")`` and ``("a", "bc")`` differ, and ``1``, ``1.0``, ``True``,
+``np.int64(1)`` and ``"1"`` differ. The README's "Keys" section states the rules.
 
-Deliberate choices (documented in the README):
+The encoder is iterative (an explicit stack of containers being encoded), so any
+value pickle can write hashes, however deep. An encoder either emits leaf bytes, or
+emits a header and then pushes one frame of members as its last action.
 
-* arrays hash their dtype (with byte order), shape and content in logical C order:
-  a view and its copy, a C and a Fortran array of equal values hash the same;
-  large strided arrays are fed in bounded chunks, never copied whole;
-* dict and set order never matters; shared and repeated references hash alike;
-* a Python float NaN is canonical (every NaN is one value) and ``-0.0 != 0.0``;
-  inside arrays the raw bytes count, so differing NaN payloads or signed zeros
-  give a different key: a conservative miss, never a wrong hit;
-* objects without a special case hash by their pickle reduction (class by
-  reference plus state), and the hash names the argument path when that fails.
+Deliberate choices:
+
+* arrays hash their exact dtype (class, scalar type, byte order, fields, subarray
+  shape, parameters, metadata), shape and content in logical C order: a view and
+  its copy, a C and a Fortran array of equal values hash the same; large strided
+  arrays are fed in bounded chunks, never copied whole; bytes that hold no value
+  (struct padding, x87 slack) never count; arrays whose bytes are pointers
+  (object, ``StringDType``) hash their elements;
+* order counts wherever a program can see it: dict insertion order, ``OrderedDict``,
+  ``**kwargs``; sets are order-free; shared and repeated references hash alike;
+* a Python float NaN is canonical and ``-0.0 != 0.0``; inside arrays the raw bytes
+  count (NaN payloads, signed zeros): a conservative miss, never a wrong hit;
+* functions hash their name, code and the helpers and constants they reach
+  (``_callees``), defaults and closure values; objects of the user's own classes
+  hash their class's code and their pickle state; other objects their pickle
+  reduction (class by reference plus state).
 """
 
 from __future__ import annotations
 
 import copyreg
-import dataclasses
 import enum
+import functools
 import math
 import struct
+import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import xxhash
 
-from ._dtypes import has_padding
+from ._arrow import ArrowUnsupported, walk_stream
+from ._dtypes import dtype_identity, dtype_params, stores_values_inline, value_bytes
 from ._errors import UnhashableError
 
 __all__ = ["HASH_ALGORITHM", "Hasher", "hash", "hash_bytes"]
 
 HASH_ALGORITHM = "xxh3_128"
 _CHUNK = 1 << 22  # bytes of a strided array copied at a time
+_MAX_DEPTH = 100_000  # containers open at once: deeper is a value that never ends
 _FLUSH = 1 << 16  # small encodings are batched into one update
 
 _pack_q = struct.Struct("<q").pack
 _pack_Q = struct.Struct("<Q").pack
 _pack_d = struct.Struct("<d").pack
 _CANONICAL_NAN = _pack_d(math.nan)
+_END = object()
 
 
 def module_name(obj: Any) -> str:
     """Return the module of ``obj``; a spawned worker's ``__mp_main__`` is ``__main__``."""
-    module = getattr(obj, "__module__", None) or "unknown"
+    module = getattr(obj, "__module__", None)
+    module = module if isinstance(module, str) and module else "unknown"
     return "__main__" if module == "__mp_main__" else module
 
 
-def _full_name(obj: Any) -> str:
-    return f"{module_name(obj)}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+def full_name(obj: Any) -> str:
+    """Return ``module.qualname`` of a function, class or module-level object."""
+    name = getattr(obj, "__qualname__", None)
+    if not isinstance(name, str):
+        name = getattr(obj, "__name__", None)
+    return f"{module_name(obj)}.{name if isinstance(name, str) else '?'}"
+
+
+class _EmptyCell:
+    """Stands for a closure cell that holds nothing yet."""
+
+
+_EMPTY_CELL = _EmptyCell()
+
+
+class _Frame:
+    """A container being encoded: its remaining members and where the current one sits."""
+
+    __slots__ = ("current", "items", "label", "owner")
+
+    def __init__(self, items: Iterator[tuple[Any, Any]], label: Callable[[Any], str], owner: Any) -> None:
+        self.items = items
+        self.label = label
+        self.owner = owner
+        self.current: Any = None
+
+
+def _index_label(index: Any) -> str:
+    return f"[{index}]"
+
+
+def _key_label(key: Any) -> str:
+    return f"[{key!r}]"
+
+
+def _same_label(label: Any) -> str:
+    return str(label)
+
+
+def _passes_through(obj: Any) -> bool:
+    """True for wrappers that call ``__wrapped__`` with the same arguments (lru_cache, memoize)."""
+    kind = type(obj)
+    return (kind is functools._lru_cache_wrapper or getattr(kind, "__cachelib_passthrough__", False)) and (
+        "__wrapped__" in getattr(obj, "__dict__", ())
+    )
 
 
 class Hasher:
-    """Feed values into one xxh3-128 state through the canonical encoding."""
+    """Feed values into one xxh3-128 state through the canonical encoding.
 
-    def __init__(self) -> None:
+    ``track=False`` hashes functions and classes by their own code only, without
+    the helpers and constants they reach (``memoize(track_callees=False)``).
+    """
+
+    def __init__(self, track: bool = True) -> None:
         self._state = xxhash.xxh3_128()
         self._buffer = bytearray()
+        self._track = track
         self._path: dict[int, int] = {}  # id -> depth, for containers being encoded
+        self._stack: list[_Frame] = []
+        self._digests: dict[int, tuple[Any, bytes | None]] = {}  # per run: classes and codes already checked
+
     # -- output ------------------------------------------------------------------
 
     def _put(self, data: bytes) -> None:
@@ -94,10 +160,46 @@ class Hasher:
         self._flush()
         return self._state.digest()
 
-    # -- dispatch ------------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------
 
     def update(self, obj: Any) -> None:
-        """Feed one value, recursively."""
+        """Feed one value, with all it holds, whatever its depth.
+
+        Raises ``UnhashableError`` whose ``path`` attribute says where in ``obj``
+        the value that cannot be hashed sits (``"[2].attr"``).
+        """
+        outer, stack = self._stack, []  # type: list[_Frame], list[_Frame]
+        self._stack = stack
+        value = obj
+        try:
+            self._encode(value)
+            while stack:
+                frame = stack[-1]
+                item: Any = next(frame.items, _END)
+                if item is _END:
+                    stack.pop()
+                    if frame.owner is not None:
+                        del self._path[id(frame.owner)]
+                    continue
+                frame.current, value = item
+                self._encode(value)
+        except UnhashableError as exc:
+            exc.path = self._where() + getattr(exc, "path", "")  # type: ignore[attr-defined]
+            raise
+        except Exception as exc:  # a member that fails while being read: name it and where it sits
+            error = unhashable(value, exc)
+            error.path = self._where()  # type: ignore[attr-defined]
+            raise error from exc
+        finally:
+            for frame in stack:
+                if frame.owner is not None:
+                    self._path.pop(id(frame.owner), None)
+            self._stack = outer
+
+    def _where(self) -> str:
+        return "".join(frame.label(frame.current) for frame in self._stack)
+
+    def _encode(self, obj: Any) -> None:
         encoder = _ENCODERS.get(type(obj))
         if encoder is not None:
             encoder(self, obj)
@@ -108,13 +210,10 @@ class Hasher:
         else:
             self._other(obj)
 
-    def _nested(self, obj: Any, label: str) -> None:
-        """Feed a member of a container, naming where it sits if it cannot be hashed."""
-        try:
-            self.update(obj)
-        except UnhashableError as exc:
-            exc.path = label + exc.path  # type: ignore[attr-defined]
-            raise
+    def _push(self, items: Iterator[tuple[Any, Any]], label: Callable[[Any], str], owner: Any = None) -> None:
+        if len(self._stack) >= _MAX_DEPTH:
+            raise RecursionError(f"nested more than {_MAX_DEPTH} levels deep")
+        self._stack.append(_Frame(items, label, owner))
 
     def _enter(self, obj: Any) -> bool:
         """Mark a container as being encoded; on a cycle emit a back-reference instead."""
@@ -125,8 +224,13 @@ class Hasher:
         self._path[id(obj)] = len(self._path)
         return True
 
-    def _leave(self, obj: Any) -> None:
-        del self._path[id(obj)]
+    def _digest_of(self, obj: Any) -> bytes:
+        """Hash ``obj`` on its own (sharing the cycle path), for order-free containers."""
+        sub = Hasher(self._track)
+        sub._path = self._path
+        sub._digests = self._digests
+        sub.update(obj)
+        return sub.digest()
 
     # -- scalars -------------------------------------------------------------------
 
@@ -156,44 +260,42 @@ class Hasher:
     def _bytes(self, obj: bytes | bytearray) -> None:
         self._put_framed(b"b" if isinstance(obj, bytes) else b"B", obj)
 
+    def _empty_cell(self, obj: _EmptyCell) -> None:
+        self._put(b"E")
+
     # -- containers ----------------------------------------------------------------
 
-    def _sequence(self, obj: tuple | list) -> None:
+    def _sequence(self, obj: tuple[Any, ...] | list[Any]) -> None:
+        flat = scalars_encoding(obj, b"(" if type(obj) is tuple else b"[")
+        if flat is not None:
+            self._put(flat)
+            return
         if not self._enter(obj):
             return
         self._put((b"(" if type(obj) is tuple else b"[") + _pack_Q(len(obj)))
-        for index, item in enumerate(obj):
-            self._nested(item, f"[{index}]")
-        self._leave(obj)
+        self._push(enumerate(obj), _index_label, obj)
 
-    def _digest_of(self, obj: Any, label: str) -> bytes:
-        """Hash ``obj`` on its own (sharing the cycle path), for order-free containers."""
-        sub = Hasher()
-        sub._path = self._path
-        try:
-            sub.update(obj)
-        except UnhashableError as exc:
-            exc.path = label + exc.path  # type: ignore[attr-defined]
-            raise
-        return sub.digest()
-
-    def _dict(self, obj: dict) -> None:
+    def _dict(self, obj: dict[Any, Any]) -> None:
+        """Keys and values in insertion order: a program can see the order of a dict."""
         if not self._enter(obj):
             return
         self._put(b"{" + _pack_Q(len(obj)))
-        if all(type(key) is str for key in obj):
-            for key in sorted(obj):
-                self._str(key)
-                self._nested(obj[key], f"[{key!r}]")
-        else:
-            self._put(b"h")
-            items = sorted(self._digest_of((k, v), f"[{k!r}]") for k, v in obj.items())
-            self._put(b"".join(items))
-        self._leave(obj)
+        self._push(_dict_items(obj), _key_label, obj)
 
-    def _set(self, obj: set | frozenset) -> None:
+    def _mappingproxy(self, obj: types.MappingProxyType[Any, Any]) -> None:
+        self._put(b"x")
+        self._dict(dict(obj))
+
+    def _set(self, obj: set[Any] | frozenset[Any]) -> None:
         self._put((b"S" if type(obj) is set else b"Z") + _pack_Q(len(obj)))
-        self._put(b"".join(sorted(self._digest_of(item, "{...}") for item in obj)))
+        digests = []
+        for item in obj:
+            try:
+                digests.append(self._digest_of(item))
+            except UnhashableError as exc:
+                exc.path = "{...}" + getattr(exc, "path", "")  # type: ignore[attr-defined]
+                raise
+        self._put(b"".join(sorted(digests)))
 
     def _range(self, obj: range) -> None:
         self._put(b"r")
@@ -202,14 +304,21 @@ class Hasher:
 
     def _slice(self, obj: slice) -> None:
         self._put(b":")
-        for part in (obj.start, obj.stop, obj.step):
-            self.update(part)
+        self._push(iter(((".start", obj.start), (".stop", obj.stop), (".step", obj.step))), _same_label)
 
     # -- numpy ---------------------------------------------------------------------
 
     def _dtype(self, dtype: np.dtype) -> None:
-        descr = np.lib.format.dtype_to_descr(dtype)
-        self._put_framed(b"d", repr(descr).encode())
+        known = _DTYPES.get(id(dtype))
+        if known is None or known[0] is not dtype:
+            encoded = repr(dtype_identity(dtype)).encode()
+            params = dtype_params(dtype)
+            if params:
+                encoded += b"p" + self._digest_of(params)
+            if len(_DTYPES) >= 512:
+                _DTYPES.clear()
+            known = _DTYPES[id(dtype)] = (dtype, encoded)
+        self._put_framed(b"d", known[1])
 
     def _numpy_scalar(self, obj: np.generic) -> None:
         self._put(b"g")
@@ -217,35 +326,39 @@ class Hasher:
 
     def _array(self, array: np.ndarray) -> None:
         kind = np.ndarray if type(array) is np.memmap else type(array)
-        self._put_framed(b"a", _full_name(kind).encode())
+        self._put_framed(b"a", full_name(kind).encode())
         if isinstance(array, np.ma.MaskedArray):
-            self._put(b"M")  # masked-out data is arbitrary: hash mask, fill value, filled data
-            self.update(np.ma.getmaskarray(array))
-            self.update(array.fill_value)
-            self._array_content(array.filled())
+            # Masked-out data is arbitrary: hash the mask, the fill value and the filled data.
+            self._put(b"M")
+            parts = ((".mask", np.ma.getmaskarray(array)), (".fill_value", array.fill_value),
+                     (".filled()", np.asarray(array.filled())))
+            self._push(iter(parts), _same_label)
             return
-        self._array_content(array)
         extra = getattr(array, "__dict__", None) if kind is not np.ndarray else None
         if extra:
-            self._nested(dict(extra), ".__dict__")
+            self._put(b"X")
+            self._push(iter(((".data", array.view(np.ndarray)), (".__dict__", dict(extra)))), _same_label)
+            return
+        self._array_content(array)
 
     def _array_content(self, array: np.ndarray) -> None:
         dtype = array.dtype
         self._dtype(dtype)
         self._put(_pack_Q(array.ndim) + b"".join(_pack_Q(n) for n in array.shape))
-        if dtype.hasobject:
-            if self._enter(array):
-                for index, item in enumerate(array.ravel(order="C")):
-                    self._nested(item, f"[flat {index}]")
-                self._leave(array)
-        elif dtype.names is not None and has_padding(dtype):
-            for name in dtype.names:  # padded struct: hash the fields, never the padding
-                self._array_content(array[name])
-        elif _has_x87_padding(dtype):
-            as_bytes = np.ascontiguousarray(array).view(np.uint8).reshape((*array.shape, dtype.itemsize))
-            self._array_bytes(np.ascontiguousarray(as_bytes[..., _x87_bytes(dtype)]))
-        else:
+        if stores_values_inline(dtype):
             self._array_bytes(array)
+        elif dtype.names is not None:  # padded, or with fields that are not plain bytes
+            self._put(b"F")
+            self._push(((name, array[name]) for name in dtype.names), _field_label)
+        elif value_bytes(dtype) is not None:
+            as_bytes = np.ascontiguousarray(array).view(np.uint8).reshape((*array.shape, dtype.itemsize))
+            self._array_bytes(np.ascontiguousarray(as_bytes[..., value_bytes(dtype)]))
+        elif dtype.hasobject and dtype.kind == "O":
+            if self._enter(array):
+                self._push(enumerate(array.ravel(order="C")), _flat_label, array)
+        else:  # pointers to values (StringDType) or a dtype numpy does not vouch for: by element
+            self._put(b"e")
+            self._push(enumerate(array.ravel(order="C").tolist()), _flat_label)
 
     def _array_bytes(self, array: np.ndarray) -> None:
         """Feed the array's bytes in logical C order, copying at most a chunk at a time."""
@@ -254,7 +367,7 @@ class Hasher:
         if array.nbytes == 0:
             return
         if array.flags.c_contiguous:
-            self._state.update(memoryview(array.reshape(-1).view(np.uint8)))
+            self._state.update(memoryview(array.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
             return
         iterator = np.nditer(
             array,
@@ -263,29 +376,44 @@ class Hasher:
             order="C",
         )
         for chunk in iterator:
-            self._state.update(memoryview(np.ascontiguousarray(chunk).view(np.uint8)))
+            self._state.update(memoryview(np.ascontiguousarray(chunk).view(np.uint8)))  # type: ignore[arg-type]
 
     # -- code and callables ----------------------------------------------------------
 
     def _by_reference(self, obj: Any) -> None:
-        self._put_framed(b"G", _full_name(obj).encode())
+        self._put_framed(b"G", full_name(obj).encode())
+
+    def _type(self, cls: type) -> None:
+        """A class by name; one of the user's own classes by its code too."""
+        self._by_reference(cls)
+        if self._track:
+            digest = self._checked(cls, _callees.class_digest)
+            if digest is not None:
+                self._put(b"k" + digest)
+
+    def _checked(self, obj: Any, compute: Callable[[Any], bytes | None]) -> bytes | None:
+        """``compute(obj)``, once per run for each object (a run may meet a class many times)."""
+        known = self._digests.get(id(obj))
+        if known is None or known[0] is not obj:
+            known = (obj, compute(obj))
+            self._digests[id(obj)] = known
+        return known[1]
 
     def _function(self, obj: types.FunctionType) -> None:
         self._by_reference(obj)
+        digest = self._checked(obj, _callees.function_digest if self._track else _own_code_digest)
+        self._put(b"K" + digest)  # type: ignore[operator]
         if not self._enter(obj):
             return
-        self._code(obj.__code__)
-        self._put(b"D")
-        self._nested(obj.__defaults__, ".__defaults__")
-        self._nested(obj.__kwdefaults__, ".__kwdefaults__")
-        for cell, name in zip(obj.__closure__ or (), obj.__code__.co_freevars):
-            try:
-                contents = cell.cell_contents
-            except ValueError:  # an empty cell
-                contents = None
-            self._put(b"v")
-            self._nested(contents, f".<closure {name}>")
-        self._leave(obj)
+        members: list[tuple[str, Any]] = [(".__defaults__", obj.__defaults__),
+                                          (".__kwdefaults__", obj.__kwdefaults__)]
+        registry = getattr(obj, "registry", None)
+        if isinstance(registry, types.MappingProxyType) and hasattr(obj, "dispatch"):
+            members.append((".registry", dict(registry)))  # singledispatch: its implementations
+        else:
+            members += [(f".<closure {name}>", cell_value(cell))
+                        for cell, name in zip(obj.__closure__ or (), obj.__code__.co_freevars)]
+        self._push(iter(members), _same_label, obj)
 
     def _builtin(self, obj: types.BuiltinFunctionType) -> None:
         """A C function by name; a C method (``"abc".upper``) also by the object it is bound to."""
@@ -293,47 +421,49 @@ class Hasher:
         owner = getattr(obj, "__self__", None)
         if owner is not None and not isinstance(owner, types.ModuleType):
             self._put(b"m")
-            self._nested(owner, ".__self__")
+            self._push(iter(((".__self__", owner),)), _same_label)
 
     def _method(self, obj: types.MethodType) -> None:
         self._put(b"m")
-        self._nested(obj.__self__, ".__self__")
-        self.update(obj.__func__)
+        self._push(iter(((".__self__", obj.__self__), (".__func__", obj.__func__))), _same_label)
 
     def _code(self, code: types.CodeType) -> None:
-        """Feed what decides a code object's behaviour: bytecode, constants, names."""
-        self._put_framed(b"K", code.co_code)
-        self._put(_pack_Q(code.co_argcount) + _pack_Q(code.co_kwonlyargcount) + _pack_Q(code.co_flags))
-        for names in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
-            self._sequence(tuple(names))
-        self._put(b"(" + _pack_Q(len(code.co_consts)))
-        for const in code.co_consts:
-            self.update(const)
+        self._put(b"K" + _callees.code_digest(code))
+
+    def _partial(self, obj: functools.partial[Any]) -> None:
+        self._put(b"P")
+        members = [(".func", obj.func), (".args", obj.args), (".keywords", obj.keywords)]
+        if getattr(obj, "__dict__", None):
+            members.append((".__dict__", dict(obj.__dict__)))
+        self._push(iter(members), _same_label)
 
     # -- everything else ---------------------------------------------------------------
 
     def _other(self, obj: Any) -> None:
-        if isinstance(obj, enum.Enum):
-            self._by_reference(type(obj))
-            self._str(obj.name)
+        kind = type(obj)
+        if isinstance(obj, enum.Enum):  # a member is its class and its value (Flag(0) has no name)
+            self._type(kind)
+            self._push(iter(((".value", obj._value_),)), _same_label)
             return
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            self._by_reference(type(obj))
-            if self._enter(obj):
-                self._put(b"(" + _pack_Q(len(dataclasses.fields(obj))))
-                for field in dataclasses.fields(obj):
-                    self._str(field.name)
-                    self._nested(getattr(obj, field.name), f".{field.name}")
-                self._leave(obj)
+        if isinstance(obj, type):
+            self._type(obj)
             return
-        if isinstance(obj, (type, types.ModuleType)):
+        if isinstance(obj, types.ModuleType):
             self._by_reference(obj)
             return
-        if callable(obj) and hasattr(obj, "func") and hasattr(obj, "args") and hasattr(obj, "keywords"):
-            self._put(b"P")  # functools.partial and look-alikes
-            self.update(obj.func)
-            self._nested(tuple(obj.args), ".args")
-            self._nested(dict(obj.keywords), ".keywords")
+        if _passes_through(obj):
+            self._put(b"W")
+            self._by_reference(kind)
+            members = [(".__wrapped__", obj.__wrapped__)]
+            if kind is functools._lru_cache_wrapper:
+                members.append((".cache_parameters()", obj.cache_parameters()))
+            self._push(iter(members), _same_label)
+            return
+        module = getattr(kind, "__module__", None)
+        module = module if isinstance(module, str) else ""
+        if module.startswith("torch") and _encode_tensor(self, obj):
+            return
+        if module.startswith(("polars", "pyarrow")) and _encode_arrow(self, obj):
             return
         self._reduced(obj)
 
@@ -343,40 +473,88 @@ class Hasher:
             reducer = copyreg.dispatch_table.get(type(obj))  # as pickle does (ufuncs, ...)
             reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
         except Exception as exc:
-            raise _unhashable(obj, exc) from exc
+            raise unhashable(obj, exc) from exc
         if isinstance(reduced, str):  # a global singleton
-            self._put_framed(b"G", f"{getattr(obj, '__module__', '')}.{reduced}".encode())
+            self._put_framed(b"G", f"{module_name(obj)}.{reduced}".encode())
             return
+        if not isinstance(reduced, tuple) or not 2 <= len(reduced) <= 6:
+            raise unhashable(obj, TypeError(f"__reduce_ex__ returned {type(reduced).__name__}"))
         if not self._enter(obj):
             return
         self._put(b"R")
-        self._by_reference(type(obj))
-        constructor, args, *rest = tuple(reduced) + (None,) * (5 - len(reduced))
+        self._type(type(obj))
+        constructor, args, state, list_items, dict_items = (tuple(reduced) + (None,) * 3)[:5]
         self._by_reference(constructor)
         # copyreg.__newobj__ repeats the class as the first argument; the state follows.
-        self._nested(args, ".__reduce__()[1]")
-        state, list_items, dict_items = rest[:3]
-        self._nested(state, ".__getstate__()")
-        self._nested(list(list_items) if list_items is not None else None, "[...]")
-        self._nested(dict(dict_items) if dict_items is not None else None, "[...]")
-        self._leave(obj)
+        members = [(".__reduce__()[1]", args), (".__getstate__()", state),
+                   ("[...]", list(list_items) if list_items is not None else None),
+                   ("[...]", dict(dict_items) if dict_items is not None else None)]
+        self._push(iter(members), _same_label, obj)
 
 
-_X87_PADDED = np.finfo(np.longdouble).nmant == 63 and np.dtype(np.longdouble).itemsize > 10
+def _dict_items(obj: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
+    for key, value in obj.items():
+        yield key, key
+        yield key, value
 
 
-def _has_x87_padding(dtype: np.dtype) -> bool:
-    """True for long doubles stored as 80-bit values in wider, padded slots."""
-    return _X87_PADDED and dtype.kind in "fc" and dtype.newbyteorder("=") in (
-        np.dtype(np.longdouble),
-        np.dtype(np.clongdouble),
-    )
+def _field_label(name: Any) -> str:
+    return f"[{name!r}]"
 
 
-def _x87_bytes(dtype: np.dtype) -> list[int]:
-    step = np.dtype(np.longdouble).itemsize
-    return [i for part in range(dtype.itemsize // step) for i in range(part * step, part * step + 10)]
+def _flat_label(index: Any) -> str:
+    return f"[flat {index}]"
 
+
+def cell_value(cell: Any) -> Any:
+    """Return what a closure cell holds, or a marker for an empty cell."""
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EMPTY_CELL
+
+
+def _encode_tensor(hasher: Hasher, obj: Any) -> bool:
+    """Hash a dense torch tensor by content, like an array; False for anything else."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor) or obj.layout != torch.strided:
+        return False
+    if obj.is_quantized or obj.device.type == "meta":
+        return False
+    data = obj.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+    header = (full_name(type(obj)), str(obj.dtype), tuple(obj.shape), obj.device.type, obj.requires_grad)
+    hasher._put_framed(b"t", repr(header).encode())
+    hasher._array_bytes(data.view(torch.uint8).numpy())
+    extra = getattr(obj, "__dict__", None)
+    hasher._push(iter(((".__dict__", dict(extra) if extra else None),)), _same_label)
+    return True
+
+
+def _encode_arrow(hasher: Hasher, obj: Any) -> bool:
+    """Hash a polars or pyarrow table or series by its Arrow buffers, in place; False if it has none."""
+    if not callable(getattr(type(obj), "__arrow_c_stream__", None)):
+        return False
+    sub = xxhash.xxh3_128()
+
+    def visit(schema: bytes, length: int, offset: int, buffers: list[memoryview | None]) -> None:
+        sub.update(_pack_Q(len(schema)) + schema + _pack_Q(length) + _pack_Q(offset) + _pack_Q(len(buffers)))
+        for buffer in buffers:
+            if buffer is None:
+                sub.update(b"n")
+            else:
+                sub.update(b"b" + _pack_Q(len(buffer)))
+                sub.update(buffer)
+
+    try:
+        walk_stream(obj, visit)
+    except ArrowUnsupported:
+        return False
+    hasher._by_reference(type(obj))
+    hasher._put(b"A" + sub.digest())
+    return True
+
+
+_DTYPES: dict[int, tuple[np.dtype, bytes]] = {}
 
 _ENCODERS: dict[type, Callable[[Hasher, Any], None]] = {
     type(None): Hasher._none,
@@ -390,30 +568,34 @@ _ENCODERS: dict[type, Callable[[Hasher, Any], None]] = {
     tuple: Hasher._sequence,
     list: Hasher._sequence,
     dict: Hasher._dict,
+    types.MappingProxyType: Hasher._mappingproxy,
     set: Hasher._set,
     frozenset: Hasher._set,
     np.ndarray: Hasher._array,
     np.memmap: Hasher._array,
-    type: Hasher._by_reference,
+    type: Hasher._type,
     types.FunctionType: Hasher._function,
     types.BuiltinFunctionType: Hasher._builtin,
     np.ufunc: Hasher._reduced,
     types.MethodType: Hasher._method,
     types.CodeType: Hasher._code,
+    functools.partial: Hasher._partial,
     range: Hasher._range,
     slice: Hasher._slice,
+    _EmptyCell: Hasher._empty_cell,
 }
 for _dtype_class in {type(np.dtype(t)) for t in "?bhilqBHILQefdgFDGSUVOMm"}:
     _ENCODERS[_dtype_class] = Hasher._dtype
 
 
-def scalars_encoding(values: tuple) -> bytes | None:
+def scalars_encoding(values: tuple[Any, ...] | list[Any], opening: bytes = b"(") -> bytes | None:
     """Return ``Hasher().update(values)``'s bytes for a tuple of plain scalars, else None.
 
     The hot path of a memoized call with small arguments: the same bytes as the
     general encoder (a test holds them equal), built without its per-value dispatch.
+    ``opening`` is ``b"["`` for a list.
     """
-    parts = [b"(" + _pack_Q(len(values))]
+    parts = [opening + _pack_Q(len(values))]
     for value in values:
         kind = type(value)
         if kind is int and -(1 << 63) <= value < (1 << 63):
@@ -434,11 +616,16 @@ def scalars_encoding(values: tuple) -> bytes | None:
     return b"".join(parts)
 
 
-def _unhashable(obj: Any, exc: BaseException | None = None) -> UnhashableError:
+def unhashable(obj: Any, exc: BaseException | None = None) -> UnhashableError:
+    """Return the ``UnhashableError`` for ``obj``, naming its type and the fix."""
+    kind = type(obj)
+    if isinstance(exc, RecursionError):
+        reason = " (it recurses without end)"
+    else:
+        reason = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
     error = UnhashableError(
-        f"cannot hash a {type(obj).__module__}.{type(obj).__qualname__} object"
-        + (f" ({exc})" if exc else "")
-        + "; pass it in `ignore=` or convert it to plain data"
+        f"cannot hash a {kind.__module__}.{kind.__qualname__} object{reason}; "
+        "pass it in `ignore=` or convert it to plain data"
     )
     error.path = ""  # type: ignore[attr-defined]
     return error
@@ -458,8 +645,6 @@ def hash(obj: Any) -> str:
         if path:
             raise UnhashableError(f"at obj{path}: {exc}") from exc.__cause__
         raise
-    except RecursionError as exc:
-        raise UnhashableError(f"cannot hash obj: it is nested too deeply ({exc})") from exc
     return hasher.hexdigest()
 
 
@@ -468,3 +653,21 @@ def hash_bytes(obj: Any) -> bytes:
     hasher = Hasher()
     hasher.update(obj)
     return hasher.digest()
+
+
+def short_digest(obj: Any, track: bool = True) -> str:
+    """Return 12 hex digits naming ``obj``'s hash (for key parts), or ``"unhashable"``."""
+    hasher = Hasher(track)
+    try:
+        hasher.update(obj)
+    except UnhashableError:
+        return "unhashable"
+    return hasher.digest().hex()[:12]
+
+
+def _own_code_digest(func: types.FunctionType) -> bytes:
+    return _callees.code_digest(func.__code__)
+
+
+# The code layer hashes constants with Hasher: imported last, as a module, for the cycle.
+from . import _callees  # noqa: E402

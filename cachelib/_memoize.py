@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sys
 import time
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
 from ._entries import Missing
-from ._errors import CacheError, CacheWarning, FileAccessError, LockTimeout, SerializationError
+from ._errors import (
+    CacheError,
+    CacheWarning,
+    FileAccessError,
+    LockTimeout,
+    SerializationError,
+    UnhashableError,
+)
+from ._explain import explain_miss
 from ._stats import StatsRecorder
 
 if TYPE_CHECKING:
@@ -28,9 +37,13 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
 
+_EXPLAIN_ENTRIES = 200  # the most recent entries whose key parts explain a miss
+
 
 class MemoizedFunction:
     """A function whose results are stored in a ``Cache``, one entry per distinct call."""
+
+    __cachelib_passthrough__ = True  # calls __wrapped__ with its own arguments: keys see through it
 
     def __init__(
         self,
@@ -41,6 +54,7 @@ class MemoizedFunction:
         compress: Any = None,
         mmap_mode: Any = None,
         expires_after: Any = None,
+        track_callees: bool = True,
     ) -> None:
         functools.update_wrapper(self, func)
         self.__wrapped__ = func
@@ -55,8 +69,9 @@ class MemoizedFunction:
         self.expires_after: float | None = cache._seconds_for(expires_after)
         # The options as resolved, so that a pickled copy behaves the same in a worker.
         self._options = {"ignore": tuple(ignore), "compress": self.compressor or False,
-                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after}
-        self._keyer = CallKeyer(func, ignore)
+                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after,
+                         "track_callees": track_callees}
+        self._keyer = CallKeyer(func, ignore, track_callees)
         self.name, identity = function_identity(func)
         self.namespace = f"{self.name}-{identity}"
         self._about = {"function": self.name, "identity": identity}
@@ -175,25 +190,30 @@ class MemoizedFunction:
                 hit, result = self._lookup(key, warn=False)  # computed while we waited?
                 if hit:
                     return result
+            parts = self._miss_parts(args, kwargs)
             started = time.perf_counter()
             result = self.__wrapped__(*args, **kwargs)
-            return self._store(key, result, time.perf_counter() - started)
+            return self._store(key, result, time.perf_counter() - started, parts)
         finally:
             if lock is not None:
                 lock.release()
 
-    def _store(self, key: str, result: Any, seconds: float) -> Any:
+    def _store(self, key: str, result: Any, seconds: float, parts: dict[str, str] | None = None) -> Any:
         """Publish ``result``; return it (as stored memmaps when ``mmap_mode`` asks)."""
         started = time.perf_counter()
-        metadata = {"function": self.__qualname__, "compute_seconds": seconds}
+        metadata = {"function": self.__qualname__, "compute_seconds": seconds, "key_parts": parts or {}}
         self._recorder.record(False, seconds)
         try:
             size, returned = self.cache.entries.put(  # type: ignore[union-attr]
                 self.namespace, key, result, metadata, self.compressor,
                 about=self._about, mmap_mode=self.mmap_mode,
             )
-        except SerializationError:
-            raise
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the result of {self.__qualname__} (a {type(result).__module__}."
+                f"{type(result).__qualname__}) cannot be pickled, so it cannot be stored: "
+                f"{exc.__cause__ or exc}"
+            ) from exc
         except FileAccessError as exc:
             self._refuse(exc)
             return result
@@ -211,6 +231,46 @@ class MemoizedFunction:
         )
         self.cache._after_store(size)
         return returned
+
+    # -- why a call misses -------------------------------------------------------------------
+
+    def _miss_parts(self, args: tuple, kwargs: dict) -> dict[str, str]:
+        """The key parts of a call that missed, stored with its entry; logged when verbose."""
+        logger = self.cache.logger
+        try:
+            parts = self._keyer.key_parts(args, kwargs)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("miss %s: %s", self.__qualname__, explain_miss(parts, self._stored_key_parts()))
+        except Exception as exc:  # an explanation must never cost the call its result
+            logger.debug("cannot explain the miss of %s: %r", self.__qualname__, exc)
+            return {}
+        return parts
+
+    def explain(self, *args: Any, **kwargs: Any) -> str:
+        """Say why this call would miss: what differs from this function's nearest entries.
+
+        For example ``"argument `x` changed"``, ``"helper `prep` edited"``,
+        ``"constant `SCALE` changed"`` or ``"new code version"``; or that it hits.
+        """
+        try:
+            parts = self._keyer.key_parts(args, kwargs)
+        except UnhashableError as exc:
+            return f"the call cannot be keyed: {exc}"
+        if self.check_call_in_cache(*args, **kwargs):
+            return "the call hits: its entry is stored"
+        return explain_miss(parts, self._stored_key_parts())
+
+    def _stored_key_parts(self) -> Iterator[dict[str, str]]:
+        """Yield the key parts recorded by this function's most recent entries (newest first).
+
+        Reads only entries' headers and metadata (JSON): nothing is unpickled.
+        """
+        if self.cache.entries is None:
+            return
+        for metadata in self.cache.entries.recent_metadata(self.namespace, _EXPLAIN_ENTRIES):
+            parts = metadata.get("key_parts")
+            if isinstance(parts, dict):
+                yield parts
 
     # -- management ------------------------------------------------------------------------
 
@@ -250,9 +310,10 @@ class AsyncMemoizedFunction(MemoizedFunction):
         hit, result = self._lookup(key)
         if hit or self._refused:
             return result if hit else await self.__wrapped__(*args, **kwargs)
+        parts = self._miss_parts(args, kwargs)
         started = time.perf_counter()
         result = await self.__wrapped__(*args, **kwargs)
-        return self._store(key, result, time.perf_counter() - started)
+        return self._store(key, result, time.perf_counter() - started, parts)
 
 
 def _seconds(metadata: dict[str, Any]) -> float:

@@ -147,12 +147,14 @@ def test_var_positional_and_var_keyword(cache, calls):
 
     expected = (1, (2, 3), [("x", 1), ("y", 2)])
     assert f(1, 2, 3, x=1, y=2) == expected
-    assert f(1, 2, 3, y=2, x=1) == expected  # keyword order does not matter
+    assert f(1, 2, 3, x=1, y=2) == expected
     assert len(calls) == 1
+    assert f(1, 2, 3, y=2, x=1) == expected  # the order of **kwargs is visible to f: another key
+    assert len(calls) == 2
     assert f(1, 2, x=1, y=2) == (1, (2,), [("x", 1), ("y", 2)])
     assert f(1, 2, 3, x=1, y=3) == (1, (2, 3), [("x", 1), ("y", 3)])
     assert f(1, 2, 3, x=1) == (1, (2, 3), [("x", 1)])
-    assert len(calls) == 4
+    assert len(calls) == 5
 
 
 def test_keyword_only_arguments(cache, calls):

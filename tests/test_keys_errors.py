@@ -1,0 +1,133 @@
+"""A key is right or refused with ``UnhashableError`` naming where, never a raw exception (item 6)."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import cachelib
+
+pytestmark = pytest.mark.timeout(60)
+
+h = cachelib.hash
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return cachelib.Cache(tmp_path / "cache")
+
+
+class _Exploding:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce_ex__(self, protocol):
+        raise self.error
+
+
+class _Endless:
+    """An object whose reduction holds a new object every time: pickle recurses too."""
+
+    def __reduce_ex__(self, protocol):
+        return (_Endless, (), {"next": _Endless()})
+
+
+@pytest.mark.parametrize("error", [ValueError("v"), AttributeError("a"), KeyError("k"), RuntimeError("r")])
+def test_any_failure_while_hashing_is_an_unhashable_error_naming_the_path(error):
+    with pytest.raises(cachelib.UnhashableError, match=r"obj\['data'\]\[1\].*_Exploding") as info:
+        h({"data": [0, _Exploding(error)]})
+    assert isinstance(info.value, TypeError)
+
+
+def test_an_endless_reduction_is_refused_not_a_recursion_error():
+    with pytest.raises(cachelib.UnhashableError):
+        h(_Endless())
+
+
+def test_the_argument_and_the_path_inside_it_are_named(cache):
+    @cache.memoize
+    def f(x, options):
+        return x
+
+    with pytest.raises(cachelib.UnhashableError, match=r"argument 'options' at options\['k'\]\[0\]"):
+        f(1, {"k": [threading.Lock()]})
+
+
+@pytest.mark.parametrize("kind", [list, tuple, dict])
+def test_values_as_deep_as_pickle_writes_hash(kind):
+    depth = 0
+    value = kind()
+    while True:  # as deep as pickle goes
+        deeper = [value] if kind is list else (value,) if kind is tuple else {"k": value}
+        try:
+            pickle.dumps(deeper)
+        except RecursionError:
+            break
+        value, depth = deeper, depth + 1
+    assert depth > 100
+    assert h(value) == h(pickle.loads(pickle.dumps(value)))
+    for _ in range(20 * depth):  # and far deeper still: the hasher keeps its own stack
+        value = [value]
+    h(value)
+
+
+def test_a_deep_chain_of_objects_hashes():
+    class Node:
+        def __init__(self, child):
+            self.child = child
+
+    node = None
+    for _ in range(3000):
+        node = Node(node)
+    h(node)
+
+
+def test_ignore_exempts_an_argument_whose_default_is_unhashable(cache):
+    @cache.memoize(ignore=["out"])
+    def report(x, out=sys.stdout):
+        return x * 2
+
+    assert report(2) == 4
+    assert report.check_call_in_cache(2)
+
+
+def test_an_unhashable_default_that_is_not_ignored_fails_at_the_call_naming_it(cache):
+    @cache.memoize
+    def report(x, out=sys.stdout):
+        return x
+
+    with pytest.raises(cachelib.UnhashableError, match="argument 'out'"):
+        report(1)
+
+
+def test_serialization_error_names_the_result_not_an_internal_tuple(cache):
+    @cache.memoize
+    def make_lock(x):
+        return threading.Lock()
+
+    expected = r"result of .*make_lock \(a _thread\.lock\)"
+    with pytest.raises(cachelib.SerializationError, match=expected) as info:
+        make_lock(1)
+    assert "a tuple" not in str(info.value)
+
+
+def test_a_wrong_call_raises_type_error_like_the_function(cache):
+    @cache.memoize
+    def f(x):
+        return x
+
+    with pytest.raises(TypeError):
+        f(1, 2)
+    with pytest.raises(TypeError):
+        f(y=1)
+
+
+def test_object_arrays_that_contain_themselves_hash():
+    array = np.empty(2, dtype=object)
+    array[0] = array
+    array[1] = [array]
+    assert h(array) == h(array)
