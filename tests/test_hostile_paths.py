@@ -240,10 +240,11 @@ def _state_files(location: Path) -> list[Path]:
     return [p for p in files_under(location) if not p.name.endswith(".cl")]
 
 
-@pytest.fixture
-def pristine(tmp_path: Path) -> Path:
-    """A cache with entries, markers, a size record and statistics (folded and not)."""
-    location, log = tmp_path / "pristine", tmp_path / "pristine.log"
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache with entries, markers, a size record and statistics (folded and not): copy it to use it."""
+    directory = tmp_path_factory.mktemp("pristine")
+    location, log = directory / "cache", directory / "log"
 
     def fill() -> None:
         cache = cachelib.Cache(str(location), bytes_limit="10M")

@@ -315,7 +315,7 @@ def test_a_member_without_the_secret_racing_signed_hits_gets_nothing_through(
     assert not entry.exists()
     run_as(users.bob, _publish, entry, data, umask=0o002).result()  # a replay: validly signed
 
-    seconds = 6.0
+    seconds = 5.0
     victim = start_child(_hit_repeatedly, str(lab), alice_log, seconds, mmap_mode, user=users.alice)
     if attack == "pwrite":
         attacker = start_child(_rewrite_in_place, str(entry), forged, seconds, user=users.bob)
