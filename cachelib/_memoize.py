@@ -10,23 +10,43 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sys
 import time
 import types
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
-from ._entries import Missing
+from ._entries import Entries, Missing
 from ._errors import CacheError, CacheWarning, FileAccessError, LockTimeout, SerializationError
 from ._stats import StatsRecorder
 
-if TYPE_CHECKING:
-    from ._cache import Cache
+__all__ = ["AsyncMemoizedFunction", "CacheSettings", "MemoizedFunction", "memoized"]
 
-__all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
+
+class CacheSettings(Protocol):
+    """What a memoized function asks of its cache (``_cache.Cache``, which imports this module)."""
+
+    entries: Entries | None
+    strict: bool
+    lock_timeout: float
+    on_lock_timeout: str
+
+    @property
+    def logger(self) -> logging.Logger: ...
+
+    def compressor_for(self, compress: Any) -> Compressor | None: ...
+
+    def mmap_mode_for(self, mmap_mode: Any) -> str | None: ...
+
+    def seconds_for(self, expires_after: Any) -> float | None: ...
+
+    def after_store(self, size: int) -> None: ...
+
+    def function_info(self, func: MemoizedFunction) -> Any: ...
 
 
 class MemoizedFunction:
@@ -35,7 +55,7 @@ class MemoizedFunction:
     def __init__(
         self,
         func: Callable[..., Any],
-        cache: Cache,
+        cache: CacheSettings,
         *,
         ignore: list[str] | tuple[str, ...] = (),
         compress: Any = None,
@@ -50,9 +70,9 @@ class MemoizedFunction:
             self.__name__ = getattr(inner, "__name__", type(inner).__name__)
             self.__module__ = getattr(inner, "__module__", None)
         self.cache = cache
-        self.compressor: Compressor | None = cache._compressor_for(compress)
-        self.mmap_mode: str | None = cache._mmap_mode_for(mmap_mode)
-        self.expires_after: float | None = cache._seconds_for(expires_after)
+        self.compressor: Compressor | None = cache.compressor_for(compress)
+        self.mmap_mode: str | None = cache.mmap_mode_for(mmap_mode)
+        self.expires_after: float | None = cache.seconds_for(expires_after)
         # The options as resolved, so that a pickled copy behaves the same in a worker.
         self._options = {"ignore": tuple(ignore), "compress": self.compressor or False,
                          "mmap_mode": self.mmap_mode, "expires_after": self.expires_after}
@@ -209,7 +229,7 @@ class MemoizedFunction:
             "miss %s: computed in %.3f s, stored %d bytes in %.3f s",
             self.__qualname__, seconds, size, time.perf_counter() - started,
         )
-        self.cache._after_store(size)
+        self.cache.after_store(size)
         return returned
 
     # -- management ------------------------------------------------------------------------
@@ -224,15 +244,15 @@ class MemoizedFunction:
         """Remove every stored result of this function (all versions of its code)."""
         if self.cache.entries is not None:
             self.cache.entries.clear(self.namespace)
-            self._reset_stats()
+            self.reset_stats()
 
-    def _reset_stats(self) -> None:
+    def reset_stats(self) -> None:
         """Count afresh after this function's entries were cleared."""
         self._recorder = StatsRecorder(self.cache.entries, self.namespace)
 
     def cache_info(self) -> Any:
         """Return this function's entries, bytes, hits, misses and time saved."""
-        return self.cache._function_info(self)
+        return self.cache.function_info(self)
 
 
 class AsyncMemoizedFunction(MemoizedFunction):
@@ -261,7 +281,7 @@ def _seconds(metadata: dict[str, Any]) -> float:
     return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
 
 
-def memoized(func: Callable[..., Any], cache: Cache, **options: Any) -> Any:
+def memoized(func: Callable[..., Any], cache: CacheSettings, **options: Any) -> Any:
     """Wrap ``func`` (a function, method, static or class method, partial, coroutine)."""
 
     if isinstance(func, (staticmethod, classmethod)):
@@ -270,6 +290,6 @@ def memoized(func: Callable[..., Any], cache: Cache, **options: Any) -> Any:
     return kind(func, cache, **options)
 
 
-def _restore(func: Callable[..., Any], cache: Cache, options: dict) -> Any:
+def _restore(func: Callable[..., Any], cache: CacheSettings, options: dict) -> Any:
     """Rebuild a pickled ``MemoizedFunction`` (used by ``__reduce__``)."""
     return memoized(func, cache, **options)
