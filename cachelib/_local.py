@@ -256,10 +256,10 @@ class LocalStore(Store):
     def probe(self, key: str) -> Probe | None:
         top, _, rest = key.partition("/")
         try:
-            fd = self._dirs.get(top)
+            fd = self._dirs.get(top) if rest else self._root_fd(False)
             if fd is None:
                 fd = self._top(top, False)
-            st = os.stat(rest, dir_fd=fd, follow_symlinks=False)
+            st = os.stat(rest or top, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             raise KeyError(key) from None
         except OSError as exc:
