@@ -22,10 +22,13 @@ from ._errors import (
     UnsafeLocationError,
     UnsupportedFormatError,
 )
+from ._fsspec import FsspecStore
 from ._hashing import hash
 from ._loading import load, verify
+from ._local import LocalStore
 from ._memoize import MemoizedFunction
 from ._persistence import dump
+from ._store import Store
 from ._version import __version__
 
 __all__ = [
@@ -37,13 +40,16 @@ __all__ = [
     "CorruptFileError",
     "DeserializationError",
     "FileAccessError",
+    "FsspecStore",
     "FunctionInfo",
     "InvalidOptionError",
+    "LocalStore",
     "LockTimeout",
     "MemoizedFunction",
     "MissingDependencyError",
     "NotACacheError",
     "SerializationError",
+    "Store",
     "UnhashableError",
     "UnknownCompressorError",
     "UnsafeLocationError",

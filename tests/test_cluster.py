@@ -181,3 +181,37 @@ def test_dask_workers_share_an_s3_cache(tmp_path: Path, s3_bucket: tuple[str, di
         np.testing.assert_array_equal(result, np.full(100_000, float(key)) ** 2)
     assert sorted(log.read_text().split()) == sorted(str(k) for k in range(6))
     assert cache.info().misses == 6
+
+
+def _readme_cluster_example() -> str:
+    """The dask example of the README's "Sharing a cache across a cluster" section."""
+    readme = (Path(__file__).parent.parent / "README.rst").read_text()
+    section = readme.split("Sharing a cache across a cluster\n", 1)[1].split("\nSecurity\n", 1)[0]
+    block = section.rsplit(".. code-block:: python\n", 1)[1]
+    lines = []
+    for line in block.splitlines()[1:]:
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_readme_cluster_example_runs(tmp_path: Path, s3_bucket: tuple[str, dict[str, Any]]) -> None:
+    """The README's dask example, run as written against the local S3 server, computes and hits."""
+    pytest.importorskip("distributed", reason="pip install 'cachelib[dask]'")
+    bucket, options = s3_bucket
+    script = tmp_path / "example.py"
+    script.write_text(_readme_cluster_example())
+    url = f"s3://{bucket}/readme"
+    env = {**os.environ, "CACHE_URL": url, "FSSPEC_S3": json.dumps(options)}
+    for _ in range(2):
+        run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                             timeout=240, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    values = json.loads(run.stdout.splitlines()[0])
+    assert len(values) == 6 and values[:3] == values[3:]
+    assert f"cache at {url}: 3 entries" in run.stdout
+    cache = cachelib.Cache(url, storage_options=options)
+    assert cache.info().misses == 3  # the second run only hit
