@@ -4,9 +4,10 @@ Rule: an object appears whole or not at all, and what a reader opened is what it
 reads. A small object is sent in one request; a large one is streamed as a
 multipart upload that is completed only when its writer's block ends without an
 exception (aborted otherwise), so memory stays at a few parts whatever its size.
-Reads fetch ranges of the version opened (s3fs sends the ETag as ``If-Match``: an
-object replaced during a read fails the read, it never mixes two versions), large
-reads straight into the caller's buffer. Exclusive writes are conditional creates
+On S3 a read streams the object from the position read, by GET requests bound to
+the version opened (``If-Match`` its ETag: a replaced object fails the read, it
+never mixes two versions); elsewhere it fetches ranges of at most a part, large
+reads straight into the caller's buffer either way. Exclusive writes are conditional creates
 (``If-None-Match: *``, fsspec's ``mode="create"``/``"xb"``) where the backend is
 known to make them atomic (S3; memory:// within one process); elsewhere they are a
 check before the write and ``conditional_writes`` is False. Object stores keep no
@@ -106,6 +107,7 @@ class FsspecStore(Store):
         self.lease_ttl = float(lease_ttl)
         self._root = root
         self._memory = protocol == "memory"
+        self._s3 = protocol in ("s3", "s3a")
         self._fs: Any = None
         self._pid = -1
         self._checked = False
@@ -145,8 +147,14 @@ class FsspecStore(Store):
     # -- reading -------------------------------------------------------------------------
 
     def _info(self, key: str) -> dict[str, Any]:
+        path = self._path(key)
         try:
-            info: dict[str, Any] = self.fs.info(self._path(key))
+            if self._s3:  # one HEAD (s3fs's info also lists, to tell a missing key from a prefix)
+                bucket, _, name = path.partition("/")
+                head = self.fs.call_s3("head_object", Bucket=bucket, Key=name)
+                return {"type": "file", "size": head["ContentLength"], "ETag": head.get("ETag"),
+                        "LastModified": head.get("LastModified")}
+            info: dict[str, Any] = self.fs.info(path)
         except FileNotFoundError:
             raise KeyError(key) from None
         if info.get("type") != "file":
@@ -177,6 +185,13 @@ class FsspecStore(Store):
             except FileNotFoundError:
                 raise KeyError(key) from None
             return Readable(io.BytesIO(data), len(data), own=True, mappable=False)
+        if self._s3:
+            info = self._info(key)
+            bucket, _, name = path.partition("/")
+            size = int(info["size"])
+            body = _S3Body(self.fs, bucket, name, info["ETag"], size)
+            stream = io.BufferedReader(body, buffer_size=_READ_BUFFER)
+            return Readable(stream, size, own=True, mappable=False, identity=_identity(info))
         try:
             remote = self.fs.open(path, "rb", cache_type="none", block_size=PART_SIZE)
         except FileNotFoundError:
@@ -194,11 +209,13 @@ class FsspecStore(Store):
     def read_bytes(self, key: str, limit: int) -> bytes:
         path = self._path(key)
         try:
-            if not self._memory and self._info(key)["size"] == 0:
-                return b""  # a range of an empty object is an error on S3
             data: bytes = self.fs.cat_file(path, start=0, end=limit + 1)
         except FileNotFoundError:
             raise KeyError(key) from None
+        except OSError:
+            if self._info(key)["size"] == 0:
+                return b""  # a range of an empty object is an error on S3
+            raise
         if len(data) > limit:
             raise CorruptFileError(f"{self.locate(key)!r} holds more than the {limit} bytes expected")
         return data
@@ -333,6 +350,82 @@ class _Ranges(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._remote.close()
+        super().close()
+
+
+class _S3Body(io.RawIOBase):
+    """One version of an S3 object, streamed by GET requests from the position read.
+
+    A request covers the rest of the object and is read a part at a time; a seek
+    elsewhere drops it and the next read starts another. ``If-Match`` binds every
+    request to the ETag opened.
+    """
+
+    def __init__(self, fs: Any, bucket: str, key: str, etag: str, size: int) -> None:
+        self._fs = fs
+        self._bucket = bucket
+        self._key = key
+        self._etag = etag
+        self._size = size
+        self._position = 0
+        self._body: Any = None
+        self._body_at = -1
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(base + offset, 0)
+        return self._position
+
+    def _request(self) -> None:
+        self._drop()
+        response = self._fs.call_s3(
+            "get_object", Bucket=self._bucket, Key=self._key, IfMatch=self._etag,
+            Range=f"bytes={self._position}-",
+        )
+        self._body, self._body_at = response["Body"], self._position
+
+    def _drop(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` up to the end of the object."""
+        from fsspec.asyn import sync
+
+        view = memoryview(buffer).cast("B")
+        wanted = min(view.nbytes, max(self._size - self._position, 0))
+        got = 0
+        while got < wanted:
+            if self._body is None or self._body_at != self._position:
+                self._request()
+            data = sync(self._fs.loop, self._body.read, min(wanted - got, PART_SIZE))
+            if not data:
+                self._drop()
+                missing = self._size - self._position
+                raise OSError(f"s3://{self._bucket}/{self._key} ended {missing} bytes early")
+            view[got : got + len(data)] = data
+            got += len(data)
+            self._position += len(data)
+            self._body_at = self._position
+        return got
+
+    def readall(self) -> bytes:
+        buffer = bytearray(max(self._size - self._position, 0))
+        return bytes(buffer[: self.readinto(buffer)])
+
+    def close(self) -> None:
+        self._drop()
         super().close()
 
 
