@@ -100,7 +100,7 @@ class FsspecStore(Store):
         if not root.strip("/"):
             raise InvalidOptionError(f"{url!r} names no bucket or directory; give e.g. 's3://bucket/prefix'")
         self.protocol = protocol
-        self.url = f"{protocol}://{root.lstrip('/')}"
+        self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
         known = protocol in _CONDITIONAL
         self.conditional_writes = known if conditional_writes is None else bool(conditional_writes)
@@ -194,15 +194,13 @@ class FsspecStore(Store):
             return Readable(stream, size, own=True, mappable=False, identity=_identity(info))
         try:
             remote = self.fs.open(path, "rb", cache_type="none", block_size=PART_SIZE)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             raise KeyError(key) from None
-        except IsADirectoryError:
-            raise KeyError(key) from None
-        details = getattr(remote, "details", {}) or {}
+        details = getattr(remote, "details", None) or self.fs.info(path)
         if details.get("type", "file") != "file":
             remote.close()
             raise KeyError(key)
-        size = int(remote.size)
+        size = int(details["size"])
         file = io.BufferedReader(_Ranges(remote, size), buffer_size=_READ_BUFFER)
         return Readable(file, size, own=True, mappable=False, identity=_identity(details))
 
@@ -246,7 +244,18 @@ class FsspecStore(Store):
             raise
 
     def _put(self, path: str, data: bytes, exclusive: bool) -> None:
-        """Send a small object in one request."""
+        """Send a small object in one request (elsewhere than S3 and memory://, an uncommitted file)."""
+        if not (self._s3 or self._memory):
+            remote = self._start_upload(path, exclusive)
+            try:
+                remote.write(data)
+                remote.close()
+                remote.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    remote.discard()
+                raise
+            return
         if not exclusive:
             self.fs.pipe_file(path, data)
         elif self._memory:
@@ -258,6 +267,9 @@ class FsspecStore(Store):
     def _start_upload(self, path: str, exclusive: bool) -> Any:
         """Open a streamed upload, published only by its ``commit()``."""
         mode = "xb" if exclusive else "wb"
+        if not (self._s3 or self._memory):  # a filesystem with directories may need its parents made
+            with contextlib.suppress(Exception):
+                self.fs.makedirs(self.fs._parent(path), exist_ok=True)
         # ``_open`` is fsspec's own hook behind ``open``: ``open(autocommit=False)`` would also
         # enlist the file in the filesystem's transaction, which keeps it until the process ends.
         return self.fs._open(path, mode, block_size=PART_SIZE, autocommit=False)
@@ -305,11 +317,10 @@ class FsspecStore(Store):
                 yield ItemInfo(key, int(info.get("size") or 0), stored, stored)
 
 
-class _Ranges(io.RawIOBase):
-    """The bytes of one opened remote object, read by ranges of at most ``PART_SIZE``."""
+class _Object(io.RawIOBase):
+    """A seekable, read-only view of one remote object of a known size; subclasses read."""
 
-    def __init__(self, remote: Any, size: int) -> None:
-        self._remote = remote
+    def __init__(self, size: int) -> None:
         self._size = size
         self._position = 0
 
@@ -326,6 +337,19 @@ class _Ranges(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
         self._position = max(base + offset, 0)
         return self._position
+
+    def readall(self) -> bytes:
+        """Read to the end in bounded pieces (the default reads 8 KiB per request)."""
+        buffer = bytearray(max(self._size - self._position, 0))
+        return bytes(buffer[: self.readinto(buffer)])
+
+
+class _Ranges(_Object):
+    """The bytes of one opened fsspec file, read by ranges of at most ``PART_SIZE``."""
+
+    def __init__(self, remote: Any, size: int) -> None:
+        super().__init__(size)
+        self._remote = remote
 
     def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` up to the end of the object, one bounded range at a time."""
@@ -342,18 +366,13 @@ class _Ranges(io.RawIOBase):
             self._position += len(data)
         return got
 
-    def readall(self) -> bytes:
-        """Read to the end in bounded ranges (the default reads 8 KiB per request)."""
-        buffer = bytearray(max(self._size - self._position, 0))
-        return bytes(buffer[: self.readinto(buffer)])
-
     def close(self) -> None:
         if not self.closed:
             self._remote.close()
         super().close()
 
 
-class _S3Body(io.RawIOBase):
+class _S3Body(_Object):
     """One version of an S3 object, streamed by GET requests from the position read.
 
     A request covers the rest of the object and is read a part at a time; a seek
@@ -362,28 +381,13 @@ class _S3Body(io.RawIOBase):
     """
 
     def __init__(self, fs: Any, bucket: str, key: str, etag: str, size: int) -> None:
+        super().__init__(size)
         self._fs = fs
         self._bucket = bucket
         self._key = key
         self._etag = etag
-        self._size = size
-        self._position = 0
         self._body: Any = None
         self._body_at = -1
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(base + offset, 0)
-        return self._position
 
     def _request(self) -> None:
         self._drop()
@@ -419,10 +423,6 @@ class _S3Body(io.RawIOBase):
             self._position += len(data)
             self._body_at = self._position
         return got
-
-    def readall(self) -> bytes:
-        buffer = bytearray(max(self._size - self._position, 0))
-        return bytes(buffer[: self.readinto(buffer)])
 
     def close(self) -> None:
         self._drop()

@@ -42,3 +42,14 @@ class TestS3Store(StoreContract):
     def store(self, s3_bucket: tuple[str, dict[str, Any]]) -> Any:
         bucket, options = s3_bucket
         return fsspec_store.FsspecStore(f"s3://{bucket}/prefix", options)
+
+
+class TestGenericFsspecStore(StoreContract):
+    """Any other fsspec filesystem (here fsspec's own local one through a file:// URL): exclusive
+    writes are a check, not atomic, large writes go through fsspec's uncommitted files."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Any:
+        store = fsspec_store.FsspecStore(f"file://{tmp_path}/generic")
+        assert not store.conditional_writes
+        return store
