@@ -74,7 +74,8 @@ class FsspecStore(Store):
 
     ``conditional_writes`` overrides whether exclusive writes are trusted to be
     atomic (True for S3 and memory://; pass False for an S3-compatible server that
-    ignores ``If-None-Match``, so that no lease relies on it).
+    ignores ``If-None-Match``, so that no lease relies on it). s3fs's listings cache
+    is always off: a stale listing would hide a lease or an entry.
     """
 
     def __init__(
