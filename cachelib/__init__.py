@@ -23,12 +23,15 @@ from ._errors import (
     UnsafeLocationError,
     UnsupportedFormatError,
 )
+from ._fsspec import FsspecStore
 from ._hashing import hash
 from ._loading import load, verify
+from ._local import LocalStore
 from ._memoize import MemoizedFunction
 from ._memory import MemorizedFunc, Memory, expires_after
 from ._persistence import dump
 from ._shelve import MemorizedResult, NotMemorizedResult
+from ._store import Store
 from ._version import __version__
 
 __all__ = [
@@ -40,8 +43,10 @@ __all__ = [
     "CorruptFileError",
     "DeserializationError",
     "FileAccessError",
+    "FsspecStore",
     "FunctionInfo",
     "InvalidOptionError",
+    "LocalStore",
     "LockTimeout",
     "MemoizedFunction",
     "MemorizedFunc",
@@ -51,6 +56,7 @@ __all__ = [
     "NotACacheError",
     "NotMemorizedResult",
     "SerializationError",
+    "Store",
     "UnhashableError",
     "UnknownCompressorError",
     "UnsafeLocationError",

@@ -1,7 +1,8 @@
 """``Cache``: a location on disk and the defaults of the functions memoized in it.
 
 Rule: a ``Cache`` holds settings and hands out ``MemoizedFunction`` wrappers; what
-happens on a call lives in ``_memoize``, where bytes go in ``_store``.
+happens on a call lives in ``_memoize``, where bytes go in ``_store`` (a local
+directory, or any fsspec URL: ``_urls`` decides which).
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
 from ._compressors import Compressor
 from ._entries import Entries
 from ._errors import CacheError, CacheWarning, InvalidOptionError
-from ._local import LocalStore
+from ._info import CacheInfo, FunctionInfo
 from ._memoize import AsyncMemoizedFunction, MemoizedFunction, memoized
 from ._persistence import MMAP_MODES, resolve_compress
 from ._sizes import parse_size
 from ._stats import compact_stats, read_stats
+from ._store import Store
 from ._upkeep import SizeBudget, evict
+from ._urls import open_store
 
 if TYPE_CHECKING:
     from ._typing import P, R, T
@@ -34,58 +36,6 @@ logger = logging.getLogger("cachelib")
 _UNSET: Any = object()
 _LOCK_TIMEOUT_ACTIONS = ("compute", "raise")
 _CACHE_MMAP_MODES = tuple(mode for mode in MMAP_MODES if mode != "r+")
-
-
-@dataclass
-class FunctionInfo:
-    """What one function has in the cache: entries on disk and calls in this process."""
-
-    name: str
-    entries: int = 0
-    bytes: int = 0
-    hits: int = 0
-    misses: int = 0
-    compute_seconds: float = 0.0
-    saved_seconds: float = 0.0
-    oldest: float | None = None
-    newest: float | None = None
-
-
-@dataclass
-class CacheInfo:
-    """A summary of a cache location, with one ``FunctionInfo`` per function."""
-
-    location: str | None
-    functions: dict[str, FunctionInfo] = field(default_factory=dict)
-
-    @property
-    def entries(self) -> int:
-        return sum(info.entries for info in self.functions.values())
-
-    @property
-    def bytes(self) -> int:
-        return sum(info.bytes for info in self.functions.values())
-
-    @property
-    def hits(self) -> int:
-        return sum(info.hits for info in self.functions.values())
-
-    @property
-    def misses(self) -> int:
-        return sum(info.misses for info in self.functions.values())
-
-    @property
-    def saved_seconds(self) -> float:
-        return sum(info.saved_seconds for info in self.functions.values())
-
-    def __str__(self) -> str:
-        def line(name: str, info: CacheInfo | FunctionInfo) -> str:
-            return (f"{name}: {info.entries} entries, {info.bytes / 1e6:.1f} MB, {info.hits} hits, "
-                    f"{info.misses} misses, {info.saved_seconds:.2f} s saved")
-
-        lines = [line(f"cache at {self.location}", self)]
-        lines += [line(f"  {info.name}", info) for info in self.functions.values()]
-        return "\n".join(lines)
 
 
 class Cache:
@@ -105,11 +55,16 @@ class Cache:
     (needs ``secret``; see the README's Security section). Where the location
     cannot be used safely, calls warn once and compute without it, or raise
     ``UnsafeLocationError`` with ``strict=True``.
+
+    ``location`` may also be an fsspec URL (``"s3://bucket/prefix"``, ``"memory://name"``),
+    with ``storage_options`` for its filesystem, or ``store=`` may give any ``Store``.
+    On an object store, concurrent callers of one key across machines compute it once
+    through leases; ``mmap_mode`` loads into memory there (nothing is mapped remotely).
     """
 
     def __init__(
         self,
-        location: str | os.PathLike[str] | None,
+        location: str | os.PathLike[str] | None = None,
         compress: Any = False,
         mmap_mode: str | None = None,
         bytes_limit: int | str | None = None,
@@ -123,6 +78,8 @@ class Cache:
         secret: bytes | str | None = None,
         share: str | None = None,
         strict: bool = False,
+        store: Store | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if share not in (None, "group"):
             raise InvalidOptionError(f"share must be None or 'group', got {share!r}")
@@ -130,14 +87,18 @@ class Cache:
             raise InvalidOptionError(
                 "share='group' needs secret=...: members load only entries signed with the group's secret"
             )
-        self.store = LocalStore(location, share=share, fsync=fsync) if location is not None else None
+        if store is not None and location is not None:
+            raise InvalidOptionError("give either a location or store=..., not both")
+        if store is None and location is not None:
+            store = open_store(location, storage_options=storage_options, share=share, fsync=fsync)
+        self.store = store
         self.entries = Entries(self.store, secret=secret, lock=lock) if self.store is not None else None
         self._budget = SizeBudget(self.entries) if self.entries is not None else None
         self.strict = strict
         self.compressor = resolve_compress(compress)
         self.mmap_mode = self._checked_mmap_mode(mmap_mode)
         self.bytes_limit = parse_size(bytes_limit) if bytes_limit is not None else None
-        self.expires_after = self._seconds_for(expires_after)
+        self.expires_after = self.seconds_for(expires_after)
         if on_lock_timeout not in _LOCK_TIMEOUT_ACTIONS:
             raise InvalidOptionError(f"on_lock_timeout must be one of {_LOCK_TIMEOUT_ACTIONS}")
         self.lock_timeout = float(lock_timeout)
@@ -146,7 +107,7 @@ class Cache:
         self._functions: dict[str, MemoizedFunction[Any, Any]] = {}
 
     def __repr__(self) -> str:
-        return f"Cache({str(self.store.location) if self.store else None!r})"
+        return f"Cache({self.location!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle settings only: a worker's cache registers its own functions."""
@@ -170,7 +131,7 @@ class Cache:
 
     @property
     def location(self) -> str | None:
-        """The cache directory, or None for a cache that stores nothing."""
+        """The cache directory or URL, or None for a cache that stores nothing."""
         return self.store.url if self.store else None
 
     # -- defaults and their overrides ---------------------------------------------------
@@ -186,13 +147,16 @@ class Cache:
             raise InvalidOptionError(f"mmap_mode must be one of {_CACHE_MMAP_MODES}, got {mmap_mode!r}")
         return mmap_mode  # type: ignore[no-any-return]
 
-    def _compressor_for(self, compress: Any) -> Compressor | None:
+    def compressor_for(self, compress: Any) -> Compressor | None:
+        """The compressor a function gets: its own ``compress``, or this cache's default."""
         return self.compressor if compress is _UNSET else resolve_compress(compress)
 
-    def _mmap_mode_for(self, mmap_mode: Any) -> str | None:
+    def mmap_mode_for(self, mmap_mode: Any) -> str | None:
+        """The ``mmap_mode`` a function gets: its own, or this cache's default."""
         return self.mmap_mode if mmap_mode is _UNSET else self._checked_mmap_mode(mmap_mode)
 
-    def _seconds_for(self, expires_after: Any) -> float | None:
+    def seconds_for(self, expires_after: Any) -> float | None:
+        """Seconds of ``expires_after`` (a number or a timedelta), or this cache's default."""
         if expires_after is _UNSET:
             return self.expires_after
         if expires_after is None:
@@ -262,9 +226,9 @@ class Cache:
                    "expires_after": expires_after, "track_callees": track_callees}
         if func is None:
             return lambda f: self.memoize(f, **options)
-        return self._wrap(func, (MemoizedFunction, AsyncMemoizedFunction), options)
+        return self.wrap(func, (MemoizedFunction, AsyncMemoizedFunction), options)
 
-    def _wrap(
+    def wrap(
         self, func: Any, kinds: tuple[type[MemoizedFunction[Any, Any]], ...], options: dict[str, Any]
     ) -> Any:
         """Wrap ``func`` in ``kinds`` (plain, async) and register it for ``clear``."""
@@ -286,11 +250,12 @@ class Cache:
         if self.entries is not None:
             self.entries.clear()
             for func in self._functions.values():
-                func._reset_stats()
+                func.reset_stats()
             if self._budget is not None:
                 self._budget.record(0)
 
-    def _function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo:
+    def function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo:
+        """Return what one of this cache's functions has stored and how often it was called."""
         if self.entries is None:
             return FunctionInfo(func.name)
         return function_info(self.entries, func.namespace)
@@ -324,12 +289,12 @@ class Cache:
         if self.entries is None or not self.entries.require_cache():
             return 0
         limit = parse_size(bytes_limit) if bytes_limit is not None else self.bytes_limit
-        max_age = self._seconds_for(age_limit) if age_limit is not None else None
+        max_age = self.seconds_for(age_limit) if age_limit is not None else None
         removed, left = evict(self.entries, bytes_limit=limit, items_limit=items_limit, max_age=max_age)
         self._budget.record(left)  # type: ignore[union-attr]
         return removed
 
-    def _after_store(self, size: int) -> None:
+    def after_store(self, size: int) -> None:
         """Keep ``bytes_limit`` after a write (amortised in the size budget)."""
         if self.bytes_limit is not None and self._budget is not None:
             try:

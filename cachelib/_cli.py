@@ -1,11 +1,12 @@
 """The command line: ``python -m cachelib`` and the ``cachelib`` console script.
 
 Rule: every command works on a location given as its argument, by ``--location``
-or by ``CACHELIB_LOCATION``; prints plain text; shows progress only on a terminal;
-and exits 0 when all is well, 1 when it found problems or could not do what was
-asked, 2 on a usage error or a directory that is not a cachelib location. Every
-failure is one line on stderr, never a traceback, and nothing is reported done
-that was not.
+or by ``CACHELIB_LOCATION``: a directory or an fsspec URL (``s3://bucket/prefix``,
+credentials and endpoints from fsspec's usual configuration); prints plain text;
+shows progress only on a terminal; and exits 0 when all is well, 1 when it found
+problems or could not do what was asked, 2 on a usage error or a location that
+is not a cachelib location. Every failure is one line on stderr, never a
+traceback, and nothing is reported done that was not.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._local import LocalStore
 from ._sizes import format_size, parse_size
 from ._stats import compact_stats
 from ._upkeep import SizeBudget, clean_leftovers, evict
+from ._urls import is_url, open_store
 from ._version import __version__
 
 __all__ = ["main"]
@@ -109,6 +111,11 @@ def _share_of(location: str) -> str | None:
 
 def _entries(args: argparse.Namespace) -> Entries:
     """The location's entries; a missing location or a foreign directory is a usage error."""
+    if is_url(args.location):
+        entries = Entries(open_store(args.location), secret=_secret(args))
+        if not entries.require_cache():
+            raise UsageError(f"no cache at {args.location!r}; give the cache's URL (cachelib COMMAND URL)")
+        return entries
     if not os.path.isdir(args.location):
         raise UsageError(f"no cache at {args.location!r}; give the cache directory (cachelib COMMAND DIR)")
     store = LocalStore(args.location, share=_share_of(args.location))
@@ -230,7 +237,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _where(entries: Entries, namespace: str, key: str) -> str:
-    return os.path.join(entries.store.url, entries.entry_name(namespace, key))
+    return entries.store.locate(entries.entry_name(namespace, key))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -264,11 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cachelib {__version__}")
     parser.add_argument("--location", "-l", default=None, metavar="DIR",
-                        help="the cache directory (default: $CACHELIB_LOCATION, else ./cachedir)")
+                        help="the cache directory or URL (default: $CACHELIB_LOCATION, else ./cachedir)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--location", "-l", dest="location_option", default=None, metavar="DIR",
-                       help="the cache directory, as an option")
+                       help="the cache directory or URL, as an option")
     signed = argparse.ArgumentParser(add_help=False)
     signed.add_argument("--secret-file", default=None, metavar="FILE",
                         help="file holding the secret of a signed cache (or $CACHELIB_SECRET_FILE, "
@@ -280,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=parents, help=summary, description=description)
         if name != "demo":
             sub.add_argument("directory", nargs="?", default=None, metavar="DIR",
-                             help="the cache directory (default: $CACHELIB_LOCATION, else ./cachedir)")
+                             help="the cache directory or URL (default: $CACHELIB_LOCATION, else ./cachedir)")
         return sub
 
     command("info")

@@ -279,11 +279,12 @@ class Entries:
         with self._memo_lock:
             self._memo.pop(name, None)
         reader = writer.reader()
-        if reader is None:
+        if reader is None:  # a store that cannot hand the object back (nothing maps from it)
             return size, value
         with reader:
             head = read_head(reader.file, reader.size)
-            mapped = read_entry(reader.file, reader.size, head, mmap_mode=mmap_mode)
+            mapped = read_entry(reader.file, reader.size, head,
+                                mmap_mode=mmap_mode if reader.mappable else None)
         return size, mapped
 
     def lock(self, namespace: str, key: str, about: dict[str, Any]) -> KeyLock | None:
@@ -292,11 +293,17 @@ class Entries:
         return self.lock_for(f"{namespace}/{key[:2]}/{key}{LOCK_SUFFIX}")
 
     def lock_for(self, name: str) -> KeyLock | None:
-        """Return a lock on the store key ``name``: native where the store has one, else a lease."""
+        """Return a lock on the store key ``name``: native where the store has one, else a lease.
+
+        A store without conditional writes gets none: a lease there could have two
+        holders, so concurrent callers each compute (correctly) instead.
+        """
         if self.lock_kind == "none":
             return None
         native = self.store.lock(name) if self.lock_kind == "file" else None
-        return native if native is not None else Lease(self.store, name)
+        if native is not None:
+            return native
+        return Lease(self.store, name) if self.store.conditional_writes else None
 
     # -- listing, clearing, checking ---------------------------------------------------------
 

@@ -39,6 +39,7 @@ _O_READ = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
 _O_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 _ABSENT = (errno.ENOENT, errno.ENOTDIR)
 _RETIRED_MAX = 256  # replaced directory descriptors kept open (see _retire)
+_CREATE_ATTEMPTS = 8  # a directory made and removed again by a concurrent clear is made again
 _CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by cachelib.\n"
@@ -175,15 +176,21 @@ class LocalStore(Store):
         except FileNotFoundError:
             if not create:
                 raise KeyError(where) from None
-            try:
-                os.mkdir(name, self._dir_mode, dir_fd=parent)
-                created = True
-            except FileExistsError:
-                created = False
-            fd = self._open_dir(parent, name, False, where)
-            if created:
-                os.fchmod(fd, self._dir_mode)
-            return fd
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    os.mkdir(name, self._dir_mode, dir_fd=parent)
+                    created = True
+                except FileExistsError:
+                    created = False
+                try:
+                    fd = self._open_dir(parent, name, False, where)
+                except KeyError:  # a concurrent clear removed it between mkdir and open
+                    if attempt == _CREATE_ATTEMPTS - 1:
+                        raise
+                    continue
+                if created:
+                    os.fchmod(fd, self._dir_mode)
+                return fd
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafeLocationError(
@@ -256,10 +263,10 @@ class LocalStore(Store):
     def probe(self, key: str) -> Probe | None:
         top, _, rest = key.partition("/")
         try:
-            fd = self._dirs.get(top)
+            fd = self._dirs.get(top) if rest else self._root_fd(False)
             if fd is None:
                 fd = self._top(top, False)
-            st = os.stat(rest, dir_fd=fd, follow_symlinks=False)
+            st = os.stat(rest or top, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             raise KeyError(key) from None
         except OSError as exc:

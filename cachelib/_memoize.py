@@ -15,11 +15,11 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
 from ._calls import CallKeyer, function_identity, unwrap
 from ._compressors import Compressor
-from ._entries import Missing
+from ._entries import Entries, Missing
 from ._errors import (
     CacheError,
     CacheWarning,
@@ -29,15 +29,35 @@ from ._errors import (
     UnhashableError,
 )
 from ._explain import explain_miss
+from ._info import FunctionInfo
 from ._reduce import reduce_wrapper
 from ._stats import CallStats, StatsRecorder
 from ._summary import CallSummary
 from ._typing import P, R
 
-if TYPE_CHECKING:
-    from ._cache import Cache, FunctionInfo
+__all__ = ["AsyncMemoizedFunction", "CacheSettings", "MemoizedFunction", "memoized"]
 
-__all__ = ["AsyncMemoizedFunction", "MemoizedFunction", "memoized"]
+
+class CacheSettings(Protocol):
+    """What a memoized function asks of its cache (``_cache.Cache``, which imports this module)."""
+
+    entries: Entries | None
+    strict: bool
+    lock_timeout: float
+    on_lock_timeout: str
+
+    @property
+    def logger(self) -> logging.Logger: ...
+
+    def compressor_for(self, compress: Any) -> Compressor | None: ...
+
+    def mmap_mode_for(self, mmap_mode: Any) -> str | None: ...
+
+    def seconds_for(self, expires_after: Any) -> float | None: ...
+
+    def after_store(self, size: int) -> None: ...
+
+    def function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo: ...
 
 _EXPLAIN_ENTRIES = 200  # the most recent entries whose key parts explain a miss
 M = TypeVar("M", bound="MemoizedFunction[Any, Any]")
@@ -56,7 +76,7 @@ class MemoizedFunction(Generic[P, R]):
     def __init__(
         self,
         func: Callable[P, R],
-        cache: Cache,
+        cache: CacheSettings,
         *,
         ignore: list[str] | tuple[str, ...] = (),
         compress: Any = None,
@@ -72,9 +92,9 @@ class MemoizedFunction(Generic[P, R]):
             self.__name__ = getattr(inner, "__name__", type(inner).__name__)
             self.__module__ = getattr(inner, "__module__", None) or ""
         self.cache = cache
-        self.compressor: Compressor | None = cache._compressor_for(compress)
-        self.mmap_mode: str | None = cache._mmap_mode_for(mmap_mode)
-        self.expires_after: float | None = cache._seconds_for(expires_after)
+        self.compressor: Compressor | None = cache.compressor_for(compress)
+        self.mmap_mode: str | None = cache.mmap_mode_for(mmap_mode)
+        self.expires_after: float | None = cache.seconds_for(expires_after)
         # The options as resolved, so that a pickled copy behaves the same in a worker.
         self._options: dict[str, Any] = {"ignore": tuple(ignore), "compress": self.compressor or False,
                                          "mmap_mode": self.mmap_mode, "expires_after": self.expires_after,
@@ -260,7 +280,7 @@ class MemoizedFunction(Generic[P, R]):
             "miss %s (%s): computed in %.3f s, stored %d bytes in %.3f s",
             self.__qualname__, why or "not stored yet", seconds, size, time.perf_counter() - started,
         )
-        self.cache._after_store(size)
+        self.cache.after_store(size)
         return returned
 
     # -- why a call misses -------------------------------------------------------------------
@@ -314,15 +334,15 @@ class MemoizedFunction(Generic[P, R]):
         """Remove every stored result of this function (all versions of its code)."""
         if self.cache.entries is not None:
             self.cache.entries.clear(self.namespace)
-            self._reset_stats()
+            self.reset_stats()
 
-    def _reset_stats(self) -> None:
+    def reset_stats(self) -> None:
         """Count afresh after this function's entries were cleared."""
         self._recorder = StatsRecorder(self.cache.entries, self.namespace)
 
     def cache_info(self) -> FunctionInfo:
         """Return this function's entries, bytes, hits, misses and time saved."""
-        return self.cache._function_info(self)
+        return self.cache.function_info(self)
 
 
 class AsyncMemoizedFunction(MemoizedFunction[P, R]):
@@ -355,7 +375,7 @@ def _seconds(metadata: dict[str, Any]) -> float:
 
 def memoized(
     func: Any,
-    cache: Cache,
+    cache: CacheSettings,
     kinds: tuple[type[MemoizedFunction[Any, Any]], type[MemoizedFunction[Any, Any]]] = (
         MemoizedFunction, AsyncMemoizedFunction),
     **options: Any,
@@ -371,7 +391,8 @@ def memoized(
 
 
 def _restore(
-    kind: type[MemoizedFunction[Any, Any]], func: Callable[..., Any], cache: Cache, options: dict[str, Any]
+    kind: type[MemoizedFunction[Any, Any]], func: Callable[..., Any], cache: CacheSettings,
+    options: dict[str, Any],
 ) -> MemoizedFunction[Any, Any]:
     """Rebuild a pickled ``MemoizedFunction`` of class ``kind`` (used by ``__reduce__``)."""
     return kind(func, cache, **options)

@@ -340,7 +340,7 @@ class Memory:
         options = {"ignore": tuple(ignore or ()), "compress": _UNSET, "expires_after": expiry,
                    "mmap_mode": _UNSET if mmap_mode is False else mmap_mode, "verbose": verbose,
                    "cache_validation_callback": cache_validation_callback}
-        return self.as_cache._wrap(func, (MemorizedFunc, AsyncMemorizedFunc), options)
+        return self.as_cache.wrap(func, (MemorizedFunc, AsyncMemorizedFunc), options)
 
     def eval(self, func: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Call ``func(*args, **kwargs)`` through the cache."""

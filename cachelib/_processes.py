@@ -4,16 +4,34 @@ Rule: one definition of "this host" for every name that carries one (temporary
 files, leases, statistics), so that leftovers of dead processes are recognised
 the same way everywhere. ``CACHELIB_HOST_ID`` overrides the host name (workers
 that share a store from different machines must have different ids).
+``PID_SCOPE`` names the kernel boot and pid namespace this process runs in: a
+pid is only judged dead where the scope matches too, so that two containers that
+share a host name (``--network host``) never take each other's live processes
+for dead ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
-__all__ = ["HOST_ID", "process_alive", "writer_id"]
+__all__ = ["HOST_ID", "PID_SCOPE", "process_alive", "writer_id"]
 
 HOST_ID = os.environ.get("CACHELIB_HOST_ID") or socket.gethostname()
+
+
+def _pid_scope() -> str:
+    """Return the boot id and pid namespace of this process ("" where the system does not say)."""
+    parts = []
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as handle:
+        parts.append(handle.read(64).strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "/".join(parts)
+
+
+PID_SCOPE = _pid_scope()
 
 
 def writer_id() -> str:

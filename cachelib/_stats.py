@@ -265,7 +265,8 @@ def _counts(entries: Entries, key: str) -> CallStats | None:
 def read_stats(entries: Entries, namespace: str) -> CallStats:
     """Return the counts of every process that has called one function (to its last flush)."""
     for recorder in list(_live):
-        if recorder._namespace == namespace:
+        same = recorder._entries is not None and recorder._entries.store.url == entries.store.url
+        if same and recorder._namespace == namespace:
             recorder.flush()
     total = CallStats()
     absorbed: set[str] = set()

@@ -18,6 +18,11 @@ Optional capabilities have defaults: ``probe`` (a cheap identity check, so that
 unchanged small objects need not be read again), ``touch`` (record a use),
 ``lock`` (a native per-key lock; without one the policy uses leases built on
 exclusive writes) and ``read_bytes`` (a bounded read of a small state object).
+``conditional_writes`` is False for a store whose exclusive writes are only a
+check before the write (not atomic): the policy then takes no leases on it, and
+concurrent callers of one key may each compute it (never a wrong result, since
+every write is still atomic). ``lease_ttl`` is how long such a lease lives
+without renewal.
 """
 
 from __future__ import annotations
@@ -121,6 +126,8 @@ class Store(abc.ABC):
     """Objects under string keys. See the module docstring for the contract."""
 
     url: str
+    conditional_writes: bool = True  # ``write(exclusive=True)`` is atomic: the first writer wins
+    lease_ttl: float = 60.0  # seconds a lease on this store lives unless its holder renews it
 
     @abc.abstractmethod
     def open(self, key: str) -> Readable:
@@ -177,6 +184,10 @@ class Store(abc.ABC):
         except KeyError:
             return False
         return True
+
+    def locate(self, key: str) -> str:
+        """Return where the object ``key`` lives, for messages (a path or a URL)."""
+        return f"{self.url.rstrip('/')}/{key}"
 
     def describe(self) -> dict[str, Any]:
         """The settings that rebuild this store in another process."""

@@ -19,6 +19,7 @@ from typing import Any
 from ._entries import Entries
 from ._errors import CacheError, CacheWarning, FileAccessError
 from ._eviction import plan_eviction
+from ._leases import Lease
 from ._processes import HOST_ID, process_alive
 from ._sizes import format_size
 
@@ -152,16 +153,25 @@ def _is_leftover(name: str, age: float, older_than: float) -> bool:
 
 
 def clean_leftovers(entries: Entries, older_than: float = LEFTOVER_AGE) -> int:
-    """Remove temporary files of dead or long-gone writers and old, unheld lock files."""
+    """Remove temporary files of dead or long-gone writers and old, unheld lock files.
+
+    On a store without native locks, lock objects are leases: those whose holder
+    is gone or whose record expired are broken, whatever their age.
+    """
     removed = 0
     now = time.time()
     for namespace in entries.namespaces():
         for item in list(entries.store.list(namespace)):
             name = item.key.rsplit("/", 1)[-1]
+            native = entries.store.lock(item.key) if name.endswith(".lock") else None
+            if native is None and name.endswith(".lock"):
+                with contextlib.suppress(CacheError, OSError):
+                    removed += Lease(entries.store, item.key).break_if_stale()
+                continue
             if not item.own or not _is_leftover(name, now - item.stored, older_than):
                 continue
             if name.endswith(".lock"):
-                lock = entries.store.lock(item.key)
+                lock = native
                 if lock is not None and lock.acquire(0.0):
                     lock.release()  # releasing an unheld lock file removes it
                     removed += 1

@@ -203,3 +203,51 @@ def same():
     """The deep comparison ``assert_same(actual, expected, where="value", memmap_ok=False)``."""
     return assert_same
 
+
+
+# --- remote stores: a real S3 server on the loopback interface ----------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Any:
+    """The URL of moto's S3 server on 127.0.0.1, started for the session (skips without moto/s3fs)."""
+    import logging
+
+    server_module = pytest.importorskip(
+        "moto.server", reason="S3 tests need moto's server: pip install 'cachelib[test]'"
+    )
+    pytest.importorskip("s3fs", reason="S3 tests need s3fs: pip install 'cachelib[s3]'")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never look for credentials off-host
+    port = _free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_options(endpoint: str) -> dict[str, Any]:
+    """The storage_options that reach the test server (credentials are moto's dummies)."""
+    return {"key": "testing", "secret": "testing",
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"}}
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> Any:
+    """A fresh, empty bucket on the test server: ``(bucket name, storage_options)``."""
+    import uuid
+
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    options = s3_options(s3_endpoint)
+    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(name)
+    return name, options
