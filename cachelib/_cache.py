@@ -75,7 +75,7 @@ class Cache:
         on_lock_timeout: str = "compute",
         lock: str = "file",
         fsync: bool = True,
-        secret: bytes | str | None = None,
+        secret: bytes | None = None,
         share: str | None = None,
         strict: bool = False,
         store: Store | None = None,

@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from ._cache import function_info
 from ._entries import Entries
@@ -63,7 +63,7 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def progress(items: Iterable[T], label: str, stream: object = None) -> Iterator[T]:
+def progress(items: Iterable[T], label: str, stream: TextIO | None = None) -> Iterator[T]:
     """Yield ``items``, drawing a counter on stderr when it is a terminal."""
     out = stream or sys.stderr
     shown = getattr(out, "isatty", lambda: False)()
@@ -72,11 +72,11 @@ def progress(items: Iterable[T], label: str, stream: object = None) -> Iterator[
     for count, item in enumerate(items, 1):
         if shown and time.monotonic() - last > 0.2:
             last = time.monotonic()
-            out.write(f"\r{label}: {count:,}")  # type: ignore[attr-defined]
-            out.flush()  # type: ignore[attr-defined]
+            out.write(f"\r{label}: {count:,}")
+            out.flush()
         yield item
     if shown:
-        out.write(f"\r{label}: {count:,} done\n")  # type: ignore[attr-defined]
+        out.write(f"\r{label}: {count:,} done\n")
 
 
 def _when(timestamp: float | None) -> str:
@@ -315,7 +315,7 @@ def _one_line_warning(message: Warning | str, *args: object, **kwargs: object) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit code."""
-    shown, warnings.showwarning = warnings.showwarning, _one_line_warning  # type: ignore[assignment]
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         return _run(argv)
     finally:

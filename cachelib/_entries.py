@@ -87,7 +87,7 @@ class ClearReport:
 class Entries:
     """The entries of one cache location, on one store."""
 
-    def __init__(self, store: Store, *, secret: bytes | str | None = None, lock: str = "file") -> None:
+    def __init__(self, store: Store, *, secret: bytes | None = None, lock: str = "file") -> None:
         if lock not in LOCK_KINDS:
             raise InvalidOptionError(f"lock must be one of {LOCK_KINDS}, got {lock!r}")
         self.store = store

@@ -17,6 +17,7 @@ stored), and nothing is mapped from them.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime
 import io
@@ -305,7 +306,7 @@ class FsspecStore(Store):
                 if len(check_key(child)) == 1:
                     yield child, info
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         return sorted(name for name, info in self._children(prefix) if info.get("type") == "directory")
 
     def list(self, prefix: str) -> Iterator[ItemInfo]:

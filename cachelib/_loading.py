@@ -57,7 +57,7 @@ def load(filename: Loadable, mmap_mode: MmapMode = None) -> Any:
     return load_value(filename, mmap_mode)
 
 
-def verify(filename: str | os.PathLike[str], secret: bytes | str | None = None) -> None:
+def verify(filename: str | os.PathLike[str], secret: bytes | None = None) -> None:
     """Check the integrity of a cachelib file or cache entry without unpickling it.
 
     Raises ``CorruptFileError`` (or another ``CacheError``) describing the first

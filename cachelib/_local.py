@@ -10,6 +10,7 @@ object, the new one, or none. Layout: a key ``a/b/c`` is the file ``<location>/a
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import os
@@ -381,7 +382,7 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         try:
             with self._opened(prefix) as fd, os.scandir(fd) as entries:
                 return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))

@@ -45,6 +45,10 @@ class CacheSettings(Protocol):
     strict: bool
     lock_timeout: float
     on_lock_timeout: str
+    verbose: int
+
+    @property
+    def location(self) -> str | None: ...
 
     @property
     def logger(self) -> logging.Logger: ...
@@ -58,6 +62,7 @@ class CacheSettings(Protocol):
     def after_store(self, size: int) -> None: ...
 
     def function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo: ...
+
 
 _EXPLAIN_ENTRIES = 200  # the most recent entries whose key parts explain a miss
 M = TypeVar("M", bound="MemoizedFunction[Any, Any]")
@@ -285,7 +290,7 @@ class MemoizedFunction(Generic[P, R]):
 
     # -- why a call misses -------------------------------------------------------------------
 
-    def _miss_parts(self, args: tuple, kwargs: dict) -> tuple[dict[str, str], str]:
+    def _miss_parts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, str], str]:
         """The key parts of a call that missed (stored with its entry), and why it missed when verbose."""
         try:
             parts = self._keyer.key_parts(args, kwargs)

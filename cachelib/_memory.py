@@ -195,15 +195,16 @@ class MemorizedFunc(MemoizedFunction[P, R]):
         if self._disabled():
             return self.__wrapped__(*args, **kwargs), {}
         key = self._key(args, kwargs)
+        parts, _ = self._miss_parts(args, kwargs)
         call = self._summary.describe(args, kwargs)
         started = time.perf_counter()
         result = self.__wrapped__(*args, **kwargs)
-        return self._stored_call(key, result, time.perf_counter() - started, call)
+        return self._stored_call(key, result, time.perf_counter() - started, parts, call)
 
     def _stored_call(
-        self, key: str, result: Any, seconds: float, call: str | None
+        self, key: str, result: Any, seconds: float, parts: dict[str, str], call: str | None
     ) -> tuple[Any, dict[str, Any]]:
-        returned = self._store(key, result, seconds, call)
+        returned = self._store(key, result, seconds, parts=parts, call=call)
         metadata = {"function": self.__qualname__, "compute_seconds": seconds, "call": call}
         return returned, joblib_metadata(metadata, time.time())
 
@@ -235,10 +236,11 @@ class AsyncMemorizedFunc(MemorizedFunc[P, R], AsyncMemoizedFunction[P, R]):
         if self._disabled():
             return await cast(Any, self.__wrapped__)(*args, **kwargs), {}
         key = self._key(args, kwargs)
+        parts, _ = self._miss_parts(args, kwargs)
         call = self._summary.describe(args, kwargs)
         started = time.perf_counter()
         result = await cast(Any, self.__wrapped__)(*args, **kwargs)
-        return self._stored_call(key, result, time.perf_counter() - started, call)
+        return self._stored_call(key, result, time.perf_counter() - started, parts, call)
 
 
 class Memory:

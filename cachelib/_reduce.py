@@ -131,6 +131,6 @@ def _from_main(
         else:
             building[namespace] = outer
     with contextlib.suppress(AttributeError, TypeError):  # cloudpickle renames the code's file
-        unwrap(func).__cachelib_script__ = script
+        setattr(unwrap(func), "__cachelib_script__", script)  # noqa: B010 - a function attribute of our own
     wrapper.__init__(func, cache, **options)  # type: ignore[misc]
     return wrapper

@@ -15,7 +15,7 @@ from ._errors import CacheError
 from ._typing import R
 
 if TYPE_CHECKING:
-    from ._cache import Cache
+    from ._memoize import CacheSettings
 
 __all__ = ["MemorizedResult", "NotMemorizedResult"]
 
@@ -24,7 +24,7 @@ class MemorizedResult(Generic[R]):
     """A reference to the stored result of one call; ``get()`` loads it, ``clear()`` removes it."""
 
     def __init__(
-        self, cache: Cache, namespace: str, key: str, *, func: str, mmap_mode: str | None = None
+        self, cache: CacheSettings, namespace: str, key: str, *, func: str, mmap_mode: str | None = None
     ) -> None:
         self.cache = cache
         self.namespace = namespace

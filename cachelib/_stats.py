@@ -297,7 +297,7 @@ def compact_stats(entries: Entries, namespace: str, wait: float = 5.0) -> int:
             if name in present:
                 with contextlib.suppress(OSError, KeyError):
                     entries.store.delete(present[name].key)
-        fresh = []
+        fresh: list[str] = []
         for name, item in present.items():
             if name.endswith(_SUFFIX) and name not in absorbed and item.own and len(fresh) < _MERGE_AT_MOST:
                 counts = _counts(entries, item.key)

@@ -28,6 +28,7 @@ without renewal.
 from __future__ import annotations
 
 import abc
+import builtins
 import contextlib
 import re
 from collections.abc import Hashable, Iterator
@@ -148,7 +149,7 @@ class Store(abc.ABC):
         """Yield every object whose key starts with ``prefix`` + ``/`` (or every one for "")."""
 
     @abc.abstractmethod
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         """Return the names one level below ``prefix`` that hold objects."""
 
     # -- optional capabilities ---------------------------------------------------------

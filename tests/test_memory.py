@@ -443,3 +443,18 @@ def test_cache_has_joblibs_cache_and_location(location, calls):
     assert calls == [1]
     assert cache.location == str(location)
     assert cachelib.Cache(None).location is None
+
+
+def test_call_records_key_parts_and_a_summary_like_a_miss(tmp_path):
+    """``call()`` stores the same metadata a miss does: explain() and ls can read it."""
+    memory = cachelib.Memory(tmp_path / "m", verbose=0)
+
+    def double(x):
+        return 2 * x
+
+    f = memory.cache(double)
+    assert f.call(3)[0] == 6
+    (metadata,) = memory.as_cache.entries.recent_metadata(f.namespace, 10)
+    assert isinstance(metadata["key_parts"], dict) and "argument x" in metadata["key_parts"]
+    assert metadata["call"].startswith("double(")
+    assert "argument `x` changed" in f.explain(4)
