@@ -9,7 +9,8 @@ Deliberate choices (documented in the README):
 
 * arrays hash their dtype (with byte order), shape and content in logical C order:
   a view and its copy, a C and a Fortran array of equal values hash the same;
-  large strided arrays are fed in bounded chunks, never copied whole;
+  large strided arrays are fed in bounded chunks, never copied whole; arrays of
+  ``TREE_MIN`` bytes or more are fed as a tree of digests (``_chunked``), on every core;
 * dict and set order never matters; shared and repeated references hash alike;
 * a Python float NaN is canonical (every NaN is one value) and ``-0.0 != 0.0``;
   inside arrays the raw bytes count, so differing NaN payloads or signed zeros
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from ._chunked import array_tree
 from ._dtypes import has_padding
 from ._errors import UnhashableError
 
@@ -40,6 +42,7 @@ __all__ = ["HASH_ALGORITHM", "Hasher", "hash", "hash_bytes"]
 HASH_ALGORITHM = "xxh3_128"
 _CHUNK = 1 << 22  # bytes of a strided array copied at a time
 _FLUSH = 1 << 16  # small encodings are batched into one update
+TREE_MIN = 1 << 22  # arrays of at least this many bytes are hashed as a tree, on every core
 
 _pack_q = struct.Struct("<q").pack
 _pack_Q = struct.Struct("<Q").pack
@@ -248,8 +251,15 @@ class Hasher:
             self._array_bytes(array)
 
     def _array_bytes(self, array: np.ndarray) -> None:
-        """Feed the array's bytes in logical C order, copying at most a chunk at a time."""
+        """Feed the array's bytes in logical C order, copying at most a chunk at a time.
+
+        From ``TREE_MIN`` bytes on, the tree digest of ``_chunked`` stands for them.
+        """
         self._put(b"=" + _pack_Q(array.nbytes))
+        if array.nbytes >= TREE_MIN:
+            leaf, root = array_tree(array)
+            self._put(b"T" + _pack_Q(leaf) + root)
+            return
         self._flush()
         if array.nbytes == 0:
             return
