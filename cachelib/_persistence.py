@@ -310,6 +310,7 @@ def read_stream_value(
     size: int | None = None,
     mapping: np.memmap | None = None,
     mapping_offset: int = 0,
+    check_mapped: bool = False,
     tap: Tap | None = None,
     authenticate: Callable[[], None] | None = None,
     restricted: bool = False,
@@ -323,11 +324,15 @@ def read_stream_value(
     (``tap`` sees every byte of the raw stream), then ``authenticate()`` runs and may
     raise, and only then is anything unpickled, from memory (or, for arrays, from
     ``mapping``); ``parse_only`` returns the checked ``Parsed`` stream instead.
+    ``check_mapped`` checks the checksums of mapped arrays too (they are read once).
     """
     decompressed = compressor.open_reader(stream) if compressor is not None else None
     try:
         if decompressed is None:
-            reader = RecordReader(stream, mapping=mapping, mapping_offset=mapping_offset, size=size, tap=tap)
+            reader = RecordReader(
+                stream, mapping=mapping, mapping_offset=mapping_offset, check_mapped=check_mapped, size=size,
+                tap=tap,
+            )
         else:
             reader = RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK, tap=tap)
         deferred = authenticate is not None or restricted or parse_only

@@ -74,7 +74,8 @@ class RecordReader:
     ``source`` is the raw stream (a file, a pipe, or a decompressor). With
     ``mapping`` (an ``np.memmap`` of the whole file, which must then be seekable)
     array records become views of the mapping instead of being read; the raw
-    stream starts at ``mapping_offset`` in it. ``size``, when known, bounds every
+    stream starts at ``mapping_offset`` in it; their checksums are checked only with
+    ``check_mapped`` (it reads them). ``size``, when known, bounds every
     length read from the stream. ``read_size`` bounds each read: decompressors
     allocate a buffer per read, so they get smaller ones than a plain file.
     ``tap`` is fed every byte of the stream, in order.
@@ -86,6 +87,7 @@ class RecordReader:
         *,
         mapping: np.memmap | None = None,
         mapping_offset: int = 0,
+        check_mapped: bool = False,
         size: int | None = None,
         read_size: int = IO_CHUNK,
         tap: Tap | None = None,
@@ -94,6 +96,7 @@ class RecordReader:
         self._read_size = read_size
         self._mapping = mapping
         self._mapping_offset = mapping_offset
+        self._check_mapped = check_mapped
         self._size = size
         self._tap = tap
         self._position = 0
@@ -230,12 +233,16 @@ class RecordReader:
             if offset + length > len(self._mapping):
                 raise CorruptFileError(f"array record at offset {start} runs past the end")
             array = self._mapping[offset : offset + length]
-            if self._tap is not None:
+            if self._tap is not None or self._check_mapped:
                 for begin in range(0, length, IO_CHUNK):  # mapped bytes count too
-                    self._tap(memoryview(array[begin : begin + IO_CHUNK]))
+                    piece = memoryview(array[begin : begin + IO_CHUNK])
+                    if self._tap is not None:
+                        self._tap(piece)
+                    hasher.update(piece)
             self._source.seek(length, io.SEEK_CUR)
             self._position += length
-            hasher = None  # mapped bytes are read lazily; cachelib.verify() checks them
+            if not self._check_mapped:
+                hasher = None  # mapped bytes are read lazily; cachelib.verify() checks them
         else:
             try:
                 array = np.empty(length, np.uint8)
