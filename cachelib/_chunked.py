@@ -15,6 +15,7 @@ MiB per thread), never the whole array. Each thread hashes one run of leaves.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -22,11 +23,12 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ._pool import run_all, thread_count
+from ._pool import run_all, submit, thread_count
 
 __all__ = ["LEAF_BYTES", "TreeHasher", "array_tree", "leaf_size", "root_of"]
 
 LEAF_BYTES = 1 << 20
+_TASK_LEAVES = 4  # leaves per pool task when hashing alongside the caller
 
 
 def leaf_size(itemsize: int) -> int:
@@ -108,11 +110,15 @@ class TreeHasher:
     """The tree digest of bytes fed in pieces of any size, in order (item size 1).
 
     Whole leaves inside a piece are hashed straight from it; a leaf that spans
-    pieces is gathered in a streaming state. ``digest()`` ends it.
+    pieces is gathered in a streaming state. With ``stable=True`` the caller
+    promises that the pieces' bytes stay as they are until ``digest()``: their
+    leaves are then hashed on the pool while the caller goes on (reading or
+    writing the next piece); otherwise they are hashed before ``update`` returns.
     """
 
-    def __init__(self) -> None:
-        self._digests: list[bytes] = []
+    def __init__(self, stable: bool = False) -> None:
+        self._stable = stable
+        self._parts: list[bytes | concurrent.futures.Future[bytes]] = []  # leaf digests, in order
         self._partial: Any = None  # xxh3_128 state of the leaf being gathered
         self._filled = 0  # bytes in the leaf being gathered
 
@@ -125,21 +131,25 @@ class TreeHasher:
             self._filled += take
             view = view[take:]
             if self._filled == LEAF_BYTES:
-                self._digests.append(self._partial.digest())
+                self._parts.append(self._partial.digest())
                 self._filled = 0
         whole = view.nbytes // LEAF_BYTES
-        if whole:
-            runs = _runs(whole, thread_count()) if whole > 1 else [(0, 1)]
+        if whole and self._stable:
+            for first in range(0, whole, _TASK_LEAVES):
+                last = min(whole, first + _TASK_LEAVES)
+                self._parts.append(submit(_contiguous_leaves, view, LEAF_BYTES, first, last))
+        elif whole:
+            runs = _runs(whole, thread_count())
             tasks = [lambda a=a, b=b: _contiguous_leaves(view, LEAF_BYTES, a, b) for a, b in runs]
-            self._digests.extend(run_all(tasks))
-            view = view[whole * LEAF_BYTES :]
+            self._parts.extend(run_all(tasks))
+        view = view[whole * LEAF_BYTES :]
         if view.nbytes:
             self._partial = xxhash.xxh3_128(view)
             self._filled = view.nbytes
 
     def digest(self) -> bytes:
-        """Return the tree digest of everything fed."""
+        """Return the tree digest of everything fed (waiting for the leaves still being hashed)."""
         if self._filled:
-            self._digests.append(self._partial.digest())
+            self._parts.append(self._partial.digest())
             self._filled = 0
-        return root_of(b"".join(self._digests))
+        return root_of(b"".join(p if isinstance(p, bytes) else p.result() for p in self._parts))
