@@ -253,11 +253,23 @@ def _checked_size(data: bytes, size: int, codec: str) -> bytes:
     return data
 
 
-class Zstd(Compressor):
-    """Zstandard at levels 1-22; ``.zst`` files, read by ``zstd -d``. The default codec.
+class _Framed(Compressor):
+    """A codec written as independent frames and (de)compressed on every core (``_frames``)."""
 
-    Written as independent frames of a few MiB, (de)compressed on every core (``_frames``).
-    """
+    @abc.abstractmethod
+    def _codec(self) -> FrameCodec:
+        """Return the one-shot functions and the frame walker of this codec at this level."""
+
+    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+        return FrameWriter(fileobj, self._codec())  # type: ignore[return-value]
+
+    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
+        # Across frames: bytes after ours must be a valid frame, or the read fails.
+        return FrameReader(fileobj, self._codec())  # type: ignore[return-value]
+
+
+class Zstd(_Framed):
+    """Zstandard at levels 1-22; ``.zst`` files, read by ``zstd -d``. The default codec."""
 
     name = "zstd"
     extension = ".zst"
@@ -294,19 +306,9 @@ class Zstd(Compressor):
 
         return FrameCodec(compress, decompress, zstd_frame, stream)
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return FrameWriter(fileobj, self._codec())  # type: ignore[return-value]
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        # Across frames: bytes after ours must be a valid frame, or the read fails.
-        return FrameReader(fileobj, self._codec())  # type: ignore[return-value]
-
-
-class Lz4(Compressor):
-    """LZ4 frame at levels 0-16 (0-2 fast, 3-16 high compression); ``.lz4`` files.
-
-    Written as independent frames of a few MiB, (de)compressed on every core (``_frames``).
-    """
+class Lz4(_Framed):
+    """LZ4 frame at levels 0-16 (0-2 fast, 3-16 high compression); ``.lz4`` files."""
 
     name = "lz4"
     extension = ".lz4"
@@ -328,12 +330,6 @@ class Lz4(Compressor):
             return frame.LZ4FrameFile(fileobj, mode="rb")
 
         return FrameCodec(compress, decompress, lz4_frame, stream)
-
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return FrameWriter(fileobj, self._codec())  # type: ignore[return-value]
-
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return FrameReader(fileobj, self._codec())  # type: ignore[return-value]
 
 
 _registry: dict[str, Compressor] = {}

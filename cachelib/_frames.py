@@ -188,26 +188,25 @@ class _Rest:
         return len(data)
 
 
-def _skippable(scanner: _Scanner, magic: int) -> bool:
-    """Skip a skippable frame at the scanner (its magic already taken); True if it was one."""
-    if magic not in _SKIPPABLE:
-        return False
-    (size,) = struct.unpack("<I", scanner.take(4))
-    scanner.take(size)
-    return True
+def _frame_magic(scanner: _Scanner, expected: int, codec: str) -> bytes | None:
+    """Take the next frame's magic, skipping skippable frames; None at the end of the stream."""
+    while not scanner.at_end():
+        head = scanner.take(4)
+        (magic,) = struct.unpack("<I", head)
+        if magic == expected:
+            return head
+        if magic not in _SKIPPABLE:
+            raise FrameError(f"bytes after a frame are not a {codec} frame")
+        (size,) = struct.unpack("<I", scanner.take(4))
+        scanner.take(size)
+    return None
 
 
 def zstd_frame(scanner: _Scanner) -> tuple[bytes, int | None] | None:
     """Read one Zstandard frame (RFC 8878, section 3.1.1) by its block headers."""
-    while True:
-        if scanner.at_end():
-            return None
-        head = scanner.take(4)
-        magic = struct.unpack("<I", head)[0]
-        if not _skippable(scanner, magic):
-            break
-    if magic != 0xFD2FB528:
-        raise FrameError("bytes after a frame are not a zstd frame")
+    head = _frame_magic(scanner, 0xFD2FB528, "zstd")
+    if head is None:
+        return None
     (descriptor,) = scanner.take(1)
     single = descriptor >> 5 & 1
     if descriptor & 0x08:
@@ -234,15 +233,9 @@ def zstd_frame(scanner: _Scanner) -> tuple[bytes, int | None] | None:
 
 def lz4_frame(scanner: _Scanner) -> tuple[bytes, int | None] | None:
     """Read one LZ4 frame (lz4 frame format 1.6) by its block sizes."""
-    while True:
-        if scanner.at_end():
-            return None
-        head = scanner.take(4)
-        magic = struct.unpack("<I", head)[0]
-        if not _skippable(scanner, magic):
-            break
-    if magic != 0x184D2204:
-        raise FrameError("bytes after a frame are not an lz4 frame")
+    head = _frame_magic(scanner, 0x184D2204, "lz4")
+    if head is None:
+        return None
     flags, _ = descriptor = scanner.take(2)
     if flags >> 6 != 1 or flags & 0x02:
         raise FrameError("an lz4 frame header has an unknown version or reserved bit")
