@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._compressors import Compressor
+from ._durability import checked_fsync_mode
 from ._entries import Entries
 from ._errors import CacheError, CacheWarning, InvalidOptionError
 from ._local import LocalStore
@@ -133,6 +134,7 @@ class Cache:
             raise InvalidOptionError(
                 "share='group' needs secret=...: members load only entries signed with the group's secret"
             )
+        fsync = checked_fsync_mode(fsync)
         self.store = LocalStore(location, share=share, fsync=fsync) if location is not None else None
         self.entries = Entries(self.store, secret=secret, lock=lock) if self.store is not None else None
         self._budget = SizeBudget(self.entries) if self.entries is not None else None

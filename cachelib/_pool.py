@@ -67,8 +67,8 @@ def _executor(size: int) -> concurrent.futures.ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:
         if _pool is None or _pool_size != size:
-            if _pool is not None:
-                _pool.shutdown(wait=False)  # its queued work still runs
+            # The old pool is dropped, not shut down: a thread may be submitting to it
+            # right now. Its idle threads end once it is collected.
             _pool = concurrent.futures.ThreadPoolExecutor(
                 size, thread_name_prefix="cachelib", initializer=_mark_worker
             )

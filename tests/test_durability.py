@@ -65,9 +65,11 @@ def test_the_fsync_option(given, mode, tmp_path):
 
 @pytest.mark.parametrize("bad", ["sometimes", 1, "", None])
 def test_an_unknown_fsync_mode_is_refused(bad, tmp_path):
-    """Any other fsync value is an InvalidOptionError naming the modes."""
-    with pytest.raises(cachelib.InvalidOptionError, match="background"):
-        cachelib.Cache(tmp_path, fsync=bad)
+    """Any other fsync value is an InvalidOptionError naming the modes (even for a cache
+    that stores nothing)."""
+    for location in (tmp_path, None):
+        with pytest.raises(cachelib.InvalidOptionError, match="background"):
+            cachelib.Cache(location, fsync=bad)
 
 
 @pytest.mark.parametrize(("fsync", "deferred"), [("always", False), ("background", True), ("never", True)])
