@@ -259,7 +259,7 @@ def lz4_frame(scanner: _Scanner) -> tuple[bytes, int | None] | None:
 class FrameReader:
     """A read-only file object (``readinto``) over consecutive frames, decompressed on the pool."""
 
-    read_size = 4 << 20  # what a reader may ask for at once: the frames are in memory anyway
+    preferred_read_size = 4 << 20  # what a reader may ask for at once: the frames are in memory anyway
 
     def __init__(self, source: Any, codec: FrameCodec) -> None:
         self._scanner = _Scanner(source)
@@ -304,7 +304,7 @@ class FrameReader:
         return n
 
     def read(self, size: int = -1) -> bytes:
-        buffer = bytearray(size if size >= 0 else self.read_size)
+        buffer = bytearray(size if size >= 0 else self.preferred_read_size)
         return bytes(buffer[: self.readinto(buffer)])
 
     def close(self) -> None:

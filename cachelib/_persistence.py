@@ -334,7 +334,9 @@ def read_stream_value(
                 tap=tap,
             )
         else:
-            reader = RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK, tap=tap)
+            # A codec's reader may say what it reads best at once (frames already in memory).
+            read_size = getattr(decompressed, "preferred_read_size", DECOMPRESSED_CHUNK)
+            reader = RecordReader(decompressed, read_size=read_size, tap=tap)
         deferred = authenticate is not None or restricted or parse_only
         parsed = reader.parse_all() if deferred else None
         value = None if deferred else read_stream(reader)
