@@ -22,7 +22,7 @@ from ._hashing import Hasher, module_name, scalars_encoding
 
 __all__ = ["CallKeyer", "function_identity"]
 
-KEY_VERSION = b"cachelib-key-2"
+KEY_VERSION = b"cachelib-key-3"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
