@@ -325,3 +325,70 @@ def write_text(path: str, text: str) -> None:
 def write_json(path: str, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path``, creating its directory."""
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+# -- thread scaling ---------------------------------------------------------------------
+
+THREADS_VARIABLE = "CACHELIB_THREADS"
+"""The environment variable that sets cachelib's threads; children set it before any work."""
+
+
+def usable_cores() -> int:
+    """Return how many cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_counts(text: str) -> list[int]:
+    """Parse ``"1,2,all"`` into sorted distinct thread counts ("all" = the usable cores)."""
+    counts = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        count = usable_cores() if item == "all" else int(item)
+        if count < 1:
+            raise ValueError(f"a thread count must be at least 1, got {item!r}")
+        counts.add(count)
+    if not counts:
+        raise ValueError("give at least one thread count")
+    return sorted(counts)
+
+
+def scaling_table(series: dict[str, dict[int, float]], unit: str) -> str:
+    """Render throughput per thread count: one row per series, speedup over the fewest threads."""
+    counts = sorted({count for points in series.values() for count in points})
+    headers = ["measured", *(f"{count} thr {unit}" for count in counts)]
+    headers += [f"x{count}" for count in counts[1:]]
+    rows = []
+    for name, points in series.items():
+        first = points.get(counts[0])
+        speedups = [fmt(points[c] / first, 2, "x") if first and c in points else "-" for c in counts[1:]]
+        rows.append([name, *(fmt(points.get(count), 2) for count in counts), *speedups])
+    return format_table(headers, rows)
+
+
+def plot_scaling(series: dict[str, dict[int, float]], unit: str, title: str, path: str) -> None:
+    """Draw throughput against thread count, one line per series, into ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    counts = sorted({count for points in series.values() for count in points})
+    for name, points in series.items():
+        xs = sorted(points)
+        axis.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    axis.set_xticks(counts)
+    axis.set_xlabel("threads (CACHELIB_THREADS)")
+    axis.set_ylabel(unit)
+    axis.set_yscale("log")
+    axis.set_title(title, fontsize=10)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

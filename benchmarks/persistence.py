@@ -41,19 +41,27 @@ arrays, except for "dict", whose arrays are a small part of it: there it is the
 growth of the child's RSS while building the value (its in-memory footprint); the
 size of its raw cachelib file is reported too.
 
+Threads: cachelib hashes, checksums and (for zstd and lz4) compresses on a pool of
+``CACHELIB_THREADS`` threads. The main table runs cachelib at the largest of
+``--threads`` (default ``1,2,all``; "all" is the cores the process may use); then the
+pairs of ``SCALING`` (lfw with zstd-3 and lz4, seed and dict raw) run again at each
+other count, and a scaling table gives dump and load throughput (MB/s of data) and
+the speedup over the fewest threads.
+
 Usage::
 
     python benchmarks/persistence.py [--workloads lfw,seed,big,dict] [--configs ...]
-                                     [--repeat N] [--quick] [--dir DIR]
+                                     [--repeat N] [--quick] [--dir DIR] [--threads 1,2,all]
 
 Outputs: a table on stdout and in ``benchmarks/results/persistence.txt``, all raw
-figures in ``persistence.json`` and a bar chart in ``persistence.png``
-(``persistence-quick.*`` with ``--quick``).
+figures in ``persistence.json``, a bar chart in ``persistence.png`` and the thread
+scaling in ``persistence-threads.png`` (``persistence-quick*`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import gc
 import gzip
@@ -79,6 +87,7 @@ import cachelib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (
     MB,
+    THREADS_VARIABLE,
     PeakRSS,
     describe_machine,
     fmt,
@@ -86,8 +95,11 @@ from _harness import (
     load_average,
     machine_info,
     median,
+    plot_scaling,
     rss_bytes,
     run_isolated,
+    scaling_table,
+    thread_counts,
     timed_cpu,
     write_json,
     write_text,
@@ -101,6 +113,13 @@ MMAP_CONFIGS = {"cachelib-raw": "cachelib", "joblib-raw": "joblib"}
 
 MMAP_REPEAT_MIN = 5
 """mmap loads are cheap: time at least this many."""
+SCALING = (
+    ("lfw", "cachelib-zstd3"),
+    ("lfw", "cachelib-lz4"),
+    ("seed", "cachelib-raw"),
+    ("dict", "cachelib-raw"),
+)
+"""The (workload, config) pairs measured again at each thread count."""
 
 
 # -- workloads ---------------------------------------------------------------------
@@ -343,6 +362,12 @@ CONFIGS: dict[str, Config] = {
 # -- child processes -------------------------------------------------------------------
 
 
+def use_threads(task: dict[str, Any]) -> None:
+    """Set cachelib's thread count in this child, before any work."""
+    if task.get("threads"):
+        os.environ[THREADS_VARIABLE] = str(task["threads"])
+
+
 def preload_libraries() -> None:
     """Import every codec module now, so no lazy import lands in a measurement."""
     import lz4.frame  # noqa: F401
@@ -380,6 +405,7 @@ def measure_calls(
 
 def dump_child(task: dict[str, Any]) -> dict[str, Any]:
     """Build the workload, dump it ``repeat`` times; return times, memory and file size."""
+    use_threads(task)
     preload_libraries()
     config = CONFIGS[task["config"]]
     before = rss_bytes()
@@ -401,6 +427,7 @@ def dump_child(task: dict[str, Any]) -> dict[str, Any]:
 
 def load_child(task: dict[str, Any]) -> dict[str, Any]:
     """Load the file ``repeat`` times (memory on the first); return times and its fingerprint."""
+    use_threads(task)
     preload_libraries()
     load = functools.partial(CONFIGS[task["config"]].load, task["path"])
     measured = measure_calls(load, task["repeat"], inspect_first=fingerprint)
@@ -448,6 +475,7 @@ class Options:
     timeout: float
     update: bool = False
     resume: bool = False
+    threads: list[int] = dataclasses.field(default_factory=lambda: [1])
 
     @property
     def scale(self) -> float:
@@ -465,9 +493,16 @@ def _error_text(outcome: dict[str, Any]) -> str:
     return outcome["error"].strip().splitlines()[-1]
 
 
-def measure_pair(options: Options, workload: str, config: str, directory: str) -> dict[str, Any]:
-    """Dump then load one (workload, config) in two children; return the raw figures."""
-    record: dict[str, Any] = {"workload": workload, "config": config, "status": "ok"}
+def measure_pair(
+    options: Options, workload: str, config: str, directory: str, threads: int | None = None
+) -> dict[str, Any]:
+    """Dump then load one (workload, config) in two children; return the raw figures.
+
+    cachelib runs at ``threads`` (the largest of --threads unless given).
+    """
+    if config.startswith("cachelib") and threads is None:
+        threads = max(options.threads)
+    record: dict[str, Any] = {"workload": workload, "config": config, "status": "ok", "threads": threads}
     record["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     record["load_average_before"] = load_average()
     if workload not in CONFIGS[config].workloads:
@@ -476,6 +511,7 @@ def measure_pair(options: Options, workload: str, config: str, directory: str) -
     path = os.path.join(directory, f"{workload}-{config}.bin")
     task = {"workload": workload, "config": config, "path": path, "scale": options.scale}
     task["repeat"] = options.repeat
+    task["threads"] = threads
     try:
         dumped = run_isolated(dump_child, task, timeout=options.timeout)
         if not dumped["ok"]:
@@ -525,6 +561,31 @@ def describe_record(record: dict[str, Any]) -> str:
         text += f"  mmap {fmt(record['mmap'].get('mmap_s', None), 4)} s"
     before, after = record["load_average_before"], record["load_average_after"]
     return f"{text}  load avg {fmt(before, 1)}->{fmt(after, 1)}"
+
+
+def run_scaling(options: Options, directory: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Measure the ``SCALING`` pairs at every thread count but the largest (the main run's).
+
+    Returns {"records": [...], "series": {name: {threads: MB/s}}}; the data size is
+    the one the memory multiples use (the dict's in-memory footprint, else nbytes).
+    """
+    extra = []
+    pairs = [(w, c) for w, c in SCALING if w in options.workloads and c in options.configs]
+    for workload, config in pairs:
+        for threads in options.threads[:-1]:
+            record = measure_pair(options, workload, config, directory, threads)
+            log(f"[threads {threads}] {describe_record(record)}")
+            extra.append(record)
+    series: dict[str, dict[int, float]] = {}
+    for record in [*records, *extra]:
+        if (record["workload"], record["config"]) not in pairs or record["status"] != "ok":
+            continue
+        for operation in ("dump", "load"):
+            name = f"{record['workload']} {record['config']} {operation}"
+            data = record["built_rss_bytes"] if record["workload"] == "dict" else record["array_bytes"]
+            rate = data / record[f"{operation}_s"] / MB
+            series.setdefault(name, {})[record["threads"]] = rate
+    return {"records": extra, "series": {k: v for k, v in series.items() if len(v) > 1}}
 
 
 def run_all(
@@ -931,6 +992,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="keep the pairs an interrupted run saved in <output>.partial.json; measure the rest",
     )
+    parser.add_argument(
+        "--threads",
+        default="1,2,all",
+        type=thread_counts,
+        help="cachelib thread counts (all = the usable cores); the main table uses the largest",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -944,6 +1011,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         args.timeout,
         args.update,
         args.resume,
+        args.threads,
     )
 
 
@@ -1003,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         records = run_all(options, directory, done, save, code)
+        scaling = run_scaling(options, directory, records) if len(options.threads) > 1 else None
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     if previous is not None:
@@ -1019,12 +1088,25 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in records)]
     configs = [c for c in CONFIGS if any(r["config"] == c for r in records)]
     report = build_report(run_options, info, records, workloads, configs)
+    if scaling and scaling["series"]:
+        report += "\n\nthread scaling (cachelib, MB/s of array data; x = speedup over the fewest threads):\n"
+        report += scaling_table(scaling["series"], "MB/s")
     print(report)
     write_text(stem + ".txt", report)
     write_json(
-        stem + ".json", {"machine": info, "options": run_options, "data_sizes": sizes, "results": records}
+        stem + ".json",
+        {
+            "machine": info,
+            "options": run_options,
+            "data_sizes": sizes,
+            "results": records,
+            "scaling": scaling,
+        },
     )
     plot(records, workloads, configs, stem + ".png")
+    if scaling and scaling["series"]:
+        title = "cachelib dump/load: throughput by thread count"
+        plot_scaling(scaling["series"], "MB/s", title, stem + "-threads.png")
     os.unlink(partial)
     log(f"wrote {stem}.txt, .json and .png")
     return 0 if all(r["status"] != "error" for r in records) else 1

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, overload
 
 from ._compressors import Compressor
+from ._durability import checked_fsync_mode
 from ._entries import Entries
 from ._errors import CacheError, CacheWarning, InvalidOptionError
 from ._info import CacheInfo, FunctionInfo
@@ -48,13 +49,16 @@ class Cache:
     ``lock_timeout`` bounds how long a caller waits for another process computing
     the same call; after it the caller computes anyway, or raises ``LockTimeout``
     with ``on_lock_timeout="raise"``. ``lock="soft"`` suits filesystems without
-    working ``flock`` (some NFS mounts); ``lock="none"`` never waits. ``fsync=False``
-    trades durability across power loss for speed (entries stay checksummed either
-    way). ``secret`` signs every entry (HMAC-SHA256) and refuses, before unpickling,
-    any entry that fails the check. ``share="group"`` is the group-sharing mode
-    (needs ``secret``; see the README's Security section). Where the location
-    cannot be used safely, calls warn once and compute without it, or raise
-    ``UnsafeLocationError`` with ``strict=True``.
+    working ``flock`` (some NFS mounts); ``lock="none"`` never waits. ``fsync``
+    says when a stored entry reaches the disk: ``"background"`` (the default) just
+    after the call returns, on a background thread; ``"always"`` before it returns;
+    ``"never"`` whenever the kernel writes it back (``True``/``False`` mean "always"
+    and "never"). A crash before then costs a recomputation, never a wrong result:
+    entries are checksummed. ``secret`` signs every entry (HMAC-SHA256) and
+    refuses, before unpickling, any entry that fails the check. ``share="group"``
+    is the group-sharing mode (needs ``secret``; see the README's Security
+    section). Where the location cannot be used safely, calls warn once and
+    compute without it, or raise ``UnsafeLocationError`` with ``strict=True``.
 
     ``location`` may also be an fsspec URL (``"s3://bucket/prefix"``, ``"memory://name"``),
     with ``storage_options`` for its filesystem, or ``store=`` may give any ``Store``.
@@ -74,7 +78,7 @@ class Cache:
         lock_timeout: float = 600.0,
         on_lock_timeout: str = "compute",
         lock: str = "file",
-        fsync: bool = True,
+        fsync: bool | str = "background",
         secret: bytes | None = None,
         share: str | None = None,
         strict: bool = False,
@@ -87,6 +91,7 @@ class Cache:
             raise InvalidOptionError(
                 "share='group' needs secret=...: members load only entries signed with the group's secret"
             )
+        fsync = checked_fsync_mode(fsync)
         if store is not None and location is not None:
             raise InvalidOptionError("give either a location or store=..., not both")
         if store is None and location is not None:

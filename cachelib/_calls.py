@@ -29,7 +29,7 @@ from ._hashing import Hasher, _passes_through, cell_value, module_name, scalars_
 
 __all__ = ["CallKeyer", "function_identity", "unwrap"]
 
-KEY_VERSION = b"cachelib-key-2"
+KEY_VERSION = b"cachelib-key-3"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _NOTEBOOK_FILE = re.compile(r"^<ipython-input-|[/\\]ipykernel_\d+[/\\]|^<string>$|^<stdin>$")
 

@@ -15,11 +15,14 @@ import gzip
 import importlib
 import lzma
 import os
+import threading
 import zlib
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import IO, Any, ClassVar
 
-from ._errors import InvalidOptionError, MissingDependencyError, UnknownCompressorError
+from ._errors import CorruptFileError, InvalidOptionError, MissingDependencyError, UnknownCompressorError
+from ._frames import FrameCodec, FrameReader, FrameWriter, lz4_frame, zstd_frame
 
 __all__ = [
     "Compressor",
@@ -232,7 +235,40 @@ def _zstd_backend() -> Any:
             return _import_optional("zstandard", "zstandard", "zstd")
 
 
-class Zstd(Compressor):
+_per_thread = threading.local()  # codec contexts are not shared between threads
+
+
+def _context(kind: str, level: int, make: Callable[[], Any]) -> Any:
+    """Return this thread's codec context ``kind`` at ``level``, made once."""
+    contexts = _per_thread.__dict__.setdefault("contexts", {})
+    context = contexts.get((kind, level))
+    if context is None:
+        context = contexts[kind, level] = make()
+    return context
+
+
+def _checked_size(data: bytes, size: int, codec: str) -> bytes:
+    if len(data) != size:
+        raise CorruptFileError(f"a {codec} frame holds {len(data)} bytes, but its header says {size}")
+    return data
+
+
+class _Framed(Compressor):
+    """A codec written as independent frames and (de)compressed on every core (``_frames``)."""
+
+    @abc.abstractmethod
+    def _codec(self) -> FrameCodec:
+        """Return the one-shot functions and the frame walker of this codec at this level."""
+
+    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+        return FrameWriter(fileobj, self._codec())  # type: ignore[return-value]
+
+    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
+        # Across frames: bytes after ours must be a valid frame, or the read fails.
+        return FrameReader(fileobj, self._codec())  # type: ignore[return-value]
+
+
+class Zstd(_Framed):
     """Zstandard at levels 1-22; ``.zst`` files, read by ``zstd -d``. The default codec."""
 
     name = "zstd"
@@ -241,23 +277,37 @@ class Zstd(Compressor):
     levels = range(1, 23)
     default_level = 3
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def _codec(self) -> FrameCodec:
         backend = _zstd_backend()
+        level = self.level
         if hasattr(backend, "ZstdCompressor") and hasattr(backend.ZstdCompressor, "stream_writer"):
-            compressor = backend.ZstdCompressor(level=self.level)
-            return compressor.stream_writer(fileobj, closefd=False)  # type: ignore[no-any-return]
-        return backend.ZstdFile(fileobj, mode="wb", level=self.level)  # type: ignore[no-any-return]
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        backend = _zstd_backend()
-        if hasattr(backend, "ZstdDecompressor") and hasattr(backend.ZstdDecompressor, "stream_reader"):
-            # Across frames: bytes after ours must be a valid frame, or the read fails.
-            reader = backend.ZstdDecompressor().stream_reader(fileobj, closefd=False, read_across_frames=True)
-            return reader  # type: ignore[no-any-return]
-        return backend.ZstdFile(fileobj, mode="rb")  # type: ignore[no-any-return]
+            def compress(data: memoryview) -> bytes:
+                return _context("zstd-c", level, lambda: backend.ZstdCompressor(level=level)).compress(data)
+
+            def decompress(frame: bytes, size: int) -> bytes:
+                out = _context("zstd-d", 0, backend.ZstdDecompressor).decompress(frame, max_output_size=size)
+                return _checked_size(out, size, "zstd")
+
+            def stream(fileobj: Any) -> Any:
+                reader = backend.ZstdDecompressor().stream_reader
+                return reader(fileobj, closefd=False, read_across_frames=True)
+
+        else:  # the standard library's compression.zstd
+
+            def compress(data: memoryview) -> bytes:
+                return backend.compress(data, level=level)  # type: ignore[no-any-return]
+
+            def decompress(frame: bytes, size: int) -> bytes:
+                return _checked_size(backend.decompress(frame), size, "zstd")
+
+            def stream(fileobj: Any) -> Any:
+                return backend.ZstdFile(fileobj, mode="rb")
+
+        return FrameCodec(compress, decompress, zstd_frame, stream)
 
 
-class Lz4(Compressor):
+class Lz4(_Framed):
     """LZ4 frame at levels 0-16 (0-2 fast, 3-16 high compression); ``.lz4`` files."""
 
     name = "lz4"
@@ -266,13 +316,20 @@ class Lz4(Compressor):
     levels = range(0, 17)
     default_level = 0
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def _codec(self) -> FrameCodec:
         frame = _import_optional("lz4.frame", "lz4", "lz4")
-        return frame.LZ4FrameFile(fileobj, mode="wb", compression_level=self.level)  # type: ignore[no-any-return]
+        level = self.level
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        frame = _import_optional("lz4.frame", "lz4", "lz4")
-        return frame.LZ4FrameFile(fileobj, mode="rb")  # type: ignore[no-any-return]
+        def compress(data: memoryview) -> bytes:
+            return frame.compress(data, compression_level=level, store_size=True)  # type: ignore[no-any-return]
+
+        def decompress(data: bytes, size: int) -> bytes:
+            return _checked_size(frame.decompress(data), size, "lz4")
+
+        def stream(fileobj: Any) -> Any:
+            return frame.LZ4FrameFile(fileobj, mode="rb")
+
+        return FrameCodec(compress, decompress, lz4_frame, stream)
 
 
 _registry: dict[str, Compressor] = {}

@@ -268,7 +268,7 @@ class Entries:
                 with self.store.write(name, keep=mmap_mode is not None) as writer:
                     write_entry(
                         writer.file, value, key=key, stored_ns=time.time_ns(), metadata=metadata,
-                        compressor=compressor, signer=self.signer, context=name,
+                        compressor=compressor, signer=self.signer, context=name, deferred=writer.deferred,
                     )
                     size = writer.file.tell()
                 break

@@ -11,16 +11,22 @@ key, with which metadata, whether it is signed and intact). Layout::
     end-48   trailer: magic, raw stream length, MAC (zero when unsigned)
 
 The stored time is inside the entry, never taken from the file's mtime, so that
-rewriting or touching an old file cannot make it look fresh. With a secret, the MAC
+rewriting or touching an old file cannot make it look fresh. A header flag says
+the entry was published before it was durable (``_durability``): if such an
+entry predates the machine's last start, a crash may have left holes in it, so a
+mapped read checks its arrays' checksums too (reads that copy always do). With a secret, the MAC
 covers the entry's name, header, metadata, padding, every byte of the raw stream
 and its length; a reader checks it before unpickling anything (``_signing``).
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import json
+import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -28,6 +34,7 @@ import numpy as np
 import xxhash
 
 from ._compressors import Compressor
+from ._durability import written_since_boot
 from ._errors import CorruptFileError, UnsupportedFormatError
 from ._format import write_stream
 from ._persistence import read_stream_value, sniff, verify_stream_of
@@ -36,8 +43,10 @@ from ._signing import MAC_SIZE, Signer
 __all__ = ["ENTRY_MAGIC", "EntryHead", "is_entry", "read_entry", "read_head", "verify_entry", "write_entry"]
 
 ENTRY_MAGIC = b"\x89CLENT\r\n"
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 FLAG_SIGNED = 0x0001
+FLAG_DEFERRED = 0x0002  # published before it was durable
+_FLAGS = FLAG_SIGNED | FLAG_DEFERRED
 HEADER = struct.Struct("<8sHHIq16s16x")  # magic, version, flags, metadata length, stored ns, key
 CHECKSUM = struct.Struct("<Q")  # xxh3_64 of HEADER and metadata
 HEADER_SIZE = HEADER.size + CHECKSUM.size  # 64
@@ -57,6 +66,7 @@ class EntryHead:
     signed: bool
     stream_offset: int
     raw: bytes  # header, metadata and padding: the start of what a MAC covers
+    deferred: bool = False  # published before it was durable
 
 
 class _Tap:
@@ -131,12 +141,15 @@ def write_entry(
     compressor: Compressor | None,
     signer: Signer | None = None,
     context: str = "",
+    deferred: bool = False,
 ) -> None:
-    """Write one entry for ``value`` to ``sink`` (which need not be seekable)."""
+    """Write one entry for ``value`` to ``sink`` (which need not be seekable).
+
+    ``deferred`` records that the store publishes it before it is durable.
+    """
     encoded = _metadata_bytes(metadata)
-    header = HEADER.pack(
-        ENTRY_MAGIC, ENTRY_VERSION, FLAG_SIGNED if signer else 0, len(encoded), stored_ns, bytes.fromhex(key)
-    )
+    flags = (FLAG_SIGNED if signer else 0) | (FLAG_DEFERRED if deferred else 0)
+    header = HEADER.pack(ENTRY_MAGIC, ENTRY_VERSION, flags, len(encoded), stored_ns, bytes.fromhex(key))
     checksum = CHECKSUM.pack(xxhash.xxh3_64_intdigest(header + encoded))
     padding = bytes(-(HEADER_SIZE + len(encoded)) % _ALIGNMENT)
     start = header + checksum + encoded + padding
@@ -185,7 +198,7 @@ def read_head(fileobj: Any, size: int) -> EntryHead:
         )
     padding = -(HEADER_SIZE + length) % _ALIGNMENT
     stream_offset = HEADER_SIZE + length + padding
-    if version == 0 or flags & ~FLAG_SIGNED or length > METADATA_MAX or stream_offset + TRAILER.size > size:
+    if version == 0 or flags & ~_FLAGS or length > METADATA_MAX or stream_offset + TRAILER.size > size:
         raise CorruptFileError(
             f"invalid entry header (version {version}, flags {flags}, metadata {length} bytes)"
         )
@@ -202,7 +215,8 @@ def read_head(fileobj: Any, size: int) -> EntryHead:
     if type(metadata) is not dict:
         raise CorruptFileError("the entry's metadata is not a JSON object")
     signed = bool(flags & FLAG_SIGNED)
-    return EntryHead(key.hex(), stored_ns / 1e9, metadata, signed, stream_offset, raw + rest)
+    deferred = bool(flags & FLAG_DEFERRED)
+    return EntryHead(key.hex(), stored_ns / 1e9, metadata, signed, stream_offset, raw + rest, deferred)
 
 
 def _read_trailer(fileobj: Any, size: int, head: EntryHead) -> tuple[int, bytes]:
@@ -248,6 +262,31 @@ def _open_stream(
     return stream, compressor, authenticator
 
 
+_CHECKED_MAX = 1024
+_checked_files: collections.OrderedDict[tuple[int, ...], None] = collections.OrderedDict()
+_checked_lock = threading.Lock()
+
+
+def _unsettled_identity(fileobj: Any) -> tuple[int, ...] | None:
+    """Return the file's identity if its mapped arrays must be checked, else None.
+
+    A file written since the last boot holds the bytes written; an older one was
+    checked already if its identity is among those this process checked.
+    """
+    st = os.fstat(fileobj.fileno())
+    if written_since_boot(st.st_mtime):
+        return None
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return None if identity in _checked_files else identity
+
+
+def _remember_checked(identity: tuple[int, ...]) -> None:
+    with _checked_lock:
+        _checked_files[identity] = None
+        while len(_checked_files) > _CHECKED_MAX:
+            _checked_files.popitem(last=False)
+
+
 def read_entry(
     fileobj: Any,
     size: int,
@@ -268,21 +307,27 @@ def read_entry(
     """
     stream, compressor, authenticator = _open_stream(fileobj, size, head, signer, context)
     mapping = None
+    unsettled = None
     if mmap_mode is not None and compressor is None:
         mapping = np.memmap(fileobj, dtype=np.uint8, mode=mmap_mode)
         fileobj.seek(head.stream_offset)
-    return read_stream_value(
+        unsettled = _unsettled_identity(fileobj) if head.deferred else None
+    value = read_stream_value(
         stream,
         compressor,
         size=size - TRAILER.size - head.stream_offset if compressor is None else None,
         mapping=mapping,
         mapping_offset=head.stream_offset,
+        check_mapped=unsettled is not None,
         tap=authenticator.tap if authenticator else None,
         authenticate=authenticator.check if authenticator else None,
         restricted=restricted,
         parse_only=parse_only,
         edited_ok=False,
     )
+    if unsettled is not None:
+        _remember_checked(unsettled)
+    return value
 
 
 def verify_entry(fileobj: Any, size: int, *, signer: Signer | None = None, context: str = "") -> EntryHead:

@@ -12,25 +12,35 @@ the payload and an xxh3-64 checksum of record header and payload:
 * ``A`` records carry the raw bytes of one numpy array, in C or Fortran order;
 * one ``E`` record ends the stream and counts what came before it.
 
-The pickle names each array by ``rebuild_array(dtype, shape, order, NEXT_BUFFER)``:
-the array's bytes are a protocol-5 out-of-band buffer, and the reader feeds the
-unpickler the ``A`` records in the order they appear. An ``A`` record is always
-written before the pickle bytes that consume it, so one forward pass reads the
-stream: files, pipes and sockets alike. Writing lives here; reading, in ``_reader``.
+The pickle names each array by ``rebuild_array((dtype, shape, order, subclass),
+buffer)``. Small contiguous arrays (under ``INBAND_MAX`` bytes) carry their bytes in
+the pickle itself, which the C pickler and unpickler handle at their own speed;
+every other array's bytes are a protocol-5 out-of-band buffer (``NEXT_BUFFER``),
+and the reader feeds the unpickler the ``A`` records in the order they appear. An
+``A`` record is always written before the pickle bytes that consume it, so one
+forward pass reads the stream: files, pipes and sockets alike. The checksum of an
+``A`` record of ``TREE_CHECKSUM_MIN`` bytes or more covers the tree digest of its
+payload (``_chunked``), so that it is computed on every core while the bytes move.
+Writing lives here; reading, in ``_reader``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
+import functools
 import math
+import operator
 import pickle
 import struct
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
 import xxhash
 
+from ._chunked import TreeHasher
 from ._dtypes import has_padding
 from ._errors import (
     CorruptFileError,
@@ -39,7 +49,8 @@ from ._errors import (
 )
 
 MAGIC = b"\x89CLIB\r\n\x1a"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The version written; readers also read version 1 (no in-band arrays, flat checksums)."""
 ALIGNMENT = 64
 
 HEADER = struct.Struct("<8sHHI")  # magic, format version, flags, reserved
@@ -62,10 +73,44 @@ IO_CHUNK = 4 << 20
 """Large payloads move in slices of this size, bounding what codecs buffer."""
 DECOMPRESSED_CHUNK = 1 << 18  # reads from a codec: its per-read buffer stays in the CPU cache
 SMALL_ARRAY = 1 << 12  # below this, a loaded array is copied off its record buffer
+INBAND_MAX = 1 << 12
+"""Contiguous arrays of fewer bytes than this are written inside the pickle (never mapped)."""
+TREE_CHECKSUM_MIN = 1 << 22
+"""Array records of at least this many bytes are checksummed over their payload's tree digest."""
 
 # The one object the pickler hands to ``buffer_callback`` as "the array record just
 # written": writable, so that no READONLY_BUFFER opcode follows it.
 _OUT_OF_BAND = pickle.PickleBuffer(bytearray())
+# Every other buffer stays in band; a C callable, so that small arrays cost no Python call here.
+_in_band = functools.partial(operator.is_not, _OUT_OF_BAND)
+
+
+class TreeChecksum:
+    """The checksum of a large array record: xxh3_64 of header, padding and the payload's tree digest.
+
+    ``stable`` promises that fed bytes stay unchanged until ``intdigest()``, so their
+    leaves are hashed on the pool meanwhile (see ``_chunked.TreeHasher``).
+    """
+
+    def __init__(self, head: bytes, stable: bool) -> None:
+        self._head = bytes(head)
+        self._tree = TreeHasher(stable)
+
+    def update(self, data: Any) -> None:
+        self._tree.update(data)
+
+    def intdigest(self) -> int:
+        return xxhash.xxh3_64_intdigest(self._head + self._tree.digest())
+
+
+def record_checksum(kind: int, head: bytes, length: int, stable: bool, version: int = FORMAT_VERSION) -> Any:
+    """Return the checksum state of a record whose header (and padding) is ``head``, fed so far.
+
+    Version-2 array records of ``TREE_CHECKSUM_MIN`` bytes or more use ``TreeChecksum``.
+    """
+    if kind == ARRAY and length >= TREE_CHECKSUM_MIN and version >= 2:
+        return TreeChecksum(head, stable)
+    return xxhash.xxh3_64(head)
 
 
 def _bytes_view(data: Any) -> memoryview:
@@ -76,24 +121,28 @@ def _bytes_view(data: Any) -> memoryview:
     return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 
-def _c_order_chunks(array: np.ndarray) -> tuple[str, Iterator[np.ndarray]]:
-    """Return the storage order and byte chunks of ``array``, copying only what must be."""
+def _c_order_chunks(array: np.ndarray) -> tuple[str, Iterator[np.ndarray], bool]:
+    """Return the storage order and byte chunks of ``array``, copying only what must be.
+
+    The flag says whether the chunks are the array's own memory (they stay as they
+    are while the record is written) rather than reused copies.
+    """
     if array.nbytes == 0:
-        return "C", iter(())
+        return "C", iter(()), True
     if array.flags.c_contiguous:
-        return "C", iter((array.reshape(-1).view(np.uint8),))
+        return "C", iter((array.reshape(-1).view(np.uint8),)), True
     if array.flags.f_contiguous:
-        return "F", iter((array.T.reshape(-1).view(np.uint8),))
+        return "F", iter((array.T.reshape(-1).view(np.uint8),)), True
     # A strided view: copy it in bounded C-order slices, never whole.
     if has_padding(array.dtype):
-        return "C", _zeroed_row_chunks(array)
+        return "C", _zeroed_row_chunks(array), False
     iterator = np.nditer(
         array,
         flags=["external_loop", "buffered", "zerosize_ok"],
         buffersize=max(1, IO_CHUNK // array.itemsize),
         order="C",
     )
-    return "C", (np.ascontiguousarray(chunk).view(np.uint8) for chunk in iterator)
+    return "C", (np.ascontiguousarray(chunk).view(np.uint8) for chunk in iterator), False
 
 
 def _zeroed_row_chunks(array: np.ndarray) -> Iterator[np.ndarray]:
@@ -119,7 +168,7 @@ class RecordWriter:
         self._position = 0
         self._records = 0
         self._pending = bytearray()
-        self._descriptions: dict[tuple, tuple] = {}
+        self._descriptions: dict[tuple, tuple[np.dtype, tuple | None, bool]] = {}
         self._emit(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
 
     def _emit(self, data: Any) -> None:
@@ -128,10 +177,12 @@ class RecordWriter:
             self._sink.write(view[start : start + IO_CHUNK])
         self._position += view.nbytes
 
-    def _record(self, kind: int, length: int, chunks: Any, aligned: bool = False) -> None:
+    def _record(
+        self, kind: int, length: int, chunks: Any, aligned: bool = False, stable: bool = False
+    ) -> None:
         padding = (-(self._position + RECORD.size)) % ALIGNMENT if aligned else 0
         header = RECORD.pack(kind, padding, 0, 0, length) + bytes(padding)
-        hasher = xxhash.xxh3_64(header)
+        hasher = record_checksum(kind, header, length, stable)
         self._emit(header)
         written = 0
         for chunk in chunks:
@@ -159,35 +210,62 @@ class RecordWriter:
                 piece = view[start : start + PICKLE_RECORD_MAX]
                 self._record(PICKLE, piece.nbytes, (piece,))
         else:
+            if len(self._pending) + size > PICKLE_RECORD_MAX:
+                self._flush_pickle()  # a record never exceeds what readers accept
             self._pending += view
-            if len(self._pending) >= PICKLE_RECORD_MAX:
-                self._flush_pickle()
         return size
 
     def reduce_array(self, array: np.ndarray) -> Any:
-        """Reduce an array for the pickler, writing its bytes as an ``A`` record now."""
+        """Reduce an array for the pickler: in the pickle if small, else as an ``A`` record written now."""
+        if array.nbytes < INBAND_MAX:
+            flags = array.flags
+            order = "C" if flags.c_contiguous else "F" if flags.f_contiguous else None
+            if order is not None:
+                known = self._descriptions.get((id(array.dtype), array.shape, order, type(array)))
+                if known is None or known[0] is not array.dtype:
+                    known = self._describe(array, order)
+                _, description, direct = known
+                if description is not None:
+                    # The pickle holds the bytes, memoized by the pickler through this
+                    # PickleBuffer of the array itself: nothing is copied or kept.
+                    if not direct:
+                        array = (array.reshape(-1) if order == "C" else array.T.reshape(-1)).view(np.uint8)
+                    return rebuild_array, (description, pickle.PickleBuffer(array))
         if array.dtype.hasobject:
             return array.__reduce_ex__(5)  # elements are pickled, arrays among them too
-        subclass = np.matrix if isinstance(array, np.matrix) else None
-        order, chunks = _c_order_chunks(array)
+        order, chunks, stable = _c_order_chunks(array)
         self._flush_pickle()
-        self._record(ARRAY, array.nbytes, chunks, aligned=True)
-        # The pickler memoizes (and keeps alive until the end) every tuple it writes:
-        # arrays alike in dtype, shape and order share one description, which keeps
-        # memory flat and lets the pickle refer back to it. The sentinel must stay
-        # outside it: a memoized tuple is not written again, nor its NEXT_BUFFER.
-        # Keyed by the dtype object itself: equal dtypes may still differ (an align
-        # flag, metadata), and each array must get back exactly its own.
-        key = (id(array.dtype), array.shape, order, subclass)
-        description = self._descriptions.get(key)
-        if description is None or description[0] is not array.dtype:
-            description = self._descriptions[key] = (array.dtype, array.shape, order, subclass)
-        return rebuild_array, (description, _OUT_OF_BAND)
+        self._record(ARRAY, array.nbytes, chunks, aligned=True, stable=stable)
+        return rebuild_array, (self._describe(array, order)[1], _OUT_OF_BAND)
 
-    @staticmethod
-    def buffer_callback(buffer: pickle.PickleBuffer) -> bool:
-        """Keep our array records out of band; every other buffer stays in the pickle."""
-        return buffer is not _OUT_OF_BAND
+    def _describe(self, array: np.ndarray, order: str) -> tuple[np.dtype, tuple | None, bool]:
+        """Return the shared ``(dtype, shape, order, subclass)`` of arrays like ``array``, and
+        whether their memory can be handed to the pickler as it is (numpy exports it).
+
+        The pickler memoizes (and keeps alive until the end) every tuple it writes:
+        arrays alike in dtype, shape, order and type share one description, which keeps
+        memory flat and lets the pickle refer back to it. The sentinel must stay
+        outside it: a memoized tuple is not written again, nor its NEXT_BUFFER.
+        Keyed by the dtype object itself: equal dtypes may still differ (an align
+        flag, metadata), and each array must get back exactly its own. Object arrays
+        get no description: numpy reduces them.
+        """
+        key = (id(array.dtype), array.shape, order, type(array))
+        known = self._descriptions.get(key)
+        if known is not None and known[0] is array.dtype:
+            return known
+        subclass = np.matrix if isinstance(array, np.matrix) else None
+        description = None if array.dtype.hasobject else (array.dtype, array.shape, order, subclass)
+        try:
+            memoryview(array)
+            direct = True
+        except (TypeError, ValueError):  # datetimes and a few others export no buffer
+            direct = False
+        known = self._descriptions[key] = (array.dtype, description, direct)
+        return known
+
+    buffer_callback = staticmethod(_in_band)
+    """Keep our array records out of band; every other buffer stays in the pickle."""
 
     def close(self) -> None:
         """Write what is pending and the end record."""
@@ -243,17 +321,58 @@ def _validated_description(description: Any) -> tuple[np.dtype, tuple, str, Any,
     return dtype, tuple(shape), order, subclass, math.prod(shape) * dtype.itemsize
 
 
+class _Loading(threading.local):
+    frozen = False  # arrays from the pickle's own bytes come back read-only
+
+
+_loading = _Loading()
+
+
+@contextlib.contextmanager
+def frozen_inband(frozen: bool) -> Iterator[None]:
+    """Within the block, arrays held in the pickle itself are rebuilt read-only (when ``frozen``).
+
+    A load with ``mmap_mode="r"`` returns read-only arrays, and one with ``"r+"``
+    must not take writes that cannot reach the file: the small arrays of such a
+    load, which live in the pickle rather than in mapped records, are frozen.
+    """
+    previous = _loading.frozen
+    _loading.frozen = frozen
+    try:
+        yield
+    finally:
+        _loading.frozen = previous
+
+
 def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
-    """Rebuild an array from its record's bytes without copying them (small ones excepted).
+    """Rebuild an array from its bytes without copying them (small records' excepted).
 
     This is the global the pickle names (``cachelib._format.rebuild_array``); its
     signature, ``((dtype, shape, order, subclass), buffer)``, is part of the format.
+    ``buffer`` is an array record (a ``Payload``) or the bytes in the pickle: a
+    ``bytearray``, viewed as it is, or ``bytes`` (from a read-only array), copied.
     """
+    if type(buffer) is bytearray:  # the common small array, in as few steps as possible
+        known = _checked.get(id(description))
+        if known is not None and known[0] is description:
+            dtype, shape, order, subclass, expected = known[1]
+            if expected and len(buffer) == expected and order == "C" and subclass is None:
+                array = np.frombuffer(buffer, dtype)
+                if len(shape) != 1:
+                    array = array.reshape(shape)
+                if _loading.frozen:
+                    array.flags.writeable = False
+                return array
     dtype, shape, order, subclass, expected = _checked_description(description)
     mapped = True
+    frozen = False
     if isinstance(buffer, Payload):
         payload, buffer, mapped = buffer, buffer.data, buffer.mapped
         payload.data = None  # the unpickler's memo keeps only the husk
+    elif not isinstance(buffer, np.ndarray):
+        frozen = _loading.frozen
+        if not isinstance(buffer, bytearray):
+            buffer = bytearray(buffer)  # the loaded array is writable, as every other
     data = buffer if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, np.uint8)
     if data.nbytes != expected:
         raise CorruptFileError(
@@ -268,6 +387,8 @@ def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
         array = data.view(dtype).reshape(tuple(shape)[::-1]).T
     if expected < SMALL_ARRAY and not mapped:
         array = array.copy(order="K")  # one small object instead of a view and its buffer
+    if frozen:
+        array.flags.writeable = False
     return array if subclass is None else array.view(subclass)
 
 
@@ -288,8 +409,8 @@ def write_stream(value: Any, sink: IO[bytes], protocol: int = 5) -> None:
     writer.close()
 
 
-def check_header(head: Any) -> bool:
-    """Validate the 16-byte file header; return whether its arrays were edited in place."""
+def check_header(head: Any) -> tuple[int, bool]:
+    """Validate the 16-byte file header; return its version and whether its arrays were edited in place."""
     if len(head) < HEADER.size:
         raise CorruptFileError(f"the file is truncated: {len(head)} bytes, shorter than a header")
     magic, version, flags, reserved = HEADER.unpack(head)
@@ -302,7 +423,7 @@ def check_header(head: Any) -> bool:
         )
     if version == 0 or flags & ~FLAG_ARRAYS_EDITED or reserved:
         raise CorruptFileError(f"invalid header: version={version}, flags={flags}")
-    return bool(flags & FLAG_ARRAYS_EDITED)
+    return version, bool(flags & FLAG_ARRAYS_EDITED)
 
 
 def check_end(payload: Any, start: int, records_seen: int) -> None:

@@ -15,7 +15,8 @@ Deliberate choices:
 * arrays hash their exact dtype (class, scalar type, byte order, fields, subarray
   shape, parameters, metadata), shape and content in logical C order: a view and
   its copy, a C and a Fortran array of equal values hash the same; large strided
-  arrays are fed in bounded chunks, never copied whole; bytes that hold no value
+  arrays are fed in bounded chunks, never copied whole; arrays of ``TREE_MIN``
+  bytes or more are fed as a tree of digests (``_chunked``), on every core; bytes that hold no value
   (struct padding, x87 slack) never count; arrays whose bytes are pointers
   (object, ``StringDType``) hash their elements;
 * order counts wherever a program can see it: dict insertion order, ``OrderedDict``,
@@ -44,8 +45,9 @@ import numpy as np
 import xxhash
 
 from ._arrow import ArrowUnsupported, walk_stream
+from ._chunked import array_tree
 from ._dtypes import dtype_identity, dtype_params, stores_values_inline, value_bytes
-from ._errors import UnhashableError
+from ._errors import InvalidOptionError, UnhashableError
 
 __all__ = ["HASH_ALGORITHM", "Hasher", "hash", "hash_bytes"]
 
@@ -53,6 +55,7 @@ HASH_ALGORITHM = "xxh3_128"
 _CHUNK = 1 << 22  # bytes of a strided array copied at a time
 _MAX_DEPTH = 100_000  # containers open at once: deeper is a value that never ends
 _FLUSH = 1 << 16  # small encodings are batched into one update
+TREE_MIN = 1 << 22  # arrays of at least this many bytes are hashed as a tree, on every core
 
 _pack_q = struct.Struct("<q").pack
 _pack_Q = struct.Struct("<Q").pack
@@ -186,6 +189,8 @@ class Hasher:
         except UnhashableError as exc:
             exc.path = self._where() + getattr(exc, "path", "")  # type: ignore[attr-defined]
             raise
+        except InvalidOptionError:
+            raise  # cachelib's own configuration (CACHELIB_THREADS), not the value's fault
         except Exception as exc:  # a member that fails while being read: name it and where it sits
             error = unhashable(value, exc)
             error.path = self._where()  # type: ignore[attr-defined]
@@ -361,8 +366,15 @@ class Hasher:
             self._push(enumerate(array.ravel(order="C").tolist()), _flat_label)
 
     def _array_bytes(self, array: np.ndarray) -> None:
-        """Feed the array's bytes in logical C order, copying at most a chunk at a time."""
+        """Feed the array's bytes in logical C order, copying at most a chunk at a time.
+
+        From ``TREE_MIN`` bytes on, the tree digest of ``_chunked`` stands for them.
+        """
         self._put(b"=" + _pack_Q(array.nbytes))
+        if array.nbytes >= TREE_MIN:
+            leaf, root = array_tree(array)
+            self._put(b"T" + _pack_Q(leaf) + root)
+            return
         self._flush()
         if array.nbytes == 0:
             return

@@ -5,7 +5,8 @@ without following symbolic links and judged by ``_trust`` (owner and mode) befor
 use; nothing is opened that could block (FIFOs, devices) or read without bound.
 Everything created gets an explicit mode, whatever the umask. A write goes to a
 temporary file beside its key, then is renamed over it: readers see the old
-object, the new one, or none. Layout: a key ``a/b/c`` is the file ``<location>/a/b/c``.
+object, the new one, or none; ``fsync`` decides when it reaches the disk
+(``_durability``). Layout: a key ``a/b/c`` is the file ``<location>/a/b/c``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from filelock import lock_descriptor, unlock_descriptor
 
+from ._durability import can_defer, checked_fsync_mode, flusher
 from ._errors import CorruptFileError, FileAccessError, UnsafeLocationError
 from ._processes import writer_id
 from ._store import ItemInfo, KeyLock, Probe, Readable, Store, Writer, check_key
@@ -59,12 +61,13 @@ class LocalStore(Store):
     """Objects as files under ``location``; ``share="group"`` for a location a group shares."""
 
     def __init__(
-        self, location: str | os.PathLike[str], *, share: str | None = None, fsync: bool = True
+        self, location: str | os.PathLike[str], *, share: str | None = None, fsync: bool | str = "background"
     ) -> None:
         self.location = Path(location).expanduser().absolute()
         self.url = str(self.location)
         self.share = share
-        self.fsync = fsync
+        self.fsync = checked_fsync_mode(fsync)
+        self._deferred: bool | None = None  # whether syncs may follow renames here: known at the first write
         self._dir_mode = DIRECTORY_MODES[share]
         self._file_mode = FILE_MODES[share]
         self._lock = threading.Lock()
@@ -83,6 +86,8 @@ class LocalStore(Store):
         self.__init__(state["location"], share=state["share"], fsync=state["fsync"])  # type: ignore[misc]
 
     def __del__(self) -> None:
+        if not hasattr(self, "_retired"):
+            return  # __init__ refused its arguments
         for fd in [*self._dirs.values(), *self._retired, *([self._root] if self._root is not None else [])]:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -324,18 +329,21 @@ class LocalStore(Store):
             file = open(fd, "wb+", buffering=_BUFFER_SIZE)  # noqa: SIM115 - closed below
             try:
                 os.fchmod(fd, self._file_mode)
-                writer = Writer(file)
+                sync = self._sync_mode()
+                writer = Writer(file, deferred=sync != "always")
                 yield writer
                 file.flush()
-                if self.fsync:
+                if sync == "always":
                     os.fsync(fd)
                 if exclusive:
                     os.link(temporary, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
                     os.unlink(temporary, dir_fd=parent)
                 else:
                     os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
-                if self.fsync:
+                if sync == "always":
                     _fsync_quietly(parent)
+                elif sync == "background":
+                    flusher.defer(os.dup(fd), os.dup(parent))
                 if keep:
                     size = file.tell()
                     copy = open(os.dup(fd), "rb")  # noqa: SIM115 - the Readable closes it
@@ -347,6 +355,14 @@ class LocalStore(Store):
                 raise
             finally:
                 file.close()
+
+    def _sync_mode(self) -> str:
+        """Return how a write is made durable: "background" is "always" on a network filesystem."""
+        if self.fsync != "background":
+            return self.fsync
+        if self._deferred is None:
+            self._deferred = can_defer(str(self.location))
+        return "background" if self._deferred else "always"
 
     def delete(self, key: str) -> bool:
         parts = check_key(key)

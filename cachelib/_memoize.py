@@ -187,8 +187,10 @@ class MemoizedFunction(Generic[P, R]):
                     stacklevel=4,
                 )
             return False, None
-        self._recorder.record(True, _seconds(metadata))
-        self.logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
+        self._recorder.record_hit(_seconds(metadata))
+        logger = self.logger
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
         return True, result
 
     def _acquire(self, key: str) -> Any:
@@ -375,6 +377,8 @@ class AsyncMemoizedFunction(MemoizedFunction[P, R]):
 def _seconds(metadata: dict[str, Any]) -> float:
     """The compute time an entry's metadata records (0 if it holds something else)."""
     seconds = metadata.get("compute_seconds")
+    if type(seconds) is float:  # what cachelib writes: the common case first
+        return seconds
     return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
 
 

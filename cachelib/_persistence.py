@@ -310,6 +310,7 @@ def read_stream_value(
     size: int | None = None,
     mapping: np.memmap | None = None,
     mapping_offset: int = 0,
+    check_mapped: bool = False,
     tap: Tap | None = None,
     authenticate: Callable[[], None] | None = None,
     restricted: bool = False,
@@ -324,16 +325,19 @@ def read_stream_value(
     (``tap`` sees every byte of the raw stream), then ``authenticate()`` runs and may
     raise, and only then is anything unpickled, from memory (or, for arrays, from
     ``mapping``); ``parse_only`` returns the checked ``Parsed`` stream instead.
+    ``check_mapped`` checks the checksums of mapped arrays too (they are read once).
     """
     decompressed = compressor.open_reader(stream) if compressor is not None else None
     try:
         if decompressed is None:
             reader = RecordReader(
-                stream, mapping=mapping, mapping_offset=mapping_offset, size=size, tap=tap,
-                edited_ok=edited_ok,
+                stream, mapping=mapping, mapping_offset=mapping_offset, check_mapped=check_mapped, size=size,
+                tap=tap, edited_ok=edited_ok,
             )
         else:
-            reader = RecordReader(decompressed, read_size=DECOMPRESSED_CHUNK, tap=tap, edited_ok=edited_ok)
+            # A codec's reader may say what it reads best at once (frames already in memory).
+            read_size = getattr(decompressed, "preferred_read_size", DECOMPRESSED_CHUNK)
+            reader = RecordReader(decompressed, read_size=read_size, tap=tap, edited_ok=edited_ok)
         deferred = authenticate is not None or restricted or parse_only
         parsed = reader.parse_all() if deferred else None
         value = None if deferred else read_stream(reader)

@@ -42,6 +42,8 @@ from ._format import (
     Payload,
     check_end,
     check_header,
+    frozen_inband,
+    record_checksum,
 )
 from ._unpickling import RestrictedUnpickler
 
@@ -66,6 +68,7 @@ class Parsed:
     pickle: bytes
     arrays: tuple[np.ndarray, ...]
     mapped: bool = False
+    frozen: bool = False  # mapped read-only or shared: arrays in the pickle come back read-only
 
 
 class RecordReader:
@@ -74,7 +77,8 @@ class RecordReader:
     ``source`` is the raw stream (a file, a pipe, or a decompressor). With
     ``mapping`` (an ``np.memmap`` of the whole file, which must then be seekable)
     array records become views of the mapping instead of being read; the raw
-    stream starts at ``mapping_offset`` in it. ``size``, when known, bounds every
+    stream starts at ``mapping_offset`` in it; their checksums are checked only with
+    ``check_mapped`` (it reads them). ``size``, when known, bounds every
     length read from the stream. ``read_size`` bounds each read: decompressors
     allocate a buffer per read, so they get smaller ones than a plain file.
     ``tap`` is fed every byte of the stream, in order. ``edited_ok=False`` refuses a
@@ -87,6 +91,7 @@ class RecordReader:
         *,
         mapping: np.memmap | None = None,
         mapping_offset: int = 0,
+        check_mapped: bool = False,
         size: int | None = None,
         read_size: int = IO_CHUNK,
         tap: Tap | None = None,
@@ -96,6 +101,7 @@ class RecordReader:
         self._read_size = read_size
         self._mapping = mapping
         self._mapping_offset = mapping_offset
+        self._check_mapped = check_mapped
         self._size = size
         self._tap = tap
         self._position = 0
@@ -106,7 +112,7 @@ class RecordReader:
         self._keep_arrays = True
         self._whole = False  # parse_all keeps every array: only runs are bounded
         self._ended = False
-        self._arrays_edited = check_header(self._read(HEADER.size))
+        self._version, self._arrays_edited = check_header(self._read(HEADER.size))
         if self._arrays_edited and not edited_ok:  # e.g. a cache entry: never mapped writable
             raise CorruptFileError("the stream says its arrays were edited in place, which it cannot be")
 
@@ -114,6 +120,11 @@ class RecordReader:
     def mapped(self) -> bool:
         """True if array records are views of a mapping."""
         return self._mapping is not None
+
+    @property
+    def frozen(self) -> bool:
+        """True if the mapping is read-only or shared, so that in-memory arrays must be read-only too."""
+        return self._mapping is not None and self._mapping.mode in ("r", "r+")
 
     # -- raw reads ---------------------------------------------------------------
 
@@ -182,14 +193,14 @@ class RecordReader:
                 self._chunk = memoryview(payload)[:length]
                 return True
             if kind == ARRAY:
-                self._read_array(start, padding, length, hasher)
+                self._read_array(start, header, padding, length, hasher)
             elif kind == FINAL:
                 self._read_end(start, padding, length, hasher)
             else:
                 raise CorruptFileError(f"unknown record kind {kind!r} at offset {start}")
         return False
 
-    def _read_array(self, start: int, padding: int, length: int, hasher: Any) -> None:
+    def _read_array(self, start: int, header: bytearray, padding: int, length: int, hasher: Any) -> None:
         if (start + RECORD.size + padding) % ALIGNMENT:
             raise CorruptFileError(f"misaligned array record at offset {start}")
         self._run += 1
@@ -200,25 +211,28 @@ class RecordReader:
                 "that uses them: not a stream cachelib writes"
             )
         self._check_length(padding + length, "an array record")
-        if self._mapping is None and (length < SMALL_ARRAY or not self._keep_arrays):
+        if self._mapping is None and length < SMALL_ARRAY:
             array = self._read_small_array(start, padding, length, hasher)
         else:
-            array = self._read_large_array(start, padding, length, hasher)
+            head = header + self._read(padding)
+            # Bytes read into the array (or mapped) stay put: their leaves are hashed meanwhile.
+            kept = self._keep_arrays or self._mapping is not None
+            hasher = record_checksum(ARRAY, head, length, kept, self._version)
+            if self._arrays_edited:
+                hasher = None  # edited in place through mmap_mode="r+": the checksum is stale
+            elif self._mapping is not None and not self._check_mapped:
+                hasher = None  # mapped bytes are read lazily; cachelib.verify() checks them
+            if kept:
+                array = self._read_large_array(start, length, hasher)
+            else:
+                array = self._skip_array(length, hasher)
+            self._verify(hasher, f"the array record at offset {start}")
         self._records += 1
         if self._keep_arrays:
             self._arrays.append(array)
 
     def _read_small_array(self, start: int, padding: int, length: int, hasher: Any) -> np.ndarray:
-        """Read padding, bytes and checksum in reads of at most ``IO_CHUNK``."""
-        if length >= SMALL_ARRAY:  # skimming: a bounded scratch buffer, bytes not kept
-            remaining = padding + length
-            scratch = memoryview(bytearray(min(remaining, IO_CHUNK)))
-            while remaining:
-                step = min(remaining, scratch.nbytes)
-                self._fill(scratch[:step], hasher)
-                remaining -= step
-            self._verify(None if self._arrays_edited else hasher, f"the array record at offset {start}")
-            return np.empty(0, np.uint8)
+        """Read padding, bytes and checksum of a small array record in one read."""
         block = self._read(padding + length + CHECKSUM.size)
         view = memoryview(block)
         hasher.update(view[: padding + length])
@@ -227,28 +241,37 @@ class RecordReader:
             raise CorruptFileError(f"checksum mismatch in the array record at offset {start}")
         return np.frombuffer(block, np.uint8, length, padding)
 
-    def _read_large_array(self, start: int, padding: int, length: int, hasher: Any) -> np.ndarray:
-        hasher.update(self._read(padding))
+    def _skip_array(self, length: int, hasher: Any) -> np.ndarray:
+        """Read (and hash) an array's bytes through a bounded scratch buffer, keeping none."""
+        remaining = length
+        scratch = memoryview(bytearray(min(remaining, IO_CHUNK)))
+        while remaining:
+            step = min(remaining, scratch.nbytes)
+            self._fill(scratch[:step], hasher)
+            remaining -= step
+        return np.empty(0, np.uint8)
+
+    def _read_large_array(self, start: int, length: int, hasher: Any) -> np.ndarray:
         if self._mapping is not None:
             offset = self._mapping_offset + self._position
             if offset + length > len(self._mapping):
                 raise CorruptFileError(f"array record at offset {start} runs past the end")
             array = self._mapping[offset : offset + length]
-            if self._tap is not None:
+            if self._tap is not None or hasher is not None:
                 for begin in range(0, length, IO_CHUNK):  # mapped bytes count too
-                    self._tap(memoryview(array[begin : begin + IO_CHUNK]))
+                    piece = memoryview(array[begin : begin + IO_CHUNK])
+                    if self._tap is not None:
+                        self._tap(piece)
+                    if hasher is not None:
+                        hasher.update(piece)
             self._source.seek(length, io.SEEK_CUR)
             self._position += length
-            hasher = None  # mapped bytes are read lazily; cachelib.verify() checks them
-        else:
-            try:
-                array = np.empty(length, np.uint8)
-            except MemoryError:
-                raise CorruptFileError(f"array record at offset {start} claims {length} bytes") from None
-            self._fill(memoryview(array), hasher)
-        if self._arrays_edited:
-            hasher = None  # edited in place through mmap_mode="r+": the checksum is stale
-        self._verify(hasher, f"the array record at offset {start}")
+            return array
+        try:
+            array = np.empty(length, np.uint8)
+        except MemoryError:
+            raise CorruptFileError(f"array record at offset {start} claims {length} bytes") from None
+        self._fill(memoryview(array), hasher)
         return array
 
     def _read_end(self, start: int, padding: int, length: int, hasher: Any) -> None:
@@ -323,7 +346,7 @@ class RecordReader:
             while self._next_record():
                 pieces.append(self._chunk)
                 self._chunk = memoryview(b"")
-            return Parsed(b"".join(pieces), tuple(self._arrays), self.mapped)
+            return Parsed(b"".join(pieces), tuple(self._arrays), self.mapped, self.frozen)
         except MemoryError:
             raise CorruptFileError("the stream holds more records than memory allows") from None
         finally:
@@ -361,7 +384,8 @@ def _unpickled(load: Callable[[], Any]) -> Any:
 
 def read_stream(reader: RecordReader) -> Any:
     """Unpickle the value of one cachelib stream from ``reader``, streaming."""
-    value = _unpickled(pickle.Unpickler(reader, buffers=reader.buffers()).load)
+    with frozen_inband(reader.frozen):
+        value = _unpickled(pickle.Unpickler(reader, buffers=reader.buffers()).load)
     reader.finish()
     return value
 
@@ -373,15 +397,16 @@ def unpickle_parsed(parsed: Parsed, *, fresh: bool = False, restricted: bool = F
     shared with (or changed by) a caller. ``restricted`` allows plain data only
     (see ``_unpickling``): for entries written by someone else.
     """
-    if not parsed.arrays and not restricted:  # the hot path of small cache entries
+    if not parsed.arrays and not restricted and not parsed.frozen:  # the hot path of small cache entries
         return _unpickled(lambda: pickle.loads(parsed.pickle))
     arrays = [a.copy() for a in parsed.arrays] if fresh else list(parsed.arrays)
     supplied = iter([Payload(a, parsed.mapped) for a in arrays])
     del arrays
-    if restricted:
-        value = _unpickled(RestrictedUnpickler(io.BytesIO(parsed.pickle), buffers=supplied).load)
-    else:
-        value = _unpickled(lambda: pickle.loads(parsed.pickle, buffers=supplied))
+    with frozen_inband(parsed.frozen):
+        if restricted:
+            value = _unpickled(RestrictedUnpickler(io.BytesIO(parsed.pickle), buffers=supplied).load)
+        else:
+            value = _unpickled(lambda: pickle.loads(parsed.pickle, buffers=supplied))
     if next(supplied, None) is not None:
         raise CorruptFileError("the file holds array records its pickle does not use")
     return value

@@ -126,6 +126,15 @@ class StatsRecorder:
         if self._entries is not None:
             _flusher.wake()
 
+    def record_hit(self, seconds: float) -> None:
+        """Count one hit that saved ``seconds``: ``record(True, seconds)`` on the hot path."""
+        with self._lock:
+            stats = self.stats
+            stats.hits += 1
+            stats.saved_seconds += seconds
+        if self._entries is not None and not _flusher.awake:
+            _flusher.wake()
+
     def flush(self) -> None:
         """Write what was counted since the last flush (at exit, and before reading)."""
         with self._lock:
@@ -167,14 +176,14 @@ class _Flusher:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._awake = False  # the event is set: the common case costs one attribute read
+        self.awake = False  # the event is set: the common case costs one attribute read
         self._thread: threading.Thread | None = None
         self._pid = -1
 
     def wake(self) -> None:
-        if self._awake:
+        if self.awake:
             return
-        self._awake = True
+        self.awake = True
         self._event.set()
         if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
             self._start()
@@ -188,7 +197,7 @@ class _Flusher:
         while True:
             self._event.wait()
             time.sleep(_FLUSH_EVERY)
-            self._awake = False
+            self.awake = False
             self._event.clear()
             _flush_all()
 

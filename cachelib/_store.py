@@ -99,10 +99,15 @@ class Readable:
 
 
 class Writer:
-    """The file a ``Store.write`` block writes to; after the block, optionally readable back."""
+    """The file a ``Store.write`` block writes to; after the block, optionally readable back.
 
-    def __init__(self, file: IO[bytes]) -> None:
+    ``deferred`` is True when the object may be published before its bytes are
+    durable (a crash soon after can leave it torn); what is written may record it.
+    """
+
+    def __init__(self, file: IO[bytes], *, deferred: bool = False) -> None:
         self.file = file
+        self.deferred = deferred
         self._reader: Readable | None = None
 
     def reader(self) -> Readable | None:

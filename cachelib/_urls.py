@@ -32,7 +32,7 @@ def open_store(
     *,
     storage_options: dict[str, Any] | None = None,
     share: str | None = None,
-    fsync: bool = True,
+    fsync: bool | str = "background",
 ) -> Store:
     """Return the store of ``location``: ``FsspecStore`` for a URL, else ``LocalStore``."""
     if is_url(location):

@@ -79,7 +79,7 @@ def stamped(x: int, log: str | None = None) -> dict[str, Any]:
     """
     note(log, f"stamped {x}")
     token = int.from_bytes(os.urandom(6), "little") + 1
-    n = 256 + token % 4096
+    n = 600 + token % 4096  # 4.7 KB or more: arrays under 4 KiB go in the pickle and are never mapped
     return {"x": x, "token": token, "label": f"token {token}", "lengths": [n, 3 * n],
             "arrays": [np.full(n, token, dtype=np.int64), np.full(3 * n, -token, dtype=np.int64)]}
 

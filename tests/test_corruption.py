@@ -35,7 +35,14 @@ RECORD = struct.Struct("<BBHIQ")  # kind, padding, reserved, reserved, payload l
 CHECKSUM = struct.Struct("<Q")  # xxh3-64 of record header, padding and payload
 END = struct.Struct("<QQ")  # records before the end record, offset of the end record
 
-SMALL_VALUE = {"x": np.arange(5, dtype="<i4"), "y": np.ones((2, 3)), "s": "hello"}
+# Two arrays just large enough to be array records, one small enough to sit in the pickle.
+SMALL_VALUE = {
+    "x": np.arange(1030, dtype="<i4"),
+    "y": np.ones((23, 23)),
+    "z": np.arange(5, dtype="<i4"),
+    "s": "hello",
+}
+FORMAT_VERSION = 2
 VIAS = ["path", "bytesio", "stream"]
 
 
@@ -88,7 +95,7 @@ def _same(actual: Any, expected: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def small_raw() -> bytes:
-    """A raw file of SMALL_VALUE: a dict with two small arrays and a string."""
+    """A raw file of SMALL_VALUE: a dict with two array records, an in-band array and a string."""
     return _dump(SMALL_VALUE)
 
 
@@ -131,7 +138,7 @@ def record(kind: int | str, payload: bytes, position: int, aligned: bool = False
     return head + payload + CHECKSUM.pack(xxhash.xxh3_64_intdigest(head + payload))
 
 
-def forge(records: list[tuple[int | str, bytes]], version: int = 1) -> bytes:
+def forge(records: list[tuple[int | str, bytes]], version: int = FORMAT_VERSION) -> bytes:
     """A complete, checksummed stream of ``records`` (kind, payload) and its end record."""
     out = bytearray(HEADER.pack(MAGIC, version, 0, 0))
     for kind, payload in records:
@@ -329,7 +336,7 @@ def test_damaged_array_data_under_mmap_is_found_by_verify(small_raw, tmp_path):
 @pytest.mark.parametrize("via", VIAS)
 def test_future_format_version(via, small_raw, tmp_path):
     """A file of a newer format version (bytes 8-9) is an UnsupportedFormatError that says to upgrade."""
-    for version in (2, 0xFFFF):
+    for version in (FORMAT_VERSION + 1, 0xFFFF):
         data = small_raw[:8] + struct.pack("<H", version) + small_raw[10:]
         with pytest.raises(cachelib.UnsupportedFormatError, match="upgrade"):
             _load(data, via, tmp_path)
@@ -337,7 +344,7 @@ def test_future_format_version(via, small_raw, tmp_path):
 
 def test_future_format_version_inside_a_compressed_file(codec, small_raw):
     """A compressed file of a newer format version is an UnsupportedFormatError, not a corrupt file."""
-    newer = small_raw[:8] + struct.pack("<H", 2) + small_raw[10:]
+    newer = small_raw[:8] + struct.pack("<H", FORMAT_VERSION + 1) + small_raw[10:]
     stream = io.BytesIO()
     writer = cachelib.compressors[codec].open_writer(stream)
     writer.write(newer)
@@ -622,3 +629,112 @@ def test_verify_reads_a_compressed_frame_to_its_end(tmp_path):
         cachelib.verify(path)
     path.write_bytes(stream.getvalue())
     cachelib.verify(path)
+
+
+# --- version 2: arrays in the pickle, tree checksums of large records ------------------------
+
+
+def _inband_pickle(description: tuple, data: Any) -> bytes:
+    """A pickle of ``rebuild_array(description, data)``, as a writer puts a small array in band."""
+
+    class Call:
+        def __reduce__(self):
+            from cachelib._format import rebuild_array
+
+            return rebuild_array, (description, data)
+
+    return pickle.dumps(Call(), protocol=5)
+
+
+@pytest.mark.parametrize("size", [0, 39, 41, 4096])
+def test_an_inband_array_of_the_wrong_size(size, tmp_path):
+    """Bytes in the pickle that do not fit the array's shape and dtype are a CorruptFileError."""
+    data = forge([("P", _inband_pickle((np.dtype("<f8"), (5,), "C", None), bytearray(size)))])
+    for via in VIAS:
+        with pytest.raises(cachelib.CorruptFileError, match="array"):
+            _load(data, via, tmp_path)
+
+
+def test_an_inband_array_loads_writable_from_bytes_or_bytearray(tmp_path):
+    """An array whose bytes sit in the pickle as bytes (a read-only array's) or as a bytearray
+    loads as a writable array holding exactly those bytes."""
+    expected = np.arange(5.0)
+    for payload in (expected.tobytes(), bytearray(expected.tobytes())):
+        data = forge([("P", _inband_pickle((np.dtype("<f8"), (5,), "C", None), payload))])
+        value = _load(data, "bytesio", tmp_path)
+        assert value.flags.writeable and np.array_equal(value, expected)
+
+
+def test_a_readonly_small_array_loads_writable(tmp_path):
+    """A read-only array (its bytes pickled as bytes) comes back writable, like every loaded array."""
+    array = np.arange(10.0)
+    array.flags.writeable = False
+    value = _load(_dump(array), "path", tmp_path)
+    assert value.flags.writeable and np.array_equal(value, array)
+
+
+def test_an_inband_length_claiming_a_terabyte(tmp_path):
+    """A pickle whose in-band bytes claim 2**40 bytes is a CorruptFileError, without the memory."""
+    good = _inband_pickle((np.dtype("<f8"), (5,), "C", None), bytearray(40))
+    marker = good.index(b"\x96")  # BYTEARRAY8, then its 8-byte length
+    bad = good[: marker + 1] + struct.pack("<Q", 1 << 40) + good[marker + 9 :]
+    data = forge([("P", bad)])
+    with peak_rss_growth_below(100):
+        for via in VIAS:
+            with pytest.raises(cachelib.CorruptFileError):
+                _load(data, via, tmp_path)
+
+
+TREE_MIN = 1 << 22
+
+
+def tree_checksum(head: bytes, payload: bytes) -> int:
+    """The documented checksum of a large array record: xxh3-64 of header, padding and the
+    xxh3-128 of its 1 MiB leaves' xxh3-128 digests."""
+    leaf = 1 << 20
+    leaves = b"".join(xxhash.xxh3_128_digest(payload[i : i + leaf]) for i in range(0, len(payload), leaf))
+    return xxhash.xxh3_64_intdigest(head + xxhash.xxh3_128_digest(leaves))
+
+
+def _big_raw() -> tuple[bytes, np.ndarray]:
+    array = np.random.default_rng(3).integers(0, 255, TREE_MIN + 12345, dtype=np.uint8)
+    return _dump({"big": array}), array
+
+
+def test_a_large_array_record_is_checksummed_over_its_tree():
+    """The checksum of an array record of 4 MiB or more is the documented tree checksum."""
+    data, array = _big_raw()
+    (big,) = [r for r in parse(data) if r.kind == ord("A")]
+    head = data[big.offset : big.payload_offset]
+    (stored,) = CHECKSUM.unpack_from(data, big.payload_offset + len(big.payload))
+    assert big.payload == array.tobytes()
+    assert stored == tree_checksum(head, big.payload)
+
+
+@pytest.mark.parametrize("where", [0, (1 << 20) - 1, 1 << 20, TREE_MIN + 12344])
+def test_a_flipped_byte_in_a_large_array_record(where, tmp_path):
+    """One flipped byte anywhere in a large record's payload fails its checksum: loaded from a
+    path, a BytesIO, a stream, and checked by verify (mapped loads leave it to verify)."""
+    data, _ = _big_raw()
+    (big,) = [r for r in parse(data) if r.kind == ord("A")]
+    damaged = bytearray(data)
+    damaged[big.payload_offset + where] ^= 0x40
+    for via in VIAS:
+        with pytest.raises(cachelib.CorruptFileError, match="checksum"):
+            _load(bytes(damaged), via, tmp_path)
+    path = tmp_path / "damaged.pkl"
+    path.write_bytes(damaged)
+    with pytest.raises(cachelib.CorruptFileError, match="checksum"):
+        cachelib.verify(path)
+
+
+def test_large_records_of_version_1_have_flat_checksums(tmp_path):
+    """A version-1 file's large array record is checksummed flat (xxh3-64 of header, padding and
+    payload) and still loads; the same record in a version-2 file needs the tree checksum."""
+    array = np.random.default_rng(4).integers(0, 255, TREE_MIN + 7, dtype=np.uint8)
+    records = body(_dump(array))
+    version1 = forge(records, version=1)
+    assert np.array_equal(_load(version1, "path", tmp_path), array)
+    assert np.array_equal(_load(version1, "stream", tmp_path), array)
+    with pytest.raises(cachelib.CorruptFileError, match="checksum"):
+        _load(forge(records, version=2), "bytesio", tmp_path)

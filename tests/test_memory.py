@@ -142,16 +142,17 @@ def test_backend_options_take_the_cache_options(location, calls):
 def test_mmap_mode_maps_first_calls_and_hits_and_cache_overrides_it(location, calls):
     memory = cachelib.Memory(location, mmap_mode="r", verbose=0)
     mapped = memory.cache(ones)
-    first, again = mapped(5), mapped(5)
+    big = 1000  # 8 KB: arrays under 4 KiB are stored in the pickle and never mapped
+    first, again = mapped(big), mapped(big)
     assert isinstance(first, np.memmap) and isinstance(again, np.memmap)
     assert first.mode == again.mode == "r"
     kept = memory.cache(ones, mmap_mode=False)  # False: the Memory's own
-    assert isinstance(kept(5), np.memmap)
+    assert isinstance(kept(big), np.memmap)
     plain = memory.cache(ones, mmap_mode=None)
     result = plain(5)
     assert type(result) is np.ndarray
     np.testing.assert_array_equal(result, np.ones(5))
-    assert calls == [5]
+    assert calls == [big, 5]
 
 
 def test_mmap_mode_r_plus_is_refused_with_the_fix(location):
@@ -326,7 +327,7 @@ def test_shelved_result_pickles_small_and_loads_in_another_process(memory, locat
 
 def test_shelved_result_keeps_the_functions_mmap_mode(location, calls):
     f = cachelib.Memory(location, mmap_mode="r", verbose=0).cache(ones)
-    result = pickle.loads(pickle.dumps(f.call_and_shelve(10))).get()
+    result = pickle.loads(pickle.dumps(f.call_and_shelve(1000))).get()  # 8 KB: a mapped record
     assert isinstance(result, np.memmap)
 
 

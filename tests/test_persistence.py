@@ -289,9 +289,10 @@ def test_equal_values_give_equal_files(compress, tmp_path, request):
 
 
 def test_strided_structured_padding_holds_no_stale_memory(dumped_bytes):
-    """A strided view of an aligned structured array is written like its zero-padded copy."""
-    source = np.zeros(40, ALIGNED)
-    source["b"] = np.arange(40)
+    """A strided view of an aligned structured array is written like its zero-padded copy
+    (both large enough to be array records: smaller contiguous arrays go in the pickle)."""
+    source = np.zeros(800, ALIGNED)
+    source["b"] = np.arange(800)
     view = source[::2]
     contiguous = np.zeros(len(view), ALIGNED)
     contiguous[:] = view
@@ -845,19 +846,29 @@ def test_unregistered_custom_codec_is_not_detected(tmp_path):
 # --- memory mapping -----------------------------------------------------------------------
 
 
+INBAND_MAX = 4096  # contiguous arrays of fewer bytes are written in the pickle (docs/FORMAT.rst)
+
+
 def _mappable_value() -> dict[str, Any]:
     return {
-        "int": np.arange(10, dtype="<i8"),
+        "int": np.arange(1000, dtype="<i8"),
         "small": np.arange(7, dtype="i1"),
-        "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        "fortran": np.asfortranarray(np.arange(1200.0).reshape(30, 40)),
         "big-endian": np.arange(5, dtype=">i4"),
-        "struct": _structured(ALIGNED, 4),
+        "struct": _structured(ALIGNED, 400),
+        "small-struct": _structured(ALIGNED, 4),
         "zero-d": np.array(2.5),
-        "bool-3d": np.ones((2, 3, 4), "?"),
-        "datetime": np.array(["2001-01-01", "NaT"], "M8[D]"),
+        "bool-3d": np.ones((20, 30, 40), "?"),
+        "datetime": np.array(["2001-01-01", "NaT"] * 300, "M8[D]"),
         "view": _BASE[:, ::3],
-        "object": np.array([np.arange(3), "x"], dtype=object),
+        "object": np.array([np.arange(3000), "x"], dtype=object),
     }
+
+
+def _is_mapped_on_load(array: np.ndarray) -> bool:
+    """Arrays stored as array records are mapped; small contiguous ones are in the pickle."""
+    contiguous = array.flags.c_contiguous or array.flags.f_contiguous
+    return array.nbytes >= INBAND_MAX or not contiguous
 
 
 @pytest.fixture
@@ -869,8 +880,10 @@ def mapped_file(tmp_path):
 
 @pytest.mark.parametrize("mode", ["r", "r+", "c"])
 def test_mmap_returns_aligned_memmaps(mode, mapped_file, same):
-    """load(path, mmap_mode) of a raw file maps every non-object array in place (np.memmap,
-    64-byte aligned, read-only only for "r"); object arrays are loaded, their arrays mapped."""
+    """load(path, mmap_mode) of a raw file maps every non-object array of an array record in
+    place (np.memmap, 64-byte aligned, read-only only for "r"); object arrays are loaded, their
+    arrays mapped. Small contiguous arrays, held in the pickle, are loaded into memory:
+    read-only with "r", and with "r+" too (a write could not reach the file), writable with "c"."""
     value = _mappable_value()
     out = cachelib.load(mapped_file, mmap_mode=mode)
     same(out, value, memmap_ok=True)
@@ -879,12 +892,22 @@ def test_mmap_returns_aligned_memmaps(mode, mapped_file, same):
             assert type(array) is np.ndarray
             assert isinstance(array[0], np.memmap)
             continue
+        if not _is_mapped_on_load(value[key]):
+            assert type(array) is np.ndarray, key
+            assert array.flags.writeable == (mode == "c"), key
+            continue
         assert isinstance(array, np.memmap), key
         assert array.ctypes.data % 64 == 0, key
         assert array.flags.writeable == (mode != "r"), key
+    assert {k for k in value if k != "object" and not _is_mapped_on_load(value[k])} == {
+        "small", "big-endian", "small-struct", "zero-d"
+    }
     if mode == "r":
         with pytest.raises(ValueError):
             out["int"][0] = 1
+    if mode != "c":
+        with pytest.raises(ValueError):
+            out["small"][0] = 1
 
 
 def test_mmap_r_plus_writes_reach_the_file(mapped_file):
@@ -913,6 +936,7 @@ def test_mmap_copy_on_write_leaves_the_file_alone(mapped_file, same):
     out = cachelib.load(mapped_file, mmap_mode="c")
     out["int"][:] = -5
     out["struct"]["b"] = 1.0
+    out["small"][:] = 3
     assert (out["int"] == -5).all()
     out["int"].flush()
     del out
@@ -1115,3 +1139,11 @@ def test_equal_dtypes_that_differ_in_flags_keep_their_own(tmp_path):
         out = cachelib.load(path)
         assert [a.dtype.isalignedstruct for a in out] == [a.dtype.isalignedstruct for a in value]
         assert [a.dtype.metadata for a in out] == [a.dtype.metadata for a in value]
+
+
+@pytest.mark.parametrize("compress", [False, "zstd"])
+def test_megabytes_of_pickle_without_arrays(compress, roundtrip):
+    """A value whose pickle runs for megabytes with no array in between (300,000 strings) is
+    written in pickle records no larger than readers accept, and loads back."""
+    value = [str(i) for i in range(300_000)]
+    assert roundtrip(value, compress=compress) == value

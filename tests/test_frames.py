@@ -1,0 +1,235 @@
+"""zstd and lz4 files as independent frames, (de)compressed on every core: files stay standard
+(the codecs' own tools decode them), do not depend on the threads, take other writers' frames,
+stay within the memory bounds, and a damaged frame is a CorruptFileError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+import cachelib
+from cachelib import _pool
+
+pytestmark = pytest.mark.timeout(120)
+
+FRAME = 4 << 20
+MAGIC = {"zstd": b"\x28\xb5\x2f\xfd", "lz4": b"\x04\x22\x4d\x18"}
+TOOLS = {"zstd": ["zstd", "-d", "-c", "-q"], "lz4": ["lz4", "-d", "-c", "-q"]}
+
+
+@pytest.fixture(params=["zstd", pytest.param("lz4", marks=pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("lz4"), reason="the optional lz4 package is not installed"))])
+def codec(request):
+    return request.param
+
+
+def _value(megabytes: int = 11, seed: int = 0) -> dict:
+    """A value of several frames: smooth (compressible) floats, noise, and small parts."""
+    rng = np.random.default_rng(seed)
+    n = megabytes * (1 << 20) // 8
+    return {
+        "smooth": np.round(np.cumsum(rng.standard_normal(n // 2)), 1),
+        "noise": rng.standard_normal(n // 2),
+        "names": [f"item {i}" for i in range(1000)],
+        "small": np.arange(10),
+    }
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a["names"] == b["names"] and all(np.array_equal(a[k], b[k]) for k in ("smooth", "noise", "small"))
+
+
+def _dumped(value, codec: str) -> bytes:
+    stream = io.BytesIO()
+    cachelib.dump(value, stream, compress=codec)
+    return stream.getvalue()
+
+
+def _raw(value) -> bytes:
+    return _dumped(value, False)
+
+
+def test_a_large_value_is_written_as_several_frames(codec):
+    """A value of 11 MiB becomes one frame per 4 MiB of raw stream, each a standard frame."""
+    data = _dumped(_value(), codec)
+    frames = data.count(MAGIC[codec])
+    assert frames >= -(-len(_raw(_value())) // FRAME)
+    assert data.startswith(MAGIC[codec])
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "5"])
+def test_the_file_does_not_depend_on_the_threads(codec, threads, monkeypatch):
+    """The same value gives the same bytes with 1, 2 or 5 threads, and loads back."""
+    monkeypatch.setenv(_pool.THREADS_VARIABLE, "1")
+    reference = _dumped(_value(), codec)
+    monkeypatch.setenv(_pool.THREADS_VARIABLE, threads)
+    assert _dumped(_value(), codec) == reference
+    assert _same(cachelib.load(io.BytesIO(reference)), _value())
+
+
+@pytest.mark.parametrize("via", ["path", "stream"])
+def test_frames_load_from_a_path_and_a_pipe(codec, via, tmp_path, monkeypatch):
+    """A multi-frame file loads from a path and from a non-seekable stream, with 2 threads."""
+    monkeypatch.setenv(_pool.THREADS_VARIABLE, "2")
+    path = tmp_path / "value.bin"
+    cachelib.dump(_value(), path, compress=codec)
+    if via == "path":
+        assert _same(cachelib.load(path), _value())
+        return
+    with open(path, "rb") as handle, io.BufferedReader(_Pipe(handle.read())) as pipe:
+        assert _same(cachelib.load(pipe), _value())
+
+
+class _Pipe(io.RawIOBase):
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._data.readinto(buffer)
+
+
+@pytest.mark.parametrize("where", ["dump", "cache"])
+def test_the_codec_tool_decodes_the_frames(codec, where, tmp_path):
+    """``zstd -d`` / ``lz4 -d`` turn a multi-frame file into the raw file, which loads (the
+    tools are not pip packages: the test is skipped where they are missing)."""
+    if shutil.which(TOOLS[codec][0]) is None:
+        pytest.skip(f"the {TOOLS[codec][0]} command-line tool is not installed")
+    path = tmp_path / "value.bin"
+    cachelib.dump(_value(), path, compress=codec)
+    decoded = subprocess.run([*TOOLS[codec], str(path)], capture_output=True, check=True).stdout
+    assert decoded == _raw(_value())
+    assert _same(cachelib.load(io.BytesIO(decoded)), _value())
+
+
+def _stream_compressed(codec: str, data: bytes) -> bytes:
+    """``data`` as other writers write it: one streamed frame without a content size."""
+    out = io.BytesIO()
+    if codec == "zstd":
+        import zstandard
+
+        with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as writer:
+            writer.write(data)
+    else:
+        import lz4.frame
+
+        with lz4.frame.LZ4FrameFile(out, mode="wb") as writer:
+            writer.write(data)
+    return out.getvalue()
+
+
+def test_a_frame_without_content_size_is_streamed(codec):
+    """A file written as one streamed frame (no content size, as the codecs' streaming APIs and
+    older cachelib write it) loads through the codec's streaming reader."""
+    assert _same(cachelib.load(io.BytesIO(_stream_compressed(codec, _raw(_value())))), _value())
+
+
+def test_frames_then_a_streamed_frame(codec):
+    """Frames taken whole, then a frame without a content size: the reader hands the rest to the
+    codec's streaming reader at that frame boundary."""
+    raw = _raw(_value())
+    one_shot = io.BytesIO()
+    writer = cachelib.compressors[codec].open_writer(one_shot)
+    writer.write(raw[: 2 * FRAME])
+    writer.close()
+    data = one_shot.getvalue() + _stream_compressed(codec, raw[2 * FRAME :])
+    assert _same(cachelib.load(io.BytesIO(data)), _value())
+
+
+def test_skippable_frames_are_skipped(codec):
+    """Skippable frames (magic 0x184D2A5?, both formats) between and after frames are ignored,
+    as the codecs' tools ignore them (a file must still start with a frame: its magic names
+    the codec)."""
+    data = _dumped(_value(), codec)
+    magic = MAGIC[codec]
+    second = data.index(magic, 1)
+    skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
+    patched = data[:second] + skippable + data[second:] + skippable
+    assert _same(cachelib.load(io.BytesIO(patched)), _value())
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.7, 0.95, 0.9999])
+def test_a_multi_frame_file_cut_short(codec, fraction):
+    """A multi-frame file cut anywhere (inside a block, between frames) is a CorruptFileError."""
+    data = _dumped(_value(), codec)
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(io.BytesIO(data[: int(len(data) * fraction)]))
+
+
+def test_a_frame_that_holds_more_than_its_header_says():
+    """A zstd frame whose header claims fewer bytes than it decompresses to is a CorruptFileError
+    (nothing is decompressed past the claimed size)."""
+    data = bytearray(_dumped(_value(), "zstd"))
+    descriptor = data[4]
+    assert descriptor >> 6 == 2  # a 4-byte content size follows the window descriptor
+    position = 5 + (0 if descriptor & 0x20 else 1)
+    data[position : position + 4] = struct.pack("<I", 1000)
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(io.BytesIO(bytes(data)))
+
+
+def test_a_frame_claiming_a_huge_content_size_is_not_allocated():
+    """A frame whose header claims 2**60 bytes is streamed, never allocated whole: the load
+    fails as a damaged file, without the memory."""
+    data = _dumped({"a": np.zeros(1000)}, "zstd")
+    descriptor = data[4]
+    single = descriptor & 0x20
+    size_bytes = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
+    start = 5 + (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3]
+    # The same frame with an 8-byte content size field claiming 2**60 bytes.
+    header = bytes([descriptor | 0xC0]) + data[5:start] + struct.pack("<Q", 1 << 60)
+    forged = data[:4] + header + data[start + size_bytes :]
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(io.BytesIO(forged))
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def _vm_hwm_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise KeyError("VmHWM")
+
+
+@contextlib.contextmanager
+def _peak_growth(result: list[int]):
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _vm_hwm_kib()
+    yield
+    result.append((_vm_hwm_kib() - before) * 1024)
+
+
+def test_frames_in_flight_stay_within_the_memory_bounds(codec, tmp_path, monkeypatch):
+    """Dumping 256 MiB adds at most 5% + 64 MB to the peak; loading it, one copy + 5% + 64 MB
+    (DESIGN.md), with 4 threads and so 5 frames in flight each way."""
+    try:
+        _vm_hwm_kib()
+        open("/proc/self/clear_refs", "w").close()
+    except OSError:
+        pytest.skip("the peak RSS of this process cannot be reset (/proc/self/clear_refs)")
+    monkeypatch.setenv(_pool.THREADS_VARIABLE, "4")
+    array = np.random.default_rng(1).standard_normal(32 << 20)  # 256 MiB, hardly compressible
+    path = tmp_path / "big.bin"
+    dumped: list[int] = []
+    with _peak_growth(dumped):
+        cachelib.dump(array, path, compress=codec)
+    loaded: list[int] = []
+    with _peak_growth(loaded):
+        result = cachelib.load(path)
+    assert np.array_equal(result, array)
+    bound = 0.05 * array.nbytes + 64e6
+    assert dumped[0] <= bound, f"dump added {dumped[0] / 1e6:.0f} MB"
+    assert loaded[0] <= array.nbytes + bound, f"load added {loaded[0] / 1e6:.0f} MB"
