@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from ._dtypes import byte_view
 from ._pool import run_all, submit, thread_count
 
 __all__ = ["LEAF_BYTES", "TreeHasher", "array_tree", "leaf_size", "root_of"]
@@ -87,7 +88,7 @@ def _strided_leaves(array: np.ndarray, per_leaf: int, first: int, last: int) -> 
         for piece in _pieces(array, start, stop):
             np.copyto(buffer[filled : filled + piece.size].reshape(piece.shape), piece)
             filled += piece.size
-        digests.append(xxhash.xxh3_128_digest(memoryview(buffer[:filled].view(np.uint8))))
+        digests.append(xxhash.xxh3_128_digest(byte_view(buffer[:filled].view(np.uint8))))
     return b"".join(digests)
 
 
@@ -98,7 +99,7 @@ def array_tree(array: np.ndarray) -> tuple[int, bytes]:
     count = -(-array.nbytes // leaf)
     runs = _runs(count, thread_count())
     if array.flags.c_contiguous:
-        data = memoryview(array.reshape(-1).view(np.uint8))
+        data = byte_view(array.reshape(-1).view(np.uint8))
         tasks = [lambda a=a, b=b: _contiguous_leaves(data, leaf, a, b) for a, b in runs]
     else:
         per_leaf = leaf // itemsize

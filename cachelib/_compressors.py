@@ -79,7 +79,7 @@ class Compressor(abc.ABC):
         """Return a file object that reads ``fileobj`` decompressed."""
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.level == self.level  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.level == self.level
 
     def __hash__(self) -> int:
         return hash((type(self), self.level))
@@ -104,7 +104,7 @@ class _ZlibWriter:
 
     def __init__(self, fileobj: IO[bytes], level: int, wbits: int) -> None:
         self._fileobj = fileobj
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, wbits)
+        self._compressor: Any = zlib.compressobj(level, zlib.DEFLATED, wbits)
 
     def write(self, data: Any) -> int:
         self._fileobj.write(self._compressor.compress(data))
@@ -192,10 +192,10 @@ class Bz2(Compressor):
     default_level = 9
 
     def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return bz2.BZ2File(fileobj, mode="wb", compresslevel=self.level)  # type: ignore[return-value]
+        return bz2.BZ2File(fileobj, mode="wb", compresslevel=self.level)
 
     def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return bz2.BZ2File(fileobj, mode="rb")  # type: ignore[return-value]
+        return bz2.BZ2File(fileobj, mode="rb")
 
 
 class Xz(Compressor):
@@ -209,10 +209,10 @@ class Xz(Compressor):
     _format = lzma.FORMAT_XZ
 
     def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return lzma.LZMAFile(fileobj, mode="wb", format=self._format, preset=self.level)  # type: ignore[return-value]
+        return lzma.LZMAFile(fileobj, mode="wb", format=self._format, preset=self.level)
 
     def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return lzma.LZMAFile(fileobj, mode="rb", format=self._format)  # type: ignore[return-value]
+        return lzma.LZMAFile(fileobj, mode="rb", format=self._format)
 
 
 class Lzma(Xz):
@@ -283,7 +283,8 @@ class Zstd(_Framed):
         if hasattr(backend, "ZstdCompressor") and hasattr(backend.ZstdCompressor, "stream_writer"):
 
             def compress(data: memoryview) -> bytes:
-                return _context("zstd-c", level, lambda: backend.ZstdCompressor(level=level)).compress(data)
+                compressor = _context("zstd-c", level, lambda: backend.ZstdCompressor(level=level))
+                return bytes(compressor.compress(data))
 
             def decompress(frame: bytes, size: int) -> bytes:
                 out = _context("zstd-d", 0, backend.ZstdDecompressor).decompress(frame, max_output_size=size)

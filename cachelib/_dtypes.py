@@ -7,7 +7,7 @@ goes through a dtype's ``.npy`` description, which collapses distinct dtypes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -124,3 +124,8 @@ def dtype_params(dtype: np.dtype) -> dict[str, Any]:
         if hasattr(dtype, name):
             params[name] = getattr(dtype, name)
     return params
+
+
+def byte_view(array: np.ndarray) -> memoryview:
+    """A memoryview of a contiguous array's memory (typed: numpy's stubs export buffers on 3.12+ only)."""
+    return memoryview(cast(Any, array))

@@ -28,7 +28,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import xxhash
@@ -309,7 +309,7 @@ def read_entry(
     mapping = None
     unsettled = None
     if mmap_mode is not None and compressor is None:
-        mapping = np.memmap(fileobj, dtype=np.uint8, mode=mmap_mode)
+        mapping = np.memmap(fileobj, dtype=np.uint8, mode=cast(Any, mmap_mode))
         fileobj.seek(head.stream_offset)
         unsettled = _unsettled_identity(fileobj) if head.deferred else None
     value = read_stream_value(

@@ -35,13 +35,13 @@ import pickle
 import struct
 import threading
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import xxhash
 
 from ._chunked import TreeHasher
-from ._dtypes import has_padding
+from ._dtypes import byte_view, has_padding
 from ._errors import (
     CorruptFileError,
     SerializationError,
@@ -168,7 +168,7 @@ class RecordWriter:
         self._position = 0
         self._records = 0
         self._pending = bytearray()
-        self._descriptions: dict[tuple, tuple[np.dtype, tuple | None, bool]] = {}
+        self._descriptions: dict[tuple[Any, ...], tuple[np.dtype, tuple[Any, ...] | None, bool]] = {}
         self._emit(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
 
     def _emit(self, data: Any) -> None:
@@ -230,7 +230,7 @@ class RecordWriter:
                     # PickleBuffer of the array itself: nothing is copied or kept.
                     if not direct:
                         array = (array.reshape(-1) if order == "C" else array.T.reshape(-1)).view(np.uint8)
-                    return rebuild_array, (description, pickle.PickleBuffer(array))
+                    return rebuild_array, (description, pickle.PickleBuffer(byte_view(array)))
         if array.dtype.hasobject:
             return array.__reduce_ex__(5)  # elements are pickled, arrays among them too
         order, chunks, stable = _c_order_chunks(array)
@@ -238,7 +238,7 @@ class RecordWriter:
         self._record(ARRAY, array.nbytes, chunks, aligned=True, stable=stable)
         return rebuild_array, (self._describe(array, order)[1], _OUT_OF_BAND)
 
-    def _describe(self, array: np.ndarray, order: str) -> tuple[np.dtype, tuple | None, bool]:
+    def _describe(self, array: np.ndarray, order: str) -> tuple[np.dtype, tuple[Any, ...] | None, bool]:
         """Return the shared ``(dtype, shape, order, subclass)`` of arrays like ``array``, and
         whether their memory can be handed to the pickler as it is (numpy exports it).
 
@@ -257,7 +257,7 @@ class RecordWriter:
         subclass = np.matrix if isinstance(array, np.matrix) else None
         description = None if array.dtype.hasobject else (array.dtype, array.shape, order, subclass)
         try:
-            memoryview(array)
+            byte_view(array)
             direct = True
         except (TypeError, ValueError):  # datetimes and a few others export no buffer
             direct = False
@@ -289,10 +289,10 @@ class Payload:
         self.mapped = mapped
 
 
-_checked: dict[int, tuple[tuple, tuple]] = {}
+_checked: dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
 
 
-def _checked_description(description: tuple) -> tuple[np.dtype, tuple, str, Any, int]:
+def _checked_description(description: tuple[Any, ...]) -> tuple[np.dtype, tuple[int, ...], str, Any, int]:
     """Validate an array description once per description object; add its byte count.
 
     Arrays alike share one description object in a pickle, so this runs once per
@@ -301,7 +301,7 @@ def _checked_description(description: tuple) -> tuple[np.dtype, tuple, str, Any,
     """
     known = _checked.get(id(description))
     if known is not None and known[0] is description:
-        return known[1]  # type: ignore[return-value]
+        return known[1]
     if len(_checked) >= 1024:
         _checked.clear()
     result = _validated_description(description)
@@ -309,7 +309,7 @@ def _checked_description(description: tuple) -> tuple[np.dtype, tuple, str, Any,
     return result
 
 
-def _validated_description(description: Any) -> tuple[np.dtype, tuple, str, Any, int]:
+def _validated_description(description: Any) -> tuple[np.dtype, tuple[int, ...], str, Any, int]:
     try:
         dtype, shape, order, subclass = description
         dtype = np.dtype(dtype)
@@ -344,7 +344,7 @@ def frozen_inband(frozen: bool) -> Iterator[None]:
         _loading.frozen = previous
 
 
-def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
+def rebuild_array(description: tuple[Any, ...], buffer: Any) -> np.ndarray:
     """Rebuild an array from its bytes without copying them (small records' excepted).
 
     This is the global the pickle names (``cachelib._format.rebuild_array``); its
@@ -380,7 +380,7 @@ def rebuild_array(description: tuple, buffer: Any) -> np.ndarray:
             f"{tuple(shape)} needs {expected}"
         )
     if dtype.itemsize == 0:
-        array = np.empty(shape, dtype, order=order)
+        array = np.empty(shape, dtype, order=cast(Any, order))
     elif order == "C":
         array = data.view(dtype).reshape(shape)
     else:

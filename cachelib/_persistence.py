@@ -14,7 +14,7 @@ import pickle
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import IO, Any, Union
+from typing import IO, Any, Union, cast
 
 import numpy as np
 
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-CompressSpec = Union[bool, int, str, tuple, Compressor, None]
+CompressSpec = Union[bool, int, str, "tuple[Any, ...]", Compressor, None]
 
 MMAP_MODES = (None, "r", "r+", "c")
 _BUFFER_SIZE = 1 << 20
@@ -243,7 +243,7 @@ def _mapping_for(fileobj: Any, mmap_mode: str) -> np.memmap | None:
         return None
     position = fileobj.tell()
     try:
-        mapping = np.memmap(fileobj, dtype=np.uint8, mode=mmap_mode)
+        mapping: np.memmap = np.memmap(fileobj, dtype=np.uint8, mode=cast(Any, mmap_mode))
     finally:
         fileobj.seek(position)  # mapping a file object moves its position
     if mmap_mode == "r+":

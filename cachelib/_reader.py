@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from ._dtypes import byte_view
 from ._errors import CorruptFileError, DeserializationError, UnsupportedFormatError
 from ._format import (
     ALIGNMENT,
@@ -217,7 +218,7 @@ class RecordReader:
             head = header + self._read(padding)
             # Bytes read into the array (or mapped) stay put: their leaves are hashed meanwhile.
             kept = self._keep_arrays or self._mapping is not None
-            hasher = record_checksum(ARRAY, head, length, kept, self._version)
+            hasher = record_checksum(ARRAY, bytes(head), length, kept, self._version)
             if self._arrays_edited:
                 hasher = None  # edited in place through mmap_mode="r+": the checksum is stale
             elif self._mapping is not None and not self._check_mapped:
@@ -259,7 +260,7 @@ class RecordReader:
             array = self._mapping[offset : offset + length]
             if self._tap is not None or hasher is not None:
                 for begin in range(0, length, IO_CHUNK):  # mapped bytes count too
-                    piece = memoryview(array[begin : begin + IO_CHUNK])
+                    piece = byte_view(array[begin : begin + IO_CHUNK])
                     if self._tap is not None:
                         self._tap(piece)
                     if hasher is not None:
@@ -271,7 +272,7 @@ class RecordReader:
             array = np.empty(length, np.uint8)
         except MemoryError:
             raise CorruptFileError(f"array record at offset {start} claims {length} bytes") from None
-        self._fill(memoryview(array), hasher)
+        self._fill(byte_view(array), hasher)
         return array
 
     def _read_end(self, start: int, padding: int, length: int, hasher: Any) -> None:
@@ -307,12 +308,12 @@ class RecordReader:
             return data
         # Grow with the bytes that really arrive: a length read from a damaged
         # pickle never becomes one huge allocation.
-        data = bytearray()
-        while len(data) < size and (self._chunk or self._next_record()):
-            n = min(size - len(data), self._chunk.nbytes)
-            data += self._chunk[:n]
+        grown = bytearray()
+        while len(grown) < size and (self._chunk or self._next_record()):
+            n = min(size - len(grown), self._chunk.nbytes)
+            grown += self._chunk[:n]
             self._chunk = self._chunk[n:]
-        return bytes(data)
+        return bytes(grown)
 
     def readline(self) -> bytes:
         """Return pickle bytes up to a newline (text opcodes; never written by cachelib)."""
