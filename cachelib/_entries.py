@@ -10,7 +10,9 @@ namespace and a key; only this module turns them into store keys::
     <name>-<12 hex>/<2 hex>/<32 hex>.lock  its lock while it is computed
     <name>-<12 hex>/stats/...            call statistics (``_stats``)
 
-Only what carries cachelib's names inside marked directories is ever deleted.
+Only what carries cachelib's names inside marked directories is ever deleted, and
+never what another process is using: a temporary file is removed once its writer
+is gone (or after ``LEFTOVER_AGE``), a lock file only while nobody holds it.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from ._compressors import Compressor
 from ._entry import EntryHead, read_entry, read_head, verify_entry, write_entry
 from ._errors import CacheError, CorruptFileError, FileAccessError, InvalidOptionError, NotACacheError
 from ._leases import Lease
+from ._processes import HOST_ID, process_alive
 from ._reader import Parsed, unpickle_parsed
 from ._signing import Signer
 from ._store import ItemInfo, KeyLock, Readable, Store
 
-__all__ = ["ClearReport", "Entries", "Missing", "is_namespace"]
+__all__ = ["LEFTOVER_AGE", "ClearReport", "Entries", "Missing", "is_namespace"]
 
 LOCATION_MARKER = ".cachelib"
 FUNCTION_MARKER = ".cachelib-function"
@@ -53,6 +56,8 @@ _ENTRY_NAME = re.compile(r"^[0-9a-f]{2}/([0-9a-f]{32})\.cl$")
 _SMALL_ENTRY = 1 << 16
 _MEMO_ENTRIES = 256  # small entries kept checked and parsed: at most 16 MiB
 _ACCESS_RESOLUTION = 60.0  # seconds: how stale a recorded last use may get
+LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed left behind
+_TEMP = re.compile(r"-(?P<pid>\d+)-[0-9a-f]{12}\.tmp$")
 
 
 class Missing(KeyError):
@@ -355,10 +360,19 @@ class Entries:
         return report
 
     def _clear_one(self, namespace: str, report: ClearReport) -> None:
-        directories = set()
+        """Remove a function's entries and statistics, and what nobody uses of its other files.
+
+        The key directories stay: removing one would pull it from under a writer
+        that has just opened it.
+        """
+        now = time.time()
         for item in list(self.store.list(namespace)):
             relative = item.key[len(namespace) + 1 :]
             if not _OURS.match(relative):
+                continue
+            if _TEMP.search(relative) or relative.endswith(LOCK_SUFFIX):
+                with contextlib.suppress(CacheError, OSError):
+                    self.remove_if_unused(item, now)
                 continue
             try:
                 self.store.delete(item.key)
@@ -369,9 +383,32 @@ class Entries:
                 report.failures.append(f"{item.key}: {exc.strerror or exc}")
                 continue
             report.removed += relative.endswith(ENTRY_SUFFIX)
-            directories.add(relative.split("/")[0])
-        for directory in sorted(directories):
-            self.store.remove_dir(f"{namespace}/{directory}")
+
+    def remove_if_unused(self, item: ItemInfo, now: float, older_than: float = LEFTOVER_AGE) -> bool:
+        """Remove a temporary or lock file nobody uses any more; True if it was removed.
+
+        A temporary file is unused once its writer (on this host) is gone, or when
+        it is older than ``older_than``; a lock file when nobody holds it (a lease:
+        when its holder is gone or its record expired).
+        """
+        namespace, _, relative = item.key.partition("/")
+        if not is_namespace(namespace) or not _OURS.match(relative):
+            return False
+        name = relative.rsplit("/", 1)[-1]
+        if name.endswith(LOCK_SUFFIX):
+            native = self.store.lock(item.key)
+            if native is None:
+                return Lease(self.store, item.key).break_if_stale()
+            if not native.acquire(0.0):
+                return False
+            native.release()  # releasing an unheld lock file removes it
+            return True
+        if not item.own or not _is_leftover(name, now - item.stored, older_than):
+            return False
+        try:
+            return self.store.delete(item.key)
+        except KeyError:
+            return False
 
     def verify(self, namespace: str, key: str) -> str | None:
         """Return what is wrong with an entry, or None if it is intact (never unpickles)."""
@@ -395,6 +432,15 @@ class Entries:
         with self._memo_lock:
             self._memo.pop(name, None)
         return self.store.delete(name)
+
+
+def _is_leftover(name: str, age: float, older_than: float) -> bool:
+    """True for a temporary file whose writer is gone, or one left for longer than ``older_than``."""
+    match = _TEMP.search(name)
+    if match is None:
+        return False
+    pid = match.group("pid")
+    return (f".{HOST_ID}-{pid}-" in name and not process_alive(int(pid))) or age > older_than
 
 
 def _check_age(stored: float, max_age: float | None, name: str) -> None:

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._entries import Entries
+from ._entries import LEFTOVER_AGE, Entries
 from ._errors import CacheError, CacheWarning, FileAccessError
 from ._eviction import plan_eviction
-from ._leases import Lease
-from ._processes import HOST_ID, process_alive
 from ._sizes import format_size
 
 __all__ = ["SizeBudget", "clean_leftovers", "evict"]
 
 SIZE_KEY = ".size"  # "<bytes> <unix time>": the total the last scan found
-LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed left behind
-_TEMP = re.compile(r"-(?P<pid>\d+)-[0-9a-f]{12}\.tmp$")
 logger = logging.getLogger("cachelib")
 Progress = Callable[[Iterable[Any], str], Iterable[Any]]
 
@@ -143,17 +138,8 @@ class SizeBudget:
         return removed
 
 
-def _is_leftover(name: str, age: float, older_than: float) -> bool:
-    """True for a temp file whose writer is gone, or a temp or lock file left long ago."""
-    match = _TEMP.search(name)
-    pid = match.group("pid") if match else ""
-    if match and f".{HOST_ID}-{pid}-" in name and not process_alive(int(pid)):
-        return True
-    return (match is not None or name.endswith(".lock")) and age > older_than
-
-
 def clean_leftovers(entries: Entries, older_than: float = LEFTOVER_AGE) -> int:
-    """Remove temporary files of dead or long-gone writers and old, unheld lock files.
+    """Remove temporary files of dead or long-gone writers, and lock files nobody holds.
 
     On a store without native locks, lock objects are leases: those whose holder
     is gone or whose record expired are broken, whatever their age.
@@ -162,20 +148,6 @@ def clean_leftovers(entries: Entries, older_than: float = LEFTOVER_AGE) -> int:
     now = time.time()
     for namespace in entries.namespaces():
         for item in list(entries.store.list(namespace)):
-            name = item.key.rsplit("/", 1)[-1]
-            native = entries.store.lock(item.key) if name.endswith(".lock") else None
-            if native is None and name.endswith(".lock"):
-                with contextlib.suppress(CacheError, OSError):
-                    removed += Lease(entries.store, item.key).break_if_stale()
-                continue
-            if not item.own or not _is_leftover(name, now - item.stored, older_than):
-                continue
-            if name.endswith(".lock"):
-                lock = native
-                if lock is not None and lock.acquire(0.0):
-                    lock.release()  # releasing an unheld lock file removes it
-                    removed += 1
-                continue
-            with contextlib.suppress(OSError, KeyError):
-                removed += entries.store.delete(item.key)
+            with contextlib.suppress(CacheError, OSError):
+                removed += entries.remove_if_unused(item, now, older_than)
     return removed

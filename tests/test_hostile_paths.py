@@ -529,6 +529,70 @@ def test_mmap_mode_returns_memmaps_on_every_call(tmp_path: Path) -> None:
     assert outcome.cache_warnings() == []
 
 
+def slow_stamped(x: int, delay: float = 0.0, log: str | None = None) -> dict[str, Any]:
+    """``stamped`` after ``delay`` seconds: time for another process to clear meanwhile."""
+    result = stamped(x, log)
+    time.sleep(delay)
+    return result
+
+
+def _call_slow_stamped(location: str, log: str, delay: float) -> tuple[str | None, int]:
+    f = cachelib.Cache(location, mmap_mode="r").memoize(ignore=["log", "delay"])(slow_stamped)
+    result = f(1, delay=delay, log=log)
+    return stamp_problem(result, memmap=True), result["token"]
+
+
+def test_clearing_while_a_result_is_computed_keeps_its_lock(tmp_path: Path) -> None:
+    """``clear`` leaves a held lock: a caller arriving after it waits for the result, never recomputing it."""
+    location, log = str(tmp_path / "cache"), str(tmp_path / "log")
+    first = start_child(_call_slow_stamped, location, log, 3.0)
+    deadline = time.monotonic() + 30
+    while computations(log) != ["stamped 1"]:
+        assert time.monotonic() < deadline, "the first call never started computing"
+        time.sleep(0.01)
+    locks = [p for p in files_under(Path(location)) if p.name.endswith(".lock")]
+    assert len(locks) == 1
+    cachelib.Cache(location).clear()
+    assert locks[0].exists(), "clear removed the lock of a computation in progress"
+    second = start_child(_call_slow_stamped, location, log, 0.0)
+    outcomes = [first.wait(60), second.wait(60)]
+    (problem_1, token_1), (problem_2, token_2) = (outcome.result() for outcome in outcomes)
+    assert (problem_1, problem_2) == (None, None)
+    assert token_1 == token_2, "the second caller computed instead of waiting for the first"
+    assert computations(log) == ["stamped 1"]
+    assert [outcome.cache_warnings() for outcome in outcomes] == [[], []]
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+@pytest.mark.parametrize("how", ["cache.clear", "cli clear", "cli prune"])
+def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_path: Path, how: str) -> None:
+    """A temporary file of a writer still running is its write in flight: clear and prune leave it alone."""
+    location, log = tmp_path / "cache", tmp_path / "log"
+    run_with_timeout(_calls, str(location), str(log), [1]).result()
+    entry = entry_files(location)[0]
+    host = socket.gethostname()
+    live = entry.with_name(f"{entry.name}.{host}-{os.getpid()}-0123456789ab.tmp")
+    dead = entry.with_name(f"{entry.name}.{host}-{_dead_pid()}-0123456789ab.tmp")
+    for path in (live, dead):
+        path.write_bytes(b"a write in flight")
+        path.chmod(0o600)
+    if how.startswith("cli"):
+        command = ["clear"] if how == "cli clear" else ["prune", "--max-size", "0"]
+        assert run_cli("--location", location, *command).returncode == 0
+    else:
+        run_with_timeout(cachelib.Cache(str(location)).clear).result()
+    assert not entry.exists()
+    assert live.read_bytes() == b"a write in flight"
+    assert not dead.exists(), f"{how} left a dead writer's temporary file"
+
+
 # --- threads ----------------------------------------------------------------------------------
 
 
