@@ -2,18 +2,22 @@
 
 Every entry is one result of ``f(i) = i * 0.5`` memoized with
 ``Cache(location, fsync=False).memoize(f)``, for ``i`` in ``range(N)`` (N = 1,000,000
-by default, ``--entries N`` to change it, ``--quick`` = 20,000); each entry file is
-about 170 bytes. Two caches are measured one after the other, N/10 entries then N
-entries (the N/10 one only to tell whether memory grows with N), plus a 100-entry
-cache kept for the whole run as the reference for hit latency.
+by default, ``--entries N`` to change it, ``--quick`` = 20,000); each entry file is a
+few hundred bytes (the report gives the mean). Two caches are measured one after the
+other, N/10 entries then N entries (the N/10 one only to tell whether memory grows
+with N), plus a 100-entry cache kept for the whole run as the reference for hit latency.
 
 1. Build. ``N/100`` real memoized misses (``f(i)`` one by one, in this process)
    are timed and extrapolated to N. If the whole population through the API would
    take more than ``API_BUDGET`` (15 min), the rest is written directly: a pool of
-   two worker processes writes ``cachelib.dump((metadata, f(i)), path)`` with
-   ``path = memoized_f._entry((i,), {})``, the very path a call ``f(i)`` reads, so
-   every entry is a real hit through the API. Otherwise the same pool calls the
-   memoized function (real misses). The build rate is entries / wall seconds.
+   two worker processes publishes each ``f(i)`` through the memoized function's own
+   store step (``Entries.put``: the name ``Entries.entry_name`` gives, the envelope
+   ``_entry.write_entry`` writes, the metadata and call statistics of a miss), so
+   every entry is the one a miss would leave and a real hit through the API; only
+   the miss's lookup and per-key lock are skipped. Otherwise the same pool calls the
+   memoized function (real misses). The build rate is entries / wall seconds. A
+   direct build is checked before anything is measured: its entries carry the same
+   metadata fields and header flags as an API entry, and a fresh wrapper hits them.
 2. Commands, each a real subprocess (``python -m cachelib --location DIR ...``),
    waited for with ``os.wait4`` so that its own ``ru_maxrss`` (peak RSS, what
    ``/usr/bin/time -v`` prints) and CPU times are read: ``info`` (three runs),
@@ -31,18 +35,20 @@ cache kept for the whole run as the reference for hit latency.
    100-entry cache and of the big one through one memoized wrapper, as a program
    would call it; the big cache with only 100 hot keys; and "first hit in a fresh
    store", a new ``Cache`` every ``FRESH_BATCH`` calls of distinct keys, so that
-   every timed hit reads its file whatever the cache size (a store keeps the bytes
-   of recently read small entries in memory, which favours a small key set, not a
-   small cache). Rounds take turns over the cases (``HIT_ROUNDS``); the median over
-   rounds of each round's median and p90 is reported, with the ratio big / 100.
+   every timed hit reads its file whatever the cache size (``Entries`` keeps the
+   checked bytes of the last small entries read in memory, which favours a small
+   key set, not a small cache). Rounds take turns over the cases (``HIT_ROUNDS``);
+   the median over rounds of each round's median and p90 is reported, with the
+   ratio big / 100.
 4. Automatic size enforcement: in one child, three memoized copies of ``f`` share
    the N-entry cache: no limit, ``bytes_limit`` = 1.5x the bytes on disk (checks but
    does not evict) and ``bytes_limit`` = 0.9x (evicts). They take turns in blocks
    of ``BLOCK`` misses on fresh keys, so machine noise hits all three alike. A
-   limited cache scans all entries once its writes reach 5% of the limit, so the
-   miss count is at least one such period (and at least ``MIN_MISSES``): the mean
-   then includes the amortised scan. Scans are timed by wrapping the instance's
-   ``store.evict``.
+   limited cache's ``SizeBudget`` scans all entries once its own writes reach a
+   tenth of the limit (``SCAN_FRACTION``), or when its estimate passes the limit,
+   so the miss count is at least one such period (and at least ``MIN_MISSES``):
+   the mean then includes the amortised scan. Scans are timed by wrapping each
+   cache's own ``SizeBudget.enforce`` (a scan, its evictions and its size record).
 
 The raw cost of creating a small file (create, write, rename) in the benchmark
 directory is measured as context: on slow metadata storage it dominates a miss.
@@ -109,6 +115,8 @@ MIN_MISSES = 2_000
 BLOCK = 100
 LIMIT_NO_EVICT = 1.5
 LIMIT_EVICT = 0.9
+SCAN_FRACTION = 0.1
+"""Share of its limit a ``SizeBudget`` writes between two scans (``SizeBudget.note_write``)."""
 PRUNE_KEEP = 0.9
 INFO_RUNS = 3
 SEED = 0
@@ -153,10 +161,20 @@ def _api_chunk(bounds: tuple[int, int]) -> int:
 
 
 def _direct_chunk(bounds: tuple[int, int]) -> int:
-    """Write the entries of ``range(*bounds)`` with ``cachelib.dump`` at their real paths."""
+    """Publish ``f(i)`` for ``range(*bounds)`` through the store step of a miss, without its lookup and lock.
+
+    ``_store`` is what ``MemoizedFunction.__call__`` runs after computing: it writes
+    the entry with ``Entries.put`` (``entry_name`` and ``_entry.write_entry``), with the
+    key, key parts, call summary and statistics of a miss.
+    """
+    memoized = _WORKER
     for i in range(*bounds):
-        metadata = {"function": _WORKER.__qualname__, "compute_seconds": 0.0, "time": time.time()}
-        cachelib.dump((metadata, payload(i)), _WORKER._entry((i,), {}))
+        args: tuple[Any, ...] = (i,)
+        parts, _ = memoized._miss_parts(args, {})
+        call = memoized._summary.describe(args, {})
+        started = time.perf_counter()
+        value = payload(i)
+        memoized._store(memoized._key(args, {}), value, time.perf_counter() - started, parts, call)
     return bounds[1] - bounds[0]
 
 
@@ -176,10 +194,31 @@ def populate(location: str, start: int, stop: int, method: str) -> float:
     return time.perf_counter() - started
 
 
-def make_shards(function_dir: str) -> None:
-    """Create the 256 shard directories, as the first misses would."""
-    for shard in range(256):
-        os.makedirs(os.path.join(function_dir, f"{shard:02x}"), exist_ok=True)
+def entry_head(location: str, i: int) -> Any:
+    """Return the checked header (``_entry.EntryHead``) of the entry of ``f(i)``."""
+    memoized = memoized_payload(location)
+    return memoized.cache.entries.head(memoized.namespace, memoized._key((i,), {}))
+
+
+def entry_shape(location: str, i: int) -> tuple[Any, ...]:
+    """What the entry of ``f(i)`` holds besides its values: metadata fields, key parts, flags."""
+    head = entry_head(location, i)
+    return sorted(head.metadata), sorted(head.metadata.get("key_parts", {})), head.signed, head.deferred
+
+
+def check_direct(location: str, api_key: int, direct_keys: Sequence[int]) -> None:
+    """Fail unless directly built entries look like an API entry and hit through a fresh wrapper."""
+    expected = entry_shape(location, api_key)
+    for i in direct_keys:
+        shape = entry_shape(location, i)
+        if shape != expected:
+            raise AssertionError(f"the direct entry of f({i}) differs from an API entry: {shape}, {expected}")
+    memoized = memoized_payload(location)
+    for i in direct_keys:
+        if memoized(i) != payload(i):
+            raise AssertionError(f"wrong result from the direct entry of f({i})")
+    if memoized.stats.misses or memoized.stats.hits != len(direct_keys):
+        raise AssertionError(f"direct entries do not hit: {memoized.stats}")
 
 
 @dataclass
@@ -237,10 +276,11 @@ def build_cache(
         f"{entries:,} through the API would take ~{build.projected_api_seconds / 60:.1f} min; "
         f"building the rest by {build.method}"
     )
-    if build.method == "direct":
-        make_shards(str(memoized_payload(location).function_dir))
     if count < entries:
         build.seconds += populate(location, count, entries, build.method)
+        if build.method == "direct":
+            direct = range(count, entries)
+            check_direct(location, 0, random.Random(SEED).sample(direct, min(100, len(direct))))
     return build
 
 
@@ -369,17 +409,19 @@ def child_hits(location: str, key_space: int, hits: int, seed: int, batch: int |
     return summarize_ns(times)
 
 
-def _timed_evict(store: Any, record: list[dict[str, float]]) -> None:
-    """Wrap ``store.evict`` (this instance only) to record each scan's seconds and removals."""
-    original = store.evict
+def _timed_scans(cache: cachelib.Cache, record: list[dict[str, float]]) -> None:
+    """Wrap ``cache``'s own ``SizeBudget.enforce`` to record each scan's seconds and removals."""
+    budget = cache._budget
+    assert budget is not None, "a cache with a location has a size budget"
+    original = budget.enforce
 
-    def evict(*args: Any, **kwargs: Any) -> int:
+    def enforce(bytes_limit: int) -> int:
         started = time.perf_counter()
-        removed = original(*args, **kwargs)
+        removed = original(bytes_limit)
         record.append({"seconds": time.perf_counter() - started, "removed": removed})
-        return int(removed)
+        return removed
 
-    store.evict = evict
+    budget.enforce = enforce  # type: ignore[method-assign]
 
 
 def _miss_blocks(variants: dict[str, Any], first_key: int, misses: int) -> dict[str, list[int]]:
@@ -405,18 +447,20 @@ def child_enforcement(location: str, first_key: int, min_misses: int) -> dict[st
     """Average miss cost without a limit, with a non-evicting and with an evicting limit."""
     before = cachelib.Cache(location).info()
     average = before.bytes / before.entries
+    checked_limit = int(LIMIT_NO_EVICT * before.bytes)
     limits = {
         "none": None,
-        "limit, no eviction": int(LIMIT_NO_EVICT * before.bytes),
+        "limit, no eviction": checked_limit,
         "limit, evicting": int(LIMIT_EVICT * before.bytes),
     }
-    period = math.ceil((limits["limit, no eviction"] // 20) / average)  # misses between scans
+    period = math.ceil(checked_limit * SCAN_FRACTION / average)  # misses between scans
     misses = max(min_misses, math.ceil(period * 1.02))
-    variants, scans = {}, {}
+    variants: dict[str, Any] = {}
+    scans: dict[str, list[dict[str, float]]] = {}
     for name, limit in limits.items():
         variants[name] = memoized_payload(location, limit)
         scans[name] = []
-        _timed_evict(variants[name].cache.store, scans[name])
+        _timed_scans(variants[name].cache, scans[name])
     times = _miss_blocks(variants, first_key, misses)
     after = cachelib.Cache(location).info()
     result: dict[str, Any] = {
@@ -554,8 +598,8 @@ def log_enforcement(enforcement: dict[str, Any]) -> None:
         )
 
 
-def raw_create_cost(workdir: str, count: int = 1000) -> dict[str, float]:
-    """Median microseconds to create, write (170 bytes) and rename a file: the storage's floor."""
+def raw_create_cost(workdir: str, size: int, count: int = 1000) -> dict[str, float]:
+    """Microseconds to create, write (``size`` bytes) and rename a file: the storage's floor."""
     directory = os.path.join(workdir, "raw-create")
     os.makedirs(directory)
     times = []
@@ -563,11 +607,11 @@ def raw_create_cost(workdir: str, count: int = 1000) -> dict[str, float]:
         path = os.path.join(directory, f"{i:032x}.cl")
         started = time.perf_counter_ns()
         with open(path + ".tmp", "xb") as handle:
-            handle.write(b"x" * 170)
+            handle.write(b"x" * size)
         os.replace(path + ".tmp", path)
         times.append(time.perf_counter_ns() - started)
     shutil.rmtree(directory)
-    return summarize_ns(times)
+    return {"bytes": size, **summarize_ns(times)}
 
 
 # -- reporting -----------------------------------------------------------------------------------
@@ -659,8 +703,8 @@ def hit_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def scan_us_per_miss(variant: dict[str, Any]) -> float:
-    """Seconds spent in ``evict`` (scans and deletions) per miss, in microseconds."""
-    return sum(scan["seconds"] for scan in variant["scans"]) / variant["count"] * 1e6
+    """Seconds spent in ``SizeBudget.enforce`` (scans and evictions) per miss, in microseconds."""
+    return float(sum(scan["seconds"] for scan in variant["scans"]) / variant["count"] * 1e6)
 
 
 def enforcement_rows(enforcement: dict[str, Any]) -> list[list[str]]:
@@ -778,7 +822,8 @@ def build_report(results: dict[str, Any]) -> str:
         "page cache: warm for every measurement (entries just written, all fit in RAM; never dropped)",
         f"interpreter start-up + import (inside every command's wall time): {startup['seconds']:.2f} s, "
         f"{mib(startup['max_rss_bytes'])} MiB",
-        f"raw create+write+rename of a 170-byte file here: median {raw['median_us']:.0f} us, "
+        f"raw create+write+rename of a {raw['bytes']}-byte file (an entry's size) here: "
+        f"median {raw['median_us']:.0f} us, "
         f"p90 {raw['p90_us']:.0f} us (the storage's floor for a miss)",
         "",
         "Commands (wall time: info = median of 3 runs, Cache.info() = best of 2; peak RSS of the subprocess, "
@@ -806,8 +851,9 @@ def build_report(results: dict[str, Any]) -> str:
         f"Hit latency: {HITS:,} timed hits per fresh child after one untimed pass over the same keys "
         f"(page cache warm), median over {HIT_ROUNDS} rounds taking turns; ratio vs the "
         f"{REFERENCE_ENTRIES}-entry case of the same kind.",
-        "'one wrapper': one memoized function makes every call, as a program would (a store keeps the "
-        "checked bytes of recently read small entries in memory, so few hot keys skip the file read);",
+        "'one wrapper': one memoized function makes every call, as a program would (the entries layer "
+        "keeps the checked bytes of the last small entries read in memory, so few hot keys skip the file "
+        "read);",
         f"'fresh store': a new Cache every {FRESH_BATCH} calls of distinct keys, so every timed hit "
         "reads its file: the same read path whatever the cache size.",
     ]
@@ -818,7 +864,8 @@ def build_report(results: dict[str, Any]) -> str:
         f"Miss cost with automatic enforcement on {enforcement['entries_before']:,} entries "
         f"({enforcement['bytes_before'] / MB:.1f} MiB); {enforcement['misses']:,} fresh misses per "
         f"variant in rotating blocks of {BLOCK}; a limited cache scans every "
-        f"{enforcement['scan_period_misses']:,} misses (5% of its limit)",
+        f"{enforcement['scan_period_misses']:,} misses "
+        f"({SCAN_FRACTION:.0%} of its limit, SizeBudget)",
     ]
     lines.append(
         format_table(
@@ -979,10 +1026,11 @@ def run_all(options: Options, workdir: str) -> dict[str, Any]:
     results["cachelib_source"] = cachelib_source()
     log(describe_machine(results["machine"]))
     check_space(workdir, options.entries)
-    results["raw_create"] = raw_create_cost(workdir)
     results["startup"] = asdict(measure_startup())
     reference = cache_location(workdir, REFERENCE_ENTRIES)
     sample_misses(reference, REFERENCE_ENTRIES)
+    built = cachelib.Cache(reference).info()
+    results["raw_create"] = raw_create_cost(workdir, round(built.bytes / built.entries))
     # Time N/100 misses on the big cache first: they decide how both caches are built.
     count = max(1, options.entries // 100)
     sample = (count, sample_misses(cache_location(workdir, options.entries), count))
