@@ -28,7 +28,7 @@ from ._hashing import hash
 from ._loading import load, verify
 from ._local import LocalStore
 from ._memoize import MemoizedFunction
-from ._memory import MemorizedFunc, Memory, expires_after
+from ._memory import MemorizedFunc, Memory, NotMemorizedFunc, expires_after
 from ._persistence import dump
 from ._shelve import MemorizedResult, NotMemorizedResult
 from ._store import Store
@@ -54,6 +54,7 @@ __all__ = [
     "Memory",
     "MissingDependencyError",
     "NotACacheError",
+    "NotMemorizedFunc",
     "NotMemorizedResult",
     "SerializationError",
     "Store",

@@ -15,7 +15,7 @@ import inspect
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Union, cast, overload
+from typing import Any, Generic, Union, cast, overload
 
 from ._cache import _UNSET, Cache, CacheInfo, logger, verbose_logger
 from ._compressors import Compressor
@@ -25,7 +25,7 @@ from ._memoize import AsyncMemoizedFunction, MemoizedFunction
 from ._shelve import MemorizedResult, NotMemorizedResult
 from ._typing import P, R
 
-__all__ = ["AsyncMemorizedFunc", "MemorizedFunc", "Memory", "expires_after"]
+__all__ = ["AsyncMemorizedFunc", "MemorizedFunc", "Memory", "NotMemorizedFunc", "expires_after"]
 
 Validator = Callable[[dict[str, Any]], Any]
 Shelved = Union[MemorizedResult[Any], NotMemorizedResult[Any]]
@@ -105,12 +105,20 @@ class MemorizedFunc(MemoizedFunction[P, R]):
     def __init__(
         self,
         func: Callable[P, R],
-        cache: Cache,
-        *,
+        cache: Cache | str | os.PathLike[str] | None,
+        *joblib_arguments: Any,
         verbose: int | None = None,
         cache_validation_callback: Validator | None = None,
         **options: Any,
     ) -> None:
+        if not isinstance(cache, Cache):  # joblib's MemorizedFunc(func, location, backend, ignore, ...)
+            cache, options = _joblib_construction(
+                cache, joblib_arguments, verbose, cache_validation_callback, options
+            )
+            verbose = options.pop("verbose")
+            cache_validation_callback = options.pop("cache_validation_callback")
+        elif joblib_arguments:
+            raise TypeError("MemorizedFunc(func, cache) takes its other options by keyword")
         super().__init__(func, cache, **options)
         self._verbose = cache.verbose if verbose is None else verbose
         self.cache_validation_callback = cache_validation_callback
@@ -243,6 +251,78 @@ class AsyncMemorizedFunc(MemorizedFunc[P, R], AsyncMemoizedFunction[P, R]):
         return self._stored_call(key, result, time.perf_counter() - started, parts, call)
 
 
+class NotMemorizedFunc(Generic[P, R]):
+    """joblib's stand-in for a memoized function that caches nothing: calls ``func`` every time."""
+
+    def __init__(self, func: Callable[P, R]) -> None:
+        self.func = func
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def call_and_shelve(self, *args: P.args, **kwargs: P.kwargs) -> NotMemorizedResult[R]:
+        """Compute the call; return its result held in memory."""
+        return NotMemorizedResult(self.func(*args, **kwargs))
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[R, dict[str, Any]]:
+        """Compute the call; return ``(result, {})``."""
+        return self.func(*args, **kwargs), {}
+
+    def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """False: nothing is ever stored."""
+        return False
+
+    def clear(self, warn: bool = True) -> None:
+        """Nothing to remove."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(func={self.func})"
+
+
+def _function_options(
+    ignore: list[str] | None, verbose: int | None, mmap_mode: Any, cache_validation_callback: Validator | None
+) -> dict[str, Any]:
+    """The ``MemorizedFunc`` options that mean what joblib's ``Memory.cache`` arguments mean."""
+    expiry: Any = _UNSET
+    if isinstance(cache_validation_callback, ExpiresAfter):
+        # joblib's negative durations expire everything; the cache's expiry is at least 0.
+        expiry, cache_validation_callback = max(cache_validation_callback.seconds, 0.0), None
+    return {"ignore": tuple(ignore or ()), "compress": _UNSET, "expires_after": expiry,
+            "mmap_mode": _UNSET if mmap_mode is False else mmap_mode, "verbose": verbose,
+            "cache_validation_callback": cache_validation_callback}
+
+
+_JOBLIB_POSITIONAL = ("backend", "ignore", "mmap_mode", "compress", "verbose", "timestamp",
+                      "cache_validation_callback")
+
+
+def _joblib_construction(
+    location: str | os.PathLike[str] | None,
+    arguments: tuple[Any, ...],
+    verbose: int | None,
+    cache_validation_callback: Validator | None,
+    options: dict[str, Any],
+) -> tuple[Cache, dict[str, Any]]:
+    """The cache and options of joblib's ``MemorizedFunc(func, location, backend, ignore, ...)``."""
+    if len(arguments) > len(_JOBLIB_POSITIONAL):
+        raise TypeError(f"MemorizedFunc takes at most {len(_JOBLIB_POSITIONAL) + 2} positional arguments")
+    given = dict(zip(_JOBLIB_POSITIONAL, arguments))
+    twice = sorted(set(given) & set(options))
+    if twice:
+        raise TypeError(f"MemorizedFunc got {twice} both by position and by keyword")
+    given.update(options)
+    given.setdefault("verbose", verbose)
+    given.setdefault("cache_validation_callback", cache_validation_callback)
+    unknown = sorted(set(given) - set(_JOBLIB_POSITIONAL))
+    if unknown:
+        raise TypeError(f"MemorizedFunc got unexpected arguments {unknown}")
+    verbose = 1 if given["verbose"] is None else given["verbose"]
+    memory = Memory(location, backend=given.get("backend", "local"), mmap_mode=given.get("mmap_mode"),
+                    compress=given.get("compress", False), verbose=verbose)
+    return memory.as_cache, _function_options(given.get("ignore"), given["verbose"], False,
+                                              given["cache_validation_callback"])
+
+
 class Memory:
     """joblib.Memory's constructor and methods, on a ``cachelib.Cache``.
 
@@ -335,13 +415,7 @@ class Memory:
                                      cache_validation_callback=cache_validation_callback)
         if isinstance(func, MemoizedFunction):
             func = func.__wrapped__
-        expiry: Any = _UNSET
-        if isinstance(cache_validation_callback, ExpiresAfter):
-            # joblib's negative durations expire everything; the cache's expiry is at least 0.
-            expiry, cache_validation_callback = max(cache_validation_callback.seconds, 0.0), None
-        options = {"ignore": tuple(ignore or ()), "compress": _UNSET, "expires_after": expiry,
-                   "mmap_mode": _UNSET if mmap_mode is False else mmap_mode, "verbose": verbose,
-                   "cache_validation_callback": cache_validation_callback}
+        options = _function_options(ignore, verbose, mmap_mode, cache_validation_callback)
         return self.as_cache.wrap(func, (MemorizedFunc, AsyncMemorizedFunc), options)
 
     def eval(self, func: Callable[..., R], *args: Any, **kwargs: Any) -> R:

@@ -459,3 +459,68 @@ def test_call_records_key_parts_and_a_summary_like_a_miss(tmp_path):
     assert isinstance(metadata["key_parts"], dict) and "argument x" in metadata["key_parts"]
     assert metadata["call"].startswith("double(")
     assert "argument `x` changed" in f.explain(4)
+
+
+# -- joblib's MemorizedFunc(func, location, ...) and NotMemorizedFunc -------------------------
+
+
+def test_memorized_func_built_from_a_location_as_in_joblib(location, calls):
+    """``MemorizedFunc(func, location, backend, ignore, mmap_mode, compress, verbose)``, as in joblib."""
+    f = cachelib.MemorizedFunc(square, str(location), "local", ["y"], None, 3, 0)
+    assert [f(2, y=1), f(2, y=5)] == [5, 5]
+    assert calls == [2]
+    assert f.ignore == ["y"]
+    assert f.check_call_in_cache(2)
+    assert cachelib.MemorizedFunc(square, location, ignore=["y"], verbose=0)(2) == 5
+    assert calls == [2], "a second MemorizedFunc on the same location hits the first's entry"
+    stream = entry_stream(entry_path(f, 2).read_bytes())
+    assert zlib.compress(zlib.decompress(stream), 3) == stream  # compress=3: zlib level 3, as in joblib
+    shelved = f.call_and_shelve(3)
+    assert isinstance(shelved, cachelib.MemorizedResult)
+    assert shelved.get() == 10
+
+
+def test_memorized_func_from_a_location_takes_the_validation_callback(location, calls):
+    f = cachelib.MemorizedFunc(square, location, verbose=0, cache_validation_callback=lambda metadata: False)
+    assert [f(2), f(2)] == [5, 5]
+    assert calls == [2, 2]
+    assert not f.check_call_in_cache(2)
+
+
+def test_memorized_func_from_no_location_caches_nothing(calls):
+    f = cachelib.MemorizedFunc(square, None, verbose=0)
+    assert [f(2), f(2)] == [5, 5]
+    assert calls == [2, 2]
+    assert isinstance(f.call_and_shelve(2), cachelib.NotMemorizedResult)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "options", "message"),
+    [
+        (("local", None, None, False, 0, None, None, "extra"), {}, "positional"),
+        (("local",), {"backend": "local"}, "both by position and by keyword"),
+        ((), {"colour": "red"}, "unexpected"),
+    ],
+)
+def test_memorized_func_from_a_location_rejects_bad_arguments(location, arguments, options, message):
+    with pytest.raises(TypeError, match=message):
+        cachelib.MemorizedFunc(square, location, *arguments, **options)
+
+
+def test_memorized_func_from_a_cache_takes_no_joblib_positionals(location):
+    with pytest.raises(TypeError, match="by keyword"):
+        cachelib.MemorizedFunc(square, cachelib.Cache(location), "local")
+
+
+def test_not_memorized_func_calls_every_time(calls):
+    f = cachelib.NotMemorizedFunc(square)
+    assert [f(2), f(2, y=0)] == [5, 4]
+    assert calls == [2, 2]
+    shelved = f.call_and_shelve(3)
+    assert isinstance(shelved, cachelib.NotMemorizedResult)
+    assert shelved.get() == 10
+    assert f.call(1) == (2, {})
+    assert not f.check_call_in_cache(2)
+    f.clear(warn=False)
+    assert repr(f) == f"NotMemorizedFunc(func={square})"
+    assert pickle.loads(pickle.dumps(f))(4) == 17
