@@ -176,7 +176,11 @@ def test_dask_workers_share_an_s3_cache(tmp_path: Path, s3_bucket: tuple[str, di
         n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
     ) as cluster, distributed.Client(cluster) as client:
         results = client.gather(client.map(expensive, keys, log=str(log), pure=False))
-        time.sleep(2.0)  # workers write their call counts about a second after a call
+        # Workers write their call counts about a second after a call: wait for them
+        # while the workers still run (a busy machine may take several seconds).
+        deadline = time.monotonic() + 30
+        while cache.info().misses < 6 and time.monotonic() < deadline:
+            time.sleep(0.5)
     for key, result in zip(keys, results):
         np.testing.assert_array_equal(result, np.full(100_000, float(key)) ** 2)
     assert sorted(log.read_text().split()) == sorted(str(k) for k in range(6))

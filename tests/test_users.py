@@ -313,6 +313,9 @@ def test_a_member_without_the_secret_racing_signed_hits_gets_nothing_through(
         assert run_with_timeout(_load, str(copy)).result()["values"][0] == 666
     run_as(users.alice, _clear, str(lab), **GROUP).result()
     assert not entry.exists()
+    # Bob then stores first in that key directory, as if he had made it: under the
+    # sticky rule alice cannot replace his file there, so his attack can go on.
+    run_as(users.alice, os.rmdir, str(entry.parent)).result()
     run_as(users.bob, _publish, entry, data, umask=0o002).result()  # a replay: validly signed
 
     seconds = 5.0
