@@ -263,6 +263,15 @@ class CallKeyer:
         each tracked helper, class and constant; never argument values.
         """
         values = self.bound_values(args, kwargs)
+        parts = self.state_parts()
+        names = self._kept_names if self._signature is not None else ["*args", "**kwargs"]
+        for name, value in zip(names, values):
+            parts[f"argument {name}"] = short_digest(value, self._track)
+        return parts
+
+    def state_parts(self) -> dict[str, str]:
+        """Return the parts of the key that are not arguments: code, closure, state, helpers, constants."""
+        self._current()
         parts: dict[str, str] = {}
         if self._root is None:
             parts["callable"] = self._state(None).hex()[:12]
@@ -274,9 +283,6 @@ class CallKeyer:
                 self._callees()
                 for label, digest in sorted(self._tracked.parts.items()):  # type: ignore[union-attr]
                     parts[label] = digest.hex()[:12]
-        names = self._kept_names if self._signature is not None else ["*args", "**kwargs"]
-        for name, value in zip(names, values):
-            parts[f"argument {name}"] = short_digest(value, self._track)
         return parts
 
     def _argument_name(self, exc: UnhashableError) -> str:

@@ -111,6 +111,7 @@ class MemoizedFunction(Generic[P, R]):
         self._about = {"function": self.name, "identity": identity}
         self._recorder = StatsRecorder(cache.entries, self.namespace if cache.entries else None)
         self._refused = False  # the location (or this function's directory) cannot be trusted
+        self._checked_changes = False  # whether a miss was checked for changing its own state
         if self.mmap_mode is not None and self.compressor is not None:
             warnings.warn(
                 f"{self.__qualname__}: compressed entries cannot be memory-mapped; its hits are "
@@ -236,7 +237,9 @@ class MemoizedFunction(Generic[P, R]):
             call = self._summary.describe(args, kwargs)
             started = time.perf_counter()
             result = self.__wrapped__(*args, **kwargs)
-            return cast(R, self._store(key, result, time.perf_counter() - started, parts, call, why))
+            seconds = time.perf_counter() - started
+            self._check_own_changes(parts)
+            return cast(R, self._store(key, result, seconds, parts, call, why))
         finally:
             if lock is not None:
                 lock.release()
@@ -302,6 +305,35 @@ class MemoizedFunction(Generic[P, R]):
             self.logger.debug("cannot explain the miss of %s: %r", self.__qualname__, exc)
             return {}, ""
         return parts, why
+
+    def _check_own_changes(self, parts: dict[str, str]) -> None:
+        """After the first miss, warn if the call changed what its key is made of besides arguments.
+
+        A function that appends to a list it captures, or changes ``self`` or a
+        constant it reads, has a new key after every call: it misses every time.
+        Said once per function and process; the call and its result are not affected.
+        """
+        if self._checked_changes or not parts:
+            return
+        self._checked_changes = True
+        try:
+            now = self._keyer.state_parts()
+        except Exception as exc:  # a diagnosis must never cost the call its result
+            self.logger.debug("cannot compare the state of %s: %r", self.__qualname__, exc)
+            return
+        changed = [label for label, digest in now.items() if label in parts and parts[label] != digest]
+        if not changed:
+            return
+        named = [_STATE_NAMES.get(label, "") or _describe_part(label) for label in changed]
+        closures = [label.split(" ", 1)[1] for label in changed if label.startswith("closure ")]
+        advice = (f"; if its results do not depend on {', '.join(closures)}, pass ignore={closures!r}"
+                  if closures else "")
+        warnings.warn(
+            f"{self.__qualname__} changed {', '.join(named)} while it ran, so the same call misses again "
+            f"(a key includes them as they are at the call){advice}",
+            CacheWarning,
+            stacklevel=3,
+        )
 
     def explain(self, *args: Any, **kwargs: Any) -> str:
         """Say why this call would miss: what differs from this function's nearest entries.
@@ -371,7 +403,18 @@ class AsyncMemoizedFunction(MemoizedFunction[P, R]):
         call = self._summary.describe(args, kwargs)
         started = time.perf_counter()
         result = await cast(Any, self.__wrapped__)(*args, **kwargs)
-        return self._store(key, result, time.perf_counter() - started, parts, call, why)
+        seconds = time.perf_counter() - started
+        self._check_own_changes(parts)
+        return self._store(key, result, seconds, parts, call, why)
+
+
+_STATE_NAMES = {"callable": "its own state (a bound self, a partial's arguments or the object's attributes)"}
+
+
+def _describe_part(label: str) -> str:
+    """``"closure acc"`` -> ``"its closure variable `acc`"`` (a key part's label, for a message)."""
+    kind, _, name = label.partition(" ")
+    return f"its {'closure variable' if kind == 'closure' else kind} `{name}`"
 
 
 def _seconds(metadata: dict[str, Any]) -> float:

@@ -228,3 +228,62 @@ def test_state_edited_between_processes_misses_and_a_revert_hits(tmp_path, old, 
     assert why in edited["explain"], edited["explain"]
     project.write("main.py", _MAIN)
     project.check(stored=True)
+
+
+# -- a function that changes its own state while it runs ------------------------------------
+
+
+def _accumulating():
+    seen = []
+    scale = 3
+
+    def f(x):
+        seen.append(x)
+        return x * scale
+
+    return f, seen
+
+
+def test_a_function_changing_its_closure_while_it_runs_is_told_once_and_never_wrong(cache):
+    """Appending to a captured list makes every call miss: one warning names the variable and the fix."""
+    f, seen = _accumulating()
+    f = cache.memoize(f)
+    with pytest.warns(cachelib.CacheWarning, match=r"closure variable `seen`.*ignore=\['seen'\]") as caught:
+        assert [f(1), f(1), f(2)] == [3, 3, 6]
+    assert len(caught) == 1
+    assert seen == [1, 1, 2], "each call missed and computed: the key includes the list as it is"
+
+
+def test_ignoring_the_changed_closure_variable_makes_calls_hit_without_a_warning(cache):
+    f, seen = _accumulating()
+    f = cache.memoize(ignore=["seen"])(f)
+    assert [f(1), f(1), f(2), f(2)] == [3, 3, 6, 6]
+    assert seen == [1, 2]
+
+
+def test_a_method_changing_self_while_it_runs_is_told(cache):
+    class Counter:
+        def __init__(self):
+            self.calls = 0
+
+        def double(self, x):
+            self.calls += 1
+            return 2 * x
+
+    counter = Counter()
+    double = cache.memoize(counter.double)
+    with pytest.warns(cachelib.CacheWarning, match="own state"):
+        assert [double(1), double(1)] == [2, 2]
+    assert counter.calls == 2
+
+
+def test_a_function_that_changes_nothing_of_its_own_is_not_warned_about(cache):
+    table = {"k": 2}
+
+    def lookup(x):
+        return x * table["k"]
+
+    lookup = cache.memoize(lookup)
+    assert [lookup(1), lookup(1)] == [2, 2]  # filterwarnings=error: any warning fails here
+    table["k"] = 5  # changed by the caller, not by the call: a miss, no warning
+    assert lookup(1) == 5
