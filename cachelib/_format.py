@@ -13,12 +13,13 @@ the payload and an xxh3-64 checksum of record header and payload:
 * one ``E`` record ends the stream and counts what came before it.
 
 The pickle names each array by ``rebuild_array((dtype, shape, order, subclass),
-buffer)``. Small contiguous arrays (under ``INBAND_MAX`` bytes) carry their bytes in
-the pickle itself, which the C pickler and unpickler handle at their own speed;
-every other array's bytes are a protocol-5 out-of-band buffer (``NEXT_BUFFER``),
-and the reader feeds the unpickler the ``A`` records in the order they appear. An
-``A`` record is always written before the pickle bytes that consume it, so one
-forward pass reads the stream: files, pipes and sockets alike. The checksum of an
+buffer)``. Small contiguous arrays (under ``INBAND_MAX`` bytes, the first
+``INBAND_ARRAYS`` of them) carry their bytes in the pickle itself, which the C pickler
+and unpickler handle at their own speed; every other array's bytes are a protocol-5
+out-of-band buffer (``NEXT_BUFFER``), and the reader feeds the unpickler the ``A``
+records in the order they appear. An ``A`` record is always written before the pickle
+bytes that consume it, so one forward pass reads the stream: files, pipes and sockets
+alike. The checksum of an
 ``A`` record of ``TREE_CHECKSUM_MIN`` bytes or more covers the tree digest of its
 payload (``_chunked``), so that it is computed on every core while the bytes move.
 Writing lives here; reading, in ``_reader``.
@@ -74,7 +75,12 @@ IO_CHUNK = 4 << 20
 DECOMPRESSED_CHUNK = 1 << 18  # reads from a codec: its per-read buffer stays in the CPU cache
 SMALL_ARRAY = 1 << 12  # below this, a loaded array is copied off its record buffer
 INBAND_MAX = 1 << 12
-"""Contiguous arrays of fewer bytes than this are written inside the pickle (never mapped)."""
+"""Contiguous arrays of fewer bytes than this are written inside the pickle (never mapped)..."""
+INBAND_ARRAYS = 8192
+"""... the first this many of them in a stream. The pickler keeps every buffer it writes in
+band alive until the end, with numpy's export of it (a few hundred bytes an array): past
+this count, small arrays are records too, so a value of millions of them dumps with
+flat extra memory."""
 TREE_CHECKSUM_MIN = 1 << 22
 """Array records of at least this many bytes are checksummed over their payload's tree digest."""
 
@@ -160,6 +166,17 @@ def _zeroed_row_chunks(array: np.ndarray) -> Iterator[np.ndarray]:
         yield chunk.reshape(-1).view(np.uint8)
 
 
+def _is_plain(dtype: np.dtype) -> bool:
+    """True for a numpy dtype that its ``str`` names exactly: no fields, subarray, metadata or extension."""
+    return (
+        dtype.kind in "biufcmMSUV"
+        and getattr(dtype.type, "__module__", None) == "numpy"
+        and dtype.names is None
+        and dtype.subdtype is None
+        and dtype.metadata is None
+    )
+
+
 class RecordWriter:
     """The file object the pickler writes to; frames its bytes and arrays as records."""
 
@@ -169,6 +186,7 @@ class RecordWriter:
         self._records = 0
         self._pending = bytearray()
         self._descriptions: dict[tuple[Any, ...], tuple[np.dtype, tuple[Any, ...] | None, bool]] = {}
+        self._in_band_left = INBAND_ARRAYS
         self._emit(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
 
     def _emit(self, data: Any) -> None:
@@ -217,7 +235,7 @@ class RecordWriter:
 
     def reduce_array(self, array: np.ndarray) -> Any:
         """Reduce an array for the pickler: in the pickle if small, else as an ``A`` record written now."""
-        if array.nbytes < INBAND_MAX:
+        if array.nbytes < INBAND_MAX and self._in_band_left:
             flags = array.flags
             order = "C" if flags.c_contiguous else "F" if flags.f_contiguous else None
             if order is not None:
@@ -227,10 +245,11 @@ class RecordWriter:
                 _, description, direct = known
                 if description is not None:
                     # The pickle holds the bytes, memoized by the pickler through this
-                    # PickleBuffer of the array itself: nothing is copied or kept.
+                    # PickleBuffer of the array itself: nothing is copied.
+                    self._in_band_left -= 1
                     if not direct:
                         array = (array.reshape(-1) if order == "C" else array.T.reshape(-1)).view(np.uint8)
-                    return rebuild_array, (description, pickle.PickleBuffer(byte_view(array)))
+                    return rebuild_array, (description, pickle.PickleBuffer(cast(Any, array)))
         if array.dtype.hasobject:
             return array.__reduce_ex__(5)  # elements are pickled, arrays among them too
         order, chunks, stable = _c_order_chunks(array)
@@ -250,18 +269,26 @@ class RecordWriter:
         flag, metadata), and each array must get back exactly its own. Object arrays
         get no description: numpy reduces them.
         """
-        key = (id(array.dtype), array.shape, order, type(array))
+        dtype = array.dtype
+        key: tuple[Any, ...] = (id(dtype), array.shape, order, type(array))
         known = self._descriptions.get(key)
-        if known is not None and known[0] is array.dtype:
+        if known is not None and known[0] is dtype:
             return known
+        if _is_plain(dtype):
+            # numpy makes a new dtype object for every array of some dtypes (datetimes with a
+            # unit, byte-swapped numbers); a plain dtype is all in its ``str``, so they share.
+            key = (dtype.str, array.shape, order, type(array))
+            known = self._descriptions.get(key)
+            if known is not None:
+                return known
         subclass = np.matrix if isinstance(array, np.matrix) else None
-        description = None if array.dtype.hasobject else (array.dtype, array.shape, order, subclass)
+        description = None if dtype.hasobject else (dtype, array.shape, order, subclass)
         try:
             byte_view(array)
             direct = True
         except (TypeError, ValueError):  # datetimes and a few others export no buffer
             direct = False
-        known = self._descriptions[key] = (array.dtype, description, direct)
+        known = self._descriptions[key] = (dtype, description, direct)
         return known
 
     buffer_callback = staticmethod(_in_band)

@@ -1147,3 +1147,79 @@ def test_megabytes_of_pickle_without_arrays(compress, roundtrip):
     written in pickle records no larger than readers accept, and loads back."""
     value = [str(i) for i in range(300_000)]
     assert roundtrip(value, compress=compress) == value
+
+
+# --- many small arrays ----------------------------------------------------------------------
+
+
+def _many_small_arrays(count: int) -> list[np.ndarray]:
+    """``count`` small arrays of several kinds: C and Fortran order, read-only, datetimes, big-endian."""
+    kinds = [
+        lambda i: np.arange(i % 7 + 1, dtype=float),
+        lambda i: np.asfortranarray(np.arange(6, dtype="<i4").reshape(2, 3) + i),
+        lambda i: np.array([i, i + 1], dtype="M8[s]"),
+        lambda i: np.arange(3, dtype=">i2") + i % 100,
+    ]
+    arrays = [kinds[i % len(kinds)](i) for i in range(count)]
+    for array in arrays[::5]:
+        array.flags.writeable = False
+    return arrays
+
+
+def test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records(tmp_path):
+    """Past ``INBAND_ARRAYS`` small arrays, the others are array records (and mapped by mmap_mode)."""
+    from cachelib._format import INBAND_ARRAYS
+
+    value = _many_small_arrays(INBAND_ARRAYS + 3000)
+    path = tmp_path / "many.pkl"
+    cachelib.dump(value, path)
+    loaded = cachelib.load(path)
+    assert len(loaded) == len(value)
+    for before, after in zip(value, loaded):
+        assert after.dtype == before.dtype and after.shape == before.shape
+        assert after.flags.f_contiguous == before.flags.f_contiguous
+        np.testing.assert_array_equal(after, before)
+    mapped = cachelib.load(path, mmap_mode="r")
+    kinds = [type(array) is np.memmap for array in mapped]
+    assert kinds == [False] * INBAND_ARRAYS + [True] * 3000
+    assert not any(array.flags.writeable for array in mapped)
+
+
+def _dump_growth_mib(count: int, path: str) -> float:
+    """Peak RSS growth (MiB) of dumping ``count`` tiny arrays, in this (forked) process."""
+    value = _many_small_arrays(count)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _status_kib("VmRSS")
+    cachelib.dump(value, path)
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(status.read().split(f"{field}:")[1].split()[0])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+def test_dumping_200000_small_arrays_adds_less_than_64_mib(tmp_path):
+    """What the pickler keeps for in-band buffers is bounded (a few hundred bytes each: 80 MiB here)."""
+    from _system import run_with_timeout
+
+    growth = run_with_timeout(_dump_growth_mib, 200_000, str(tmp_path / "many.pkl"), timeout=120).result()
+    assert growth < 64, f"dumping 200,000 small arrays grew the peak RSS by {growth:.0f} MiB"
+
+
+def test_arrays_whose_dtypes_print_alike_keep_each_its_own_dtype(tmp_path):
+    """Only dtypes their ``str`` names exactly share a description: no extension types, no metadata."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="pip install ml_dtypes")
+    dtypes = [np.dtype(ml_dtypes.bfloat16), np.dtype("V2"), np.dtype(ml_dtypes.float8_e4m3fn), np.dtype("V1"),
+              np.dtype("<i4", metadata={"unit": "m"}), np.dtype("<i4"), np.dtype("M8[s]"), np.dtype("M8[ms]"),
+              np.dtype(">i2"), np.dtype("<i2")]
+    value = [np.zeros(3, dtype) for dtype in dtypes for _ in range(2)] * 2
+    for mode in (None, "r"):
+        path = tmp_path / f"dtypes-{mode}.pkl"
+        cachelib.dump(value, path)
+        loaded = cachelib.load(path, mmap_mode=mode)
+        assert [a.dtype for a in loaded] == [a.dtype for a in value]
+        assert [type(a.dtype) for a in loaded] == [type(a.dtype) for a in value]
+        assert [a.dtype.metadata for a in loaded] == [a.dtype.metadata for a in value]
