@@ -147,7 +147,9 @@ def clean_leftovers(entries: Entries, older_than: float = LEFTOVER_AGE) -> int:
     removed = 0
     now = time.time()
     for namespace in entries.namespaces():
-        for item in list(entries.store.list(namespace)):
+        # Lazily: a listing of every entry would hold a few hundred bytes per entry, and
+        # removing the odd leftover during a directory's listing is safe.
+        for item in entries.store.list(namespace):
             with contextlib.suppress(CacheError, OSError):
                 removed += entries.remove_if_unused(item, now, older_than)
     return removed
