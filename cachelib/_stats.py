@@ -105,6 +105,7 @@ class StatsRecorder:
         self._entries = entries
         self._namespace = namespace
         self._lock = threading.Lock()
+        self._queued = False  # held in ``_unflushed`` until the flusher writes its counts
         self._reset()
         if entries is not None:
             _live.add(self)
@@ -124,7 +125,18 @@ class StatsRecorder:
         with self._lock:
             self.stats.record(hit, seconds)
         if self._entries is not None:
+            self._hold()
             _flusher.wake()
+
+    def _hold(self) -> None:
+        """Keep this recorder alive until its counts are written, even if its function is dropped.
+
+        A worker that unpickles a memoized function for each task drops it right after
+        the call, a second before the flusher runs: its counts would go with it.
+        """
+        if not self._queued:
+            self._queued = True
+            _unflushed.add(self)
 
     def record_hit(self, seconds: float) -> None:
         """Count one hit that saved ``seconds``: ``record(True, seconds)`` on the hot path."""
@@ -132,8 +144,11 @@ class StatsRecorder:
             stats = self.stats
             stats.hits += 1
             stats.saved_seconds += seconds
-        if self._entries is not None and not _flusher.awake:
-            _flusher.wake()
+        if self._entries is not None:
+            if not self._queued:
+                self._hold()
+            if not _flusher.awake:
+                _flusher.wake()
 
     def flush(self) -> None:
         """Write what was counted since the last flush (at exit, and before reading)."""
@@ -163,9 +178,15 @@ class StatsRecorder:
 
 
 _live: weakref.WeakSet[StatsRecorder] = weakref.WeakSet()
+_unflushed: set[StatsRecorder] = set()  # recorders with counts not yet written: held strongly
 
 
 def _flush_all() -> None:
+    for recorder in list(_unflushed):  # the ones held now: calls meanwhile wait for the next turn
+        _unflushed.discard(recorder)
+        recorder._queued = False  # before flushing: a call counted meanwhile holds it again
+        with contextlib.suppress(Exception):
+            recorder.flush()
     for recorder in list(_live):
         with contextlib.suppress(Exception):
             recorder.flush()
@@ -209,9 +230,11 @@ def _after_fork() -> None:
     """A forked child counts afresh: its parent's unflushed counts are the parent's."""
     global _flusher
     _flusher = _Flusher()
+    _unflushed.clear()  # the parent's counts are the parent's to write
     for recorder in list(_live):
         recorder._lock = threading.Lock()
         recorder.stats = CallStats()
+        recorder._queued = False
         recorder._reset()
 
 

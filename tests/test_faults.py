@@ -9,8 +9,11 @@ dead test run.
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing
 import os
+import pickle
 import re
 import select
 import signal
@@ -421,3 +424,25 @@ def test_counts_survive_sigkill_after_they_were_written(tmp_path: Path) -> None:
             process.send_signal(signal.SIGKILL)
             process.wait(30)
     assert run_with_timeout(_counts, str(location)).result() == (5, 5)
+
+
+def test_counts_of_a_function_dropped_right_after_its_call_are_kept(tmp_path: Path) -> None:
+    """A worker unpickling the function for each task and dropping it keeps its counts (written in 1 s)."""
+    location = str(tmp_path / "cache")
+    process = multiprocessing.get_context("fork").Process(target=_wait_then_exit,
+                                                           args=(location, 5, 3.0))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    info = cachelib.Cache(location).info()
+    assert (info.hits, info.misses) == (4, 1)
+
+
+def _wait_then_exit(location: str, calls: int, seconds: float) -> None:
+    f = cachelib.Cache(location).memoize(ignore=["log"])(square)
+    payload = pickle.dumps(f)
+    for _ in range(calls):
+        pickle.loads(payload)(3)
+    gc.collect()
+    time.sleep(seconds)  # the flusher writes counts about a second after a call
+    os._exit(0)  # then leave as a killed worker does: no at-exit flush
