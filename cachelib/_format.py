@@ -274,6 +274,7 @@ class RecordWriter:
         known = self._descriptions.get(key)
         if known is not None and known[0] is dtype:
             return known
+        by_id = key
         if _is_plain(dtype):
             # numpy makes a new dtype object for every array of some dtypes (datetimes with a
             # unit, byte-swapped numbers); a plain dtype is all in its ``str``, so they share.
@@ -288,8 +289,8 @@ class RecordWriter:
             direct = True
         except (TypeError, ValueError):  # datetimes and a few others export no buffer
             direct = False
-        known = self._descriptions[key] = (dtype, description, direct)
-        return known
+        known = self._descriptions[key] = self._descriptions[by_id] = (dtype, description, direct)
+        return known  # by id too: arrays sharing this dtype object take the fast path
 
     buffer_callback = staticmethod(_in_band)
     """Keep our array records out of band; every other buffer stays in the pickle."""
