@@ -195,6 +195,13 @@ def _counts(location: str) -> tuple[int, int]:
     return info.hits, info.misses
 
 
+def _wait_for_counts(location: str, expected: tuple[int, int], seconds: float = 30.0) -> None:
+    """Return once ``location`` counts ``expected`` (hits, misses), or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while _counts(location) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     """``cachelib prune`` with nothing to evict on a full disk: no traceback, no temp file, no lost count."""
     location, log = small / "cache", tmp_path / "log"
@@ -422,7 +429,7 @@ def test_counts_survive_sigkill_after_they_were_written(tmp_path: Path) -> None:
             ready, _, _ = select.select([process.stdout], [], [], 60)
             if not ready or process.stdout.readline().strip() != "ready":
                 raise ChildFailed("the process did not get ready to be killed")
-            time.sleep(3.0)  # counts are written about a second after the calls
+            _wait_for_counts(str(location), (5, 5))  # written about a second after the calls
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(30)
@@ -433,7 +440,7 @@ def test_counts_of_a_function_dropped_right_after_its_call_are_kept(tmp_path: Pa
     """A worker unpickling the function for each task and dropping it keeps its counts (written in 1 s)."""
     location = str(tmp_path / "cache")
     process = multiprocessing.get_context("fork").Process(target=_wait_then_exit,
-                                                           args=(location, 5, 3.0))
+                                                           args=(location, 5, 30.0))
     process.start()
     process.join(60)
     assert process.exitcode == 0
@@ -447,5 +454,5 @@ def _wait_then_exit(location: str, calls: int, seconds: float) -> None:
     for _ in range(calls):
         pickle.loads(payload)(3)
     gc.collect()
-    time.sleep(seconds)  # the flusher writes counts about a second after a call
+    _wait_for_counts(location, (calls - 1, 1), seconds)  # the flusher writes about 1 s after a call
     os._exit(0)  # then leave as a killed worker does: no at-exit flush

@@ -240,6 +240,18 @@ def _state_files(location: Path) -> list[Path]:
     return [p for p in files_under(location) if not p.name.endswith(".cl")]
 
 
+def _statistics(location: Path) -> set[Path]:
+    return {p for p in _state_files(location) if "stats" in p.parts}
+
+
+def _wait_for_new_statistics(location: Path, seen: set[Path], seconds: float = 30.0) -> None:
+    """Return once a statistics file not in ``seen`` exists (they are written about 1 s after a
+    call), or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while _statistics(location) <= seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with entries, markers, a size record and statistics (folded and not): copy it to use it."""
@@ -252,10 +264,11 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f(1, log=str(log))
         f(1, log=str(log))
         f(2, log=str(log))
-        time.sleep(1.5)  # the statistics are written
+        _wait_for_new_statistics(location, set())  # the statistics are written
         cache.info()  # ... and folded
+        folded = _statistics(location)
         f(2, log=str(log))
-        time.sleep(1.5)  # one more counts file, not folded yet
+        _wait_for_new_statistics(location, folded)  # one more counts file, not folded yet
         cache.reduce_size(bytes_limit="10M")
 
     run_with_timeout(fill).result()

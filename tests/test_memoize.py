@@ -1215,18 +1215,15 @@ def test_processes_compute_different_keys_concurrently(tmp_path, location):
     for process in processes:
         process.start()
     time.sleep(0.2)
-    started = time.perf_counter()
     go.set()
     for process in processes:
         process.join(30)
-    elapsed = time.perf_counter() - started
     assert [p.exitcode for p in processes] == [0, 0]
     lines = _log_lines(log)
     assert len(lines) == 2
     starts = [float(line[1]) for line in lines]
     ends = [float(line[2]) for line in lines]
     assert max(starts) < min(ends), "the two computations did not overlap"
-    assert elapsed < 1.6 * seconds, elapsed  # serialised would take >= 2 * seconds
 
 
 def _hold_key_in_child(tmp_path, location, seconds):
@@ -1251,7 +1248,7 @@ def _hold_key_in_child(tmp_path, location, seconds):
 
 @pytest.mark.timeout(60)
 def test_lock_timeout_raise(tmp_path, location):
-    process, log, compute = _hold_key_in_child(tmp_path, location, 2.0)
+    process, log, compute = _hold_key_in_child(tmp_path, location, 6.0)
     try:
         impatient = cachelib.Cache(location, lock_timeout=0.2, on_lock_timeout="raise").memoize(compute)
         started = time.perf_counter()
@@ -1260,7 +1257,7 @@ def test_lock_timeout_raise(tmp_path, location):
         elapsed = time.perf_counter() - started
         assert isinstance(info.value, TimeoutError)
         assert isinstance(info.value, cachelib.CacheError)
-        assert 0.15 <= elapsed < 1.8, elapsed  # gave up after lock_timeout, not after the child
+        assert 0.15 <= elapsed < 5.0, elapsed  # gave up after lock_timeout, not after the child's 6 s
         assert _log_lines(log) == []  # the caller did not compute
     finally:
         process.join(30)
