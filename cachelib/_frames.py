@@ -52,12 +52,16 @@ class FrameCodec:
     ``walk(scanner)`` reads one frame from ``scanner`` and returns (its bytes, its
     content size or None), or None at the end of the stream; ``stream(fileobj)``
     is the codec's own streaming reader, for frames that cannot be taken whole.
+    ``decode_on_pool`` is False for a codec whose decoding runs at memory speed:
+    its frames are decompressed in the reading thread, where the output buffers
+    come from (and go back to) one allocator arena.
     """
 
     compress: Callable[[memoryview], bytes]
     decompress: Callable[[bytes, int], bytes]
     walk: Callable[[_Scanner], tuple[bytes, int | None] | None]
     stream: Callable[[Any], Any]
+    decode_on_pool: bool = True
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -126,7 +130,7 @@ class FrameWriter:
 
 
 class _Scanner:
-    """Bytes of a source read ahead in large pieces, taken in exact amounts."""
+    """Bytes of a source read ahead in large pieces: looked at by offset, taken in exact amounts."""
 
     def __init__(self, source: Any) -> None:
         self._source = source
@@ -148,18 +152,23 @@ class _Scanner:
         self._fill(1)
         return len(self._data) == self._start
 
+    def look(self, offset: int, size: int) -> bytes:
+        """Return ``size`` bytes at ``offset`` past the next byte, taking nothing;
+        ``FrameError`` if the source ends first."""
+        self._fill(offset + size)
+        start = self._start + offset
+        if len(self._data) < start + size:
+            raise FrameError(f"the compressed stream ends inside a frame ({offset + size} bytes expected)")
+        return bytes(self._data[start : start + size])
+
     def take(self, size: int) -> bytes:
         """Return the next ``size`` bytes; ``FrameError`` if the source ends first."""
         self._fill(size)
         if len(self._data) - self._start < size:
             raise FrameError(f"the compressed stream ends inside a frame ({size} bytes expected)")
-        data = bytes(self._data[self._start : self._start + size])
+        data = bytes(memoryview(self._data)[self._start : self._start + size])  # one copy
         self._start += size
         return data
-
-    def peek(self, size: int) -> bytes:
-        self._fill(size)
-        return bytes(self._data[self._start : self._start + size])
 
     def rest(self) -> Any:
         """A file object of everything not taken yet (the read-ahead, then the source)."""
@@ -188,72 +197,67 @@ class _Rest:
         return len(data)
 
 
-def _frame_magic(scanner: _Scanner, expected: int, codec: str) -> bytes | None:
-    """Take the next frame's magic, skipping skippable frames; None at the end of the stream."""
+def _at_frame(scanner: _Scanner, expected: int, codec: str) -> bool:
+    """Skip skippable frames; True if a frame of ``codec`` starts next, False at the end."""
     while not scanner.at_end():
-        head = scanner.take(4)
-        (magic,) = struct.unpack("<I", head)
+        (magic,) = struct.unpack("<I", scanner.look(0, 4))
         if magic == expected:
-            return head
+            return True
         if magic not in _SKIPPABLE:
             raise FrameError(f"bytes after a frame are not a {codec} frame")
-        (size,) = struct.unpack("<I", scanner.take(4))
-        scanner.take(size)
-    return None
+        (size,) = struct.unpack("<I", scanner.look(4, 4))
+        scanner.take(8 + size)
+    return False
 
 
 def zstd_frame(scanner: _Scanner) -> tuple[bytes, int | None] | None:
     """Read one Zstandard frame (RFC 8878, section 3.1.1) by its block headers."""
-    head = _frame_magic(scanner, 0xFD2FB528, "zstd")
-    if head is None:
+    if not _at_frame(scanner, 0xFD2FB528, "zstd"):
         return None
-    (descriptor,) = scanner.take(1)
+    (descriptor,) = scanner.look(4, 1)
     single = descriptor >> 5 & 1
     if descriptor & 0x08:
         raise FrameError("a zstd frame header sets its reserved bit")
     size_bytes = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
-    rest = scanner.take((0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + size_bytes)
+    header = (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + size_bytes
     content: int | None = None
     if size_bytes:
-        content = int.from_bytes(rest[len(rest) - size_bytes :], "little") + (256 if size_bytes == 2 else 0)
-    parts = [head, bytes([descriptor]), rest]
+        field = scanner.look(5 + header - size_bytes, size_bytes)
+        content = int.from_bytes(field, "little") + (256 if size_bytes == 2 else 0)
+    end = 5 + header
     while True:
-        block = scanner.take(3)
-        value = int.from_bytes(block, "little")
+        value = int.from_bytes(scanner.look(end, 3), "little")
         kind, size = value >> 1 & 3, value >> 3
         if kind == 3 or size > 128 << 10:
             raise FrameError("a zstd block header is invalid")
-        parts += [block, scanner.take(1 if kind == 1 else size)]
+        end += 3 + (1 if kind == 1 else size)
         if value & 1:
             break
     if descriptor & 0x04:
-        parts.append(scanner.take(4))  # content checksum
-    return b"".join(parts), content
+        end += 4  # content checksum
+    return scanner.take(end), content
 
 
 def lz4_frame(scanner: _Scanner) -> tuple[bytes, int | None] | None:
     """Read one LZ4 frame (lz4 frame format 1.6) by its block sizes."""
-    head = _frame_magic(scanner, 0x184D2204, "lz4")
-    if head is None:
+    if not _at_frame(scanner, 0x184D2204, "lz4"):
         return None
-    flags, _ = descriptor = scanner.take(2)
+    (flags,) = scanner.look(4, 1)
     if flags >> 6 != 1 or flags & 0x02:
         raise FrameError("an lz4 frame header has an unknown version or reserved bit")
-    rest = scanner.take((8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0) + 1)
-    content = int.from_bytes(rest[:8], "little") if flags & 0x08 else None
-    parts = [head, descriptor, rest]
+    content = int.from_bytes(scanner.look(6, 8), "little") if flags & 0x08 else None
+    end = 6 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0) + 1
     while True:
-        block = scanner.take(4)
-        size = int.from_bytes(block, "little") & 0x7FFFFFFF
-        parts.append(block)
+        size = int.from_bytes(scanner.look(end, 4), "little") & 0x7FFFFFFF
+        end += 4
         if not size:
             break
         if size > 4 << 20:
             raise FrameError("an lz4 block is larger than the format allows")
-        parts.append(scanner.take(size + (4 if flags & 0x10 else 0)))
+        end += size + (4 if flags & 0x10 else 0)
     if flags & 0x04:
-        parts.append(scanner.take(4))  # content checksum
-    return b"".join(parts), content
+        end += 4  # content checksum
+    return scanner.take(end), content
 
 
 class FrameReader:
@@ -271,7 +275,8 @@ class FrameReader:
 
     def _top_up(self) -> None:
         """Read frames and start their decompression until enough are in flight."""
-        while not self._walked and len(self._flight) <= thread_count():
+        ahead = thread_count() + 1 if self._codec.decode_on_pool else 2
+        while not self._walked and len(self._flight) < ahead:
             found = self._codec.walk(self._scanner)
             if found is None:
                 self._walked = True
@@ -281,7 +286,7 @@ class FrameReader:
                 self._stream = self._codec.stream(_Rest(frame, self._scanner.rest()))
                 self._walked = True
                 return
-            if content < _INLINE:
+            if content < _INLINE or not self._codec.decode_on_pool:
                 future: Future[bytes] = Future()
                 future.set_result(self._codec.decompress(frame, content))
                 self._flight.append(future)
