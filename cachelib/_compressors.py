@@ -290,22 +290,37 @@ class Zstd(_Framed):
                 out = _context("zstd-d", 0, backend.ZstdDecompressor).decompress(frame, max_output_size=size)
                 return _checked_size(out, size, "zstd")
 
+            def decompress_into(frame: bytes, out: memoryview) -> None:
+                context = _context("zstd-d", 0, backend.ZstdDecompressor)
+                with context.stream_reader(frame) as reader:
+                    filled = 0
+                    while filled < out.nbytes:
+                        got = reader.readinto(out[filled:])
+                        if not got:
+                            break
+                        filled += got
+                    if filled < out.nbytes or reader.read(1):
+                        more = "fewer" if filled < out.nbytes else "more"
+                        raise CorruptFileError(f"a zstd frame holds {more} bytes than its header says")
+
             def stream(fileobj: Any) -> Any:
                 reader = backend.ZstdDecompressor().stream_reader
                 return reader(fileobj, closefd=False, read_across_frames=True)
 
-        else:  # the standard library's compression.zstd
+            return FrameCodec(compress, decompress, zstd_frame, stream, decompress_into=decompress_into)
 
-            def compress(data: memoryview) -> bytes:
-                return backend.compress(data, level=level)  # type: ignore[no-any-return]
+        # The standard library's compression.zstd.
 
-            def decompress(frame: bytes, size: int) -> bytes:
-                return _checked_size(backend.decompress(frame), size, "zstd")
+        def compress_stdlib(data: memoryview) -> bytes:
+            return backend.compress(data, level=level)  # type: ignore[no-any-return]
 
-            def stream(fileobj: Any) -> Any:
-                return backend.ZstdFile(fileobj, mode="rb")
+        def decompress_stdlib(frame: bytes, size: int) -> bytes:
+            return _checked_size(backend.decompress(frame), size, "zstd")
 
-        return FrameCodec(compress, decompress, zstd_frame, stream)
+        def stream_stdlib(fileobj: Any) -> Any:
+            return backend.ZstdFile(fileobj, mode="rb")
+
+        return FrameCodec(compress_stdlib, decompress_stdlib, zstd_frame, stream_stdlib)
 
 
 class Lz4(_Framed):

@@ -54,7 +54,10 @@ class FrameCodec:
     is the codec's own streaming reader, for frames that cannot be taken whole.
     ``decode_on_pool`` is False for a codec whose decoding runs at memory speed:
     its frames are decompressed in the reading thread, where the output buffers
-    come from (and go back to) one allocator arena.
+    come from (and go back to) one allocator arena. ``decompress_into(frame, out)``,
+    where the codec has it, fills ``out`` (exactly the frame's content size) and
+    raises ``CorruptFileError`` if the frame holds more or fewer bytes: the pool then
+    decodes into buffers the reader reuses, whose pages stay mapped.
     """
 
     compress: Callable[[memoryview], bytes]
@@ -62,6 +65,7 @@ class FrameCodec:
     walk: Callable[[_Scanner], tuple[bytes, int | None] | None]
     stream: Callable[[Any], Any]
     decode_on_pool: bool = True
+    decompress_into: Callable[[bytes, memoryview], None] | None = None
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -268,37 +272,55 @@ class FrameReader:
     def __init__(self, source: Any, codec: FrameCodec) -> None:
         self._scanner = _Scanner(source)
         self._codec = codec
-        self._flight: collections.deque[Future[bytes]] = collections.deque()
+        # Frames being decompressed, each with the reusable buffer it is decoded into (if any).
+        self._flight: collections.deque[tuple[Future[Any], bytearray | None]] = collections.deque()
         self._current = memoryview(b"")
+        self._slot: bytearray | None = None  # the buffer ``_current`` is a view of, if reusable
+        self._spare: list[bytearray] = []
         self._stream: Any = None  # the codec's streaming reader, once frames cannot be taken whole
         self._walked = False  # the scanner reached the end, or handed over to the stream
 
     def _top_up(self) -> None:
         """Read frames and start their decompression until enough are in flight."""
-        ahead = thread_count() + 1 if self._codec.decode_on_pool else 2
+        codec = self._codec
+        ahead = thread_count() + 1 if codec.decode_on_pool else 2
         while not self._walked and len(self._flight) < ahead:
-            found = self._codec.walk(self._scanner)
+            found = codec.walk(self._scanner)
             if found is None:
                 self._walked = True
                 return
             frame, content = found
             if content is None or content > FRAME_LIMIT:
-                self._stream = self._codec.stream(_Rest(frame, self._scanner.rest()))
+                self._stream = codec.stream(_Rest(frame, self._scanner.rest()))
                 self._walked = True
                 return
-            if content < _INLINE or not self._codec.decode_on_pool:
-                future: Future[bytes] = Future()
-                future.set_result(self._codec.decompress(frame, content))
-                self._flight.append(future)
+            if content < _INLINE or not codec.decode_on_pool:
+                future: Future[Any] = Future()
+                future.set_result(codec.decompress(frame, content))
+                self._flight.append((future, None))
+            elif codec.decompress_into is not None:
+                slot = self._take_slot(content)
+                self._flight.append((submit(_decode_into, codec.decompress_into, frame, slot, content), slot))
             else:
-                self._flight.append(submit(self._codec.decompress, frame, content))
+                self._flight.append((submit(codec.decompress, frame, content), None))
+
+    def _take_slot(self, size: int) -> bytearray:
+        """A spare buffer of at least ``size`` bytes, or a new one."""
+        for i, slot in enumerate(self._spare):
+            if len(slot) >= size:
+                return self._spare.pop(i)
+        return bytearray(max(size, FRAME_BYTES))
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         while not self._current:
+            if self._slot is not None:  # consumed: nothing views it any more
+                self._spare.append(self._slot)
+                self._slot = None
             self._top_up()
             if self._flight:
-                self._current = memoryview(self._flight.popleft().result())
+                future, self._slot = self._flight.popleft()
+                self._current = memoryview(future.result())
             elif self._stream is not None:
                 return int(self._stream.readinto(view) or 0)
             else:
@@ -313,8 +335,18 @@ class FrameReader:
         return bytes(buffer[: self.readinto(buffer)])
 
     def close(self) -> None:
-        self._flight.clear()
+        self._flight.clear()  # a worker still decoding keeps its own buffer alive
         self._current = memoryview(b"")
+        self._slot = None
+        self._spare.clear()
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+def _decode_into(decompress_into: Callable[[bytes, memoryview], None], frame: bytes, slot: bytearray,
+                 size: int) -> memoryview:
+    """Decompress ``frame`` into the first ``size`` bytes of ``slot``; return that view."""
+    out = memoryview(slot)[:size]
+    decompress_into(frame, out)
+    return out

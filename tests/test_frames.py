@@ -207,6 +207,33 @@ def test_a_frame_that_holds_more_than_its_header_says():
         cachelib.load(io.BytesIO(bytes(data)))
 
 
+def _content_size_field(data: bytes, start: int, codec: str) -> slice:
+    """Where the content size of the frame at ``start`` is written."""
+    if codec == "lz4":
+        assert data[start + 4] & 0x08  # cachelib's lz4 frames carry their content size
+        return slice(start + 6, start + 14)
+    descriptor = data[start + 4]
+    size_bytes = (1 if descriptor & 0x20 else 0, 2, 4, 8)[descriptor >> 6]
+    end = start + 5 + (0 if descriptor & 0x20 else 1) + (0, 1, 2, 4)[descriptor & 3] + size_bytes
+    return slice(end - size_bytes, end)
+
+
+@pytest.mark.parametrize("delta", [-1000, 1000, -(1 << 20), 1 << 20])
+def test_a_large_frame_whose_header_lies_about_its_size(codec, delta):
+    """A full frame in the middle of a stream claiming more or fewer bytes than it holds (still a
+    size the reader decodes whole, on the pool for zstd) is a CorruptFileError, never a value
+    shifted by the difference."""
+    data = bytearray(_dumped(_value(), codec))
+    second = data.index(MAGIC[codec], 1)
+    field = _content_size_field(bytes(data), second, codec)
+    width = field.stop - field.start
+    size = int.from_bytes(data[field], "little") - (256 if width == 2 else 0)
+    assert size == FRAME
+    data[field] = (size + delta).to_bytes(width, "little")
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(io.BytesIO(bytes(data)))
+
+
 def test_a_frame_claiming_a_huge_content_size_is_not_allocated():
     """A frame whose header claims 2**60 bytes is streamed, never allocated whole: the load
     fails as a damaged file, without the memory."""
