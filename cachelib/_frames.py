@@ -147,7 +147,8 @@ class _Scanner:
             if self._start:
                 del self._data[: self._start]
                 self._start = 0
-            chunk = self._source.read(max(_READ_AHEAD, size - len(self._data)))
+            # Reads are bounded: a size from a damaged header is never allocated in one piece.
+            chunk = self._source.read(max(_READ_AHEAD, min(size - len(self._data), FRAME_LIMIT)))
             if not chunk:
                 self._eof = True
             self._data += chunk
@@ -173,6 +174,17 @@ class _Scanner:
         data = bytes(memoryview(self._data)[self._start : self._start + size])  # one copy
         self._start += size
         return data
+
+    def skip(self, size: int) -> None:
+        """Pass over the next ``size`` bytes, holding at most a read-ahead of them;
+        ``FrameError`` if the source ends first."""
+        while size:
+            self._fill(min(size, _READ_AHEAD))
+            have = min(size, len(self._data) - self._start)
+            if not have:
+                raise FrameError("the compressed stream ends inside a skippable frame")
+            self._start += have
+            size -= have
 
     def rest(self) -> Any:
         """A file object of everything not taken yet (the read-ahead, then the source)."""
@@ -210,7 +222,7 @@ def _at_frame(scanner: _Scanner, expected: int, codec: str) -> bool:
         if magic not in _SKIPPABLE:
             raise FrameError(f"bytes after a frame are not a {codec} frame")
         (size,) = struct.unpack("<I", scanner.look(4, 4))
-        scanner.take(8 + size)
+        scanner.skip(8 + size)
     return False
 
 
@@ -283,6 +295,7 @@ class FrameReader:
     def _top_up(self) -> None:
         """Read frames and start their decompression until enough are in flight."""
         codec = self._codec
+        # Off the pool, one frame beyond the one being read (the allocator reuses their buffers).
         ahead = thread_count() + 1 if codec.decode_on_pool else 2
         while not self._walked and len(self._flight) < ahead:
             found = codec.walk(self._scanner)

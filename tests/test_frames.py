@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import struct
 import subprocess
 
 import numpy as np
 import pytest
+from _system import memory_capped
 
 import cachelib
 from cachelib import _pool
@@ -185,6 +187,20 @@ def test_skippable_frames_are_skipped(codec):
     skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
     patched = data[:second] + skippable + data[second:] + skippable
     assert _same(cachelib.load(io.BytesIO(patched)), _value())
+
+
+def test_a_long_skippable_frame_is_skipped_in_pieces(codec, tmp_path):
+    """A skippable frame longer than the read-ahead is passed over; one claiming 4 GiB in a small
+    file is a CorruptFileError in 256 MiB of memory, never an attempt to read it in one piece."""
+    data = _dumped(_value(), codec)
+    second = data.index(MAGIC[codec], 1)
+    padding = os.urandom(3 << 20)
+    long = data[:second] + struct.pack("<II", 0x184D2A51, len(padding)) + padding + data[second:]
+    assert _same(cachelib.load(io.BytesIO(long)), _value())
+    lying = tmp_path / "lying"
+    lying.write_bytes(data[:second] + struct.pack("<II", 0x184D2A51, 0xFFFFFFF0) + data[second:])
+    outcome = memory_capped(256 << 20, cachelib.load, str(lying))
+    assert isinstance(outcome.error, cachelib.CorruptFileError), f"{outcome.error!r}\n{outcome.trace}"
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.7, 0.95, 0.9999])
