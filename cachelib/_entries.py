@@ -33,7 +33,7 @@ from ._compressors import Compressor
 from ._entry import EntryHead, read_entry, read_head, verify_entry, write_entry
 from ._errors import CacheError, CorruptFileError, FileAccessError, InvalidOptionError, NotACacheError
 from ._leases import Lease
-from ._processes import HOST_ID, process_alive
+from ._processes import writer_gone
 from ._reader import Parsed, unpickle_parsed
 from ._signing import Signer
 from ._store import ItemInfo, KeyLock, Readable, Store
@@ -439,8 +439,7 @@ def _is_leftover(name: str, age: float, older_than: float) -> bool:
     match = _TEMP.search(name)
     if match is None:
         return False
-    pid = match.group("pid")
-    return (f".{HOST_ID}-{pid}-" in name and not process_alive(int(pid))) or age > older_than
+    return writer_gone(name, int(match.group("pid"))) or age > older_than
 
 
 def _check_age(stored: float, max_age: float | None, name: str) -> None:

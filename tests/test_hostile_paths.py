@@ -19,6 +19,7 @@ import pickle
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ from _system import (
 from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
 
 import cachelib
+from cachelib._processes import writer_id
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -590,9 +592,8 @@ def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_p
     location, log = tmp_path / "cache", tmp_path / "log"
     run_with_timeout(_calls, str(location), str(log), [1]).result()
     entry = entry_files(location)[0]
-    host = socket.gethostname()
-    live = entry.with_name(f"{entry.name}.{host}-{os.getpid()}-0123456789ab.tmp")
-    dead = entry.with_name(f"{entry.name}.{host}-{_dead_pid()}-0123456789ab.tmp")
+    live = entry.with_name(f"{entry.name}.{writer_id()}-0123456789ab.tmp")
+    dead = entry.with_name(f"{entry.name}.{writer_id(_dead_pid())}-0123456789ab.tmp")
     for path in (live, dead):
         path.write_bytes(b"a write in flight")
         path.chmod(0o600)
@@ -604,6 +605,56 @@ def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_p
     assert not entry.exists()
     assert live.read_bytes() == b"a write in flight"
     assert not dead.exists(), f"{how} left a dead writer's temporary file"
+
+
+_IN_ANOTHER_NAMESPACE = """
+import os, sys
+from cachelib._processes import writer_id
+
+pid, directory, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+    last.write(str(pid - 1))  # the next process of this pid namespace gets ``pid``
+child = os.fork()
+if child == 0:
+    path = os.path.join(directory, f"{name}.{writer_id()}-0123456789ab.tmp")
+    with open(path, "wb") as handle:
+        handle.write(b"a write in flight")
+    os.chmod(path, 0o600)
+    print(os.getpid(), path, flush=True)
+    sys.stdin.read()  # writes until the test closes its stdin
+    os._exit(0)
+os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to run a writer in its own pid namespace")
+@pytest.mark.parametrize("how", ["cache.clear", "cli prune"])
+def test_a_writer_in_another_pid_namespace_is_never_taken_for_dead(tmp_path: Path, how: str) -> None:
+    """A container sharing the host name: its writer's pid is dead here, alive in its own pid
+    namespace. Its temporary file is a write in flight and stays (until ``LEFTOVER_AGE``)."""
+    location, log = tmp_path / "cache", tmp_path / "log"
+    run_with_timeout(_calls, str(location), str(log), [1]).result()
+    entry = entry_files(location)[0]
+    pid = _dead_pid()
+    command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _IN_ANOTHER_NAMESPACE,
+               str(pid), str(entry.parent), entry.name]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as writer:
+        assert writer.stdin is not None and writer.stdout is not None
+        try:
+            got, path = writer.stdout.readline().split()
+            if int(got) != pid:
+                pytest.skip(f"the pid namespace gave pid {got}, not {pid}")
+            assert not os.path.exists(f"/proc/{pid}"), "the pid is taken here: not a dead one"
+            if how == "cli prune":
+                assert run_cli("--location", location, "prune", "--max-size", "0").returncode == 0
+            else:
+                run_with_timeout(cachelib.Cache(str(location)).clear).result()
+            assert not entry.exists()
+            assert Path(path).read_bytes() == b"a write in flight", f"{how} removed a live writer's file"
+        finally:
+            writer.stdin.close()
+            writer.wait(30)
 
 
 # --- threads ----------------------------------------------------------------------------------
