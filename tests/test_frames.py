@@ -113,23 +113,22 @@ def test_the_codec_tool_decodes_the_frames(codec, where, tmp_path):
     assert _same(cachelib.load(io.BytesIO(decoded)), _value())
 
 
-ENCODERS = {
-    "zstd": [["zstd", "-3"], ["zstd", "-19", "--check"], ["zstd", "--no-check", "--no-content-size"],
-             ["zstd", "--fast=5", "-B1000000"]],
-    "lz4": [["lz4", "--content-size"], ["lz4", "--content-size", "-BX", "-B4"],
-            ["lz4", "--content-size", "-BD", "-B5", "--no-frame-crc"], ["lz4", "-9", "-B7"],
-            ["lz4", "--content-size", "-12", "-B6"]],
-}
+ENCODERS = [
+    ["zstd", "-3"], ["zstd", "-19", "--check"], ["zstd", "--no-check", "--no-content-size"],
+    ["zstd", "--fast=5", "-B1000000"],
+    ["lz4", "--content-size"], ["lz4", "--content-size", "-BX", "-B4"],
+    ["lz4", "--content-size", "-BD", "-B5", "--no-frame-crc"], ["lz4", "-9", "-B7"],
+    ["lz4", "--content-size", "-12", "-B6"],
+]
 
 
-@pytest.mark.parametrize("flags", range(5))
-def test_files_the_codec_tool_wrote_load(codec, flags, tmp_path):
+@pytest.mark.parametrize("command", ENCODERS, ids=" ".join)
+def test_files_the_codec_tool_wrote_load(command, tmp_path):
     """Frames as the command-line tools write them (block and content checksums, linked blocks,
     other block sizes, with and without a content size, several frames in a row) load; the
     frame walker takes each whole or hands it to the streaming reader."""
-    if flags >= len(ENCODERS[codec]):
-        pytest.skip(f"{codec} has {len(ENCODERS[codec])} flag sets")
-    command = ENCODERS[codec][flags]
+    if command[0] == "lz4":
+        pytest.importorskip("lz4", reason="the optional lz4 package is not installed")
     if shutil.which(command[0]) is None:
         pytest.skip(f"the {command[0]} command-line tool is not installed")
     raw = _raw(_value(megabytes=6))
