@@ -384,6 +384,17 @@ class Child:
             os.waitpid(self.pid, 0)
 
 
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0, interval: float = 0.05) -> None:
+    """Return once ``condition()`` is true, or after ``seconds`` (the caller asserts what it needs).
+
+    For what background threads write about once a second (call counts, statistics files):
+    a fixed sleep is too short on a loaded machine and too long on an idle one.
+    """
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(interval)
+
+
 def run_with_timeout(
     function: Callable[..., Any], *args: Any, timeout: float = 30.0, **kwargs: Any
 ) -> Outcome:

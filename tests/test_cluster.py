@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _system import wait_until
 
 import cachelib
 
@@ -136,9 +136,7 @@ def test_a_killed_holder_blocks_only_until_its_lease_is_judged_stale(worker: Any
     holder = worker("host-a", [5], seconds=120.0, ttl=4.0)
     _ready([holder])
     _go_without_waiting(holder)
-    deadline = time.monotonic() + 60
-    while not _computed(worker.log) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: bool(_computed(worker.log)), 60)
     holder.kill()
     holder.wait(30)
     waiter = worker("host-a" if same_host else "host-b", [5], seconds=0.1, ttl=4.0, timeout=1.5)
@@ -178,9 +176,7 @@ def test_dask_workers_share_an_s3_cache(tmp_path: Path, s3_bucket: tuple[str, di
         results = client.gather(client.map(expensive, keys, log=str(log), pure=False))
         # Workers write their call counts about a second after a call: wait for them
         # while the workers still run (a busy machine may take several seconds).
-        deadline = time.monotonic() + 30
-        while cache.info().misses < 6 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_until(lambda: cache.info().misses >= 6, interval=0.5)
     for key, result in zip(keys, results):
         np.testing.assert_array_equal(result, np.full(100_000, float(key)) ** 2)
     assert sorted(log.read_text().split()) == sorted(str(k) for k in range(6))

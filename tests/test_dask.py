@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _system import wait_until
 
 import cachelib
 
@@ -38,7 +38,9 @@ def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
     ) as cluster, distributed.Client(cluster) as client:
         futures = client.map(expensive, keys, log=str(log), pure=False)
         results = client.gather(futures)
-        time.sleep(2.0)  # workers write their call counts about a second after a call
+        # Workers write their call counts about a second after a call: wait for them while
+        # the workers still run.
+        wait_until(lambda: cache.info().misses >= 12)
 
     for key, result in zip(keys, results):
         np.testing.assert_array_equal(result, np.full(100_000, float(key)) ** 2)

@@ -42,6 +42,7 @@ from _system import (
     start_child,
     tmpfs,
     used_bytes,
+    wait_until,
 )
 from _victims import block, computations, digest, memoized, square
 
@@ -197,9 +198,7 @@ def _counts(location: str) -> tuple[int, int]:
 
 def _wait_for_counts(location: str, expected: tuple[int, int], seconds: float = 30.0) -> None:
     """Return once ``location`` counts ``expected`` (hits, misses), or after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while _counts(location) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: _counts(location) == expected, seconds, interval=0.1)
 
 
 def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from _system import (
     run_with_timeout,
     snapshot,
     start_child,
+    wait_until,
 )
 from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
 
@@ -249,9 +250,7 @@ def _statistics(location: Path) -> set[Path]:
 def _wait_for_new_statistics(location: Path, seen: set[Path], seconds: float = 30.0) -> None:
     """Return once a statistics file not in ``seen`` exists (they are written about 1 s after a
     call), or after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while _statistics(location) <= seen and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not _statistics(location) <= seen, seconds)
 
 
 @pytest.fixture(scope="module")
