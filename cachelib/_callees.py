@@ -17,14 +17,9 @@ use by checking that every name it resolved still holds the same object.
 
 from __future__ import annotations
 
-import dis
 import enum
 import functools
 import operator
-import os
-import site
-import sys
-import sysconfig
 import types
 import weakref
 from collections.abc import Callable
@@ -33,9 +28,20 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ._hashing import _EMPTY_CELL, Hasher, _passes_through, cell_value, full_name
+from ._code import (
+    EMPTY_CELL,
+    cell_value,
+    code_digest,
+    full_name,
+    global_references,
+    is_user_class,
+    is_user_function,
+    is_user_module,
+    underlying,
+)
+from ._encoding import Hasher
 
-__all__ = ["Tracked", "class_digest", "code_digest", "function_digest", "is_user_function", "tracked"]
+__all__ = ["REACHED", "Tracked", "class_digest", "function_digest", "tracked"]
 
 _ABSENT = object()
 # Not behaviour, or caches that pickle and abc fill in later (``__slotnames__``, ``_abc_impl``).
@@ -43,63 +49,6 @@ _SKIPPED_CLASS_ATTRIBUTES = frozenset(
     {"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__", "__slotnames__", "_abc_impl"}
 )
 _SIMPLE = (type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis))
-
-
-# -- whose code is it -------------------------------------------------------------------
-
-
-def _library_roots() -> tuple[str, ...]:
-    paths = {sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths.update(getattr(site, "getsitepackages", list)())
-    paths.add(getattr(site, "getusersitepackages", lambda: None)())
-    paths.add(os.path.dirname(os.path.abspath(__file__)))  # cachelib itself
-    return tuple(os.path.join(os.path.realpath(path), "") for path in paths if path)
-
-
-_LIBRARY_ROOTS = _library_roots()
-
-
-@functools.lru_cache(maxsize=4096)
-def is_user_file(filename: str) -> bool:
-    """True for code the user wrote: not the standard library, installed packages or cachelib.
-
-    Code without a file (``exec``, notebook cells, ``python -c``) is the user's;
-    frozen modules are the standard library's.
-    """
-    if filename.startswith("<"):
-        return not filename.startswith("<frozen")
-    return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
-
-
-def is_user_function(func: Any) -> bool:
-    """True for a Python function whose code is the user's."""
-    return isinstance(func, types.FunctionType) and is_user_file(func.__code__.co_filename)
-
-
-def _is_user_module(module: types.ModuleType) -> bool:
-    filename = getattr(module, "__file__", None)
-    return isinstance(filename, str) and is_user_file(filename)
-
-
-def _is_user_class(cls: type) -> bool:
-    module = sys.modules.get(getattr(cls, "__module__", None) or "")
-    if module is not None and isinstance(getattr(module, "__file__", None), str):
-        return _is_user_module(module)
-    if module is not None and module.__name__ != "__main__":
-        return False  # builtins and extension modules without a file
-    return any(is_user_function(_underlying(value)) for value in vars(cls).values())
-
-
-def _underlying(value: Any) -> Any:
-    """The function behind a method descriptor or a pass-through wrapper."""
-    for _ in range(100):  # a chain of wrappers, not a cycle
-        if isinstance(value, (staticmethod, classmethod)):
-            value = value.__func__
-        elif _passes_through(value):
-            value = value.__wrapped__
-        else:
-            return value
-    return value
 
 
 def _is_simple(value: Any, depth: int = 0) -> bool:
@@ -111,70 +60,6 @@ def _is_simple(value: Any, depth: int = 0) -> bool:
     if kind in (tuple, frozenset) and depth < 8:
         return all(_is_simple(item, depth + 1) for item in value)
     return False
-
-
-# -- code ---------------------------------------------------------------------------------
-
-_CODE_DIGESTS: weakref.WeakKeyDictionary[types.CodeType, bytes] = weakref.WeakKeyDictionary()
-
-
-def code_digest(code: types.CodeType) -> bytes:
-    """Return the 16-byte digest of what decides a code object's behaviour.
-
-    Bytecode, exception table (3.11+), argument counts, flags, names and constants
-    (nested code objects by their own digest); not line numbers or the file name,
-    so moving a function within its file keeps its entries.
-    """
-    known = _CODE_DIGESTS.get(code)
-    if known is not None:
-        return known
-    hasher = Hasher(track=False)
-    hasher._put_framed(b"K", code.co_code)
-    hasher._put_framed(b"x", getattr(code, "co_exceptiontable", b""))
-    counts = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)
-    hasher.update(counts)
-    for names in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
-        hasher.update(tuple(names))
-    hasher.update(tuple(code_digest(c) if isinstance(c, types.CodeType) else c for c in code.co_consts))
-    digest = _CODE_DIGESTS[code] = hasher.digest()
-    return digest
-
-
-_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
-_ATTRIBUTE_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
-_GLOBAL_STORES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
-_REFERENCES: weakref.WeakKeyDictionary[types.CodeType, tuple[tuple[tuple[str, ...], ...], frozenset[str]]]
-_REFERENCES = weakref.WeakKeyDictionary()
-
-
-def global_references(code: types.CodeType) -> tuple[tuple[tuple[str, ...], ...], frozenset[str]]:
-    """Return the global names ``code`` reads (each with the attributes read after it) and assigns."""
-    known = _REFERENCES.get(code)
-    if known is not None:
-        return known
-    chains: dict[tuple[str, ...], None] = {}
-    stores: set[str] = set()
-    pending = [code]
-    while pending:
-        current = pending.pop()
-        chain: list[str] = []
-        for instruction in dis.get_instructions(current):
-            name = instruction.opname
-            if name in _ATTRIBUTE_LOADS and chain:
-                chain.append(instruction.argval)
-                continue
-            if chain:
-                chains[tuple(chain)] = None
-                chain = []
-            if name in _GLOBAL_LOADS:
-                chain = [instruction.argval]
-            elif name in _GLOBAL_STORES:
-                stores.add(instruction.argval)
-        if chain:
-            chains[tuple(chain)] = None
-        pending += [c for c in current.co_consts if isinstance(c, types.CodeType)]
-    known = _REFERENCES[code] = (tuple(chains), frozenset(stores))
-    return known
 
 
 # -- tracking -------------------------------------------------------------------------------
@@ -281,26 +166,26 @@ class _Walk:
 
     def value(self, value: Any, label: str, attributes: tuple[str, ...] = ()) -> None:
         if isinstance(value, types.ModuleType):
-            if attributes and _is_user_module(value):
+            if attributes and is_user_module(value):
                 inner = self._read(value.__dict__, attributes[0])
                 if inner is not _ABSENT:
                     self.value(inner, f"{label}.{attributes[0]}", attributes[1:])
             return
         if _is_simple(value):
-            hasher = Hasher(track=False)
+            hasher = Hasher()
             hasher.update(value)
             self.parts[f"constant {label}"] = hasher.digest()
             return
-        value = _underlying(value)
+        value = underlying(value)
         if isinstance(value, (types.MethodType, functools.partial)):
             self.value(getattr(value, "__func__", None) or getattr(value, "func", None), label)
         elif isinstance(value, types.FunctionType):
             if is_user_function(value):
                 self.function(value)
         elif isinstance(value, type):
-            if _is_user_class(value):
+            if is_user_class(value):
                 self.cls(value)
-        elif _is_user_class(type(value)):
+        elif is_user_class(type(value)):
             self.cls(type(value))  # an object's class, not its (mutable) state
 
     def function(self, func: types.FunctionType, root: bool = False) -> None:
@@ -310,7 +195,7 @@ class _Walk:
         code = func.__code__
         if not root:
             self.checks.append((_FUNCTION_ATTRIBUTES, func, _FUNCTION_ATTRIBUTES(func)))
-            hasher = Hasher(track=False)
+            hasher = Hasher()
             hasher._put(code_digest(code))
             defaults = (func.__defaults__ or ()) + tuple((func.__kwdefaults__ or {}).items())
             hasher.update(tuple(d if _is_simple(d) else full_name(type(d)) for d in defaults))
@@ -324,7 +209,7 @@ class _Walk:
         elif not root:
             for cell, name in zip(func.__closure__ or (), code.co_freevars):
                 contents = cell_value(cell)
-                if contents is not _EMPTY_CELL:
+                if contents is not EMPTY_CELL:
                     self.checks.append((_CELL, cell, (contents, contents)))
                     self.value(contents, f"{full_name(func)}.<closure {name}>")
 
@@ -338,7 +223,7 @@ class _Walk:
             values = tuple(namespace[name] for name in names)
             self.checks.append((_pair_getter(names), namespace, values * (2 if len(names) == 1 else 1)))
         self.checks.append((functools.partial(_has_length, length=len(names)), namespace, True))
-        hasher = Hasher(track=False)
+        hasher = Hasher()
         hasher.update(tuple(full_name(base) for base in cls.__mro__))
         label = full_name(cls)
         for name in sorted(names):
@@ -346,7 +231,7 @@ class _Walk:
             hasher.update(name)
             if isinstance(member, property):
                 member = (member.fget, member.fset, member.fdel)
-            functions = member if isinstance(member, tuple) else (_underlying(member),)
+            functions = member if isinstance(member, tuple) else (underlying(member),)
             for item in functions:
                 if isinstance(item, types.FunctionType):
                     hasher._put(b"K" + code_digest(item.__code__))
@@ -354,14 +239,14 @@ class _Walk:
                         self.function(item)
                 elif _is_simple(item):
                     hasher.update(item)
-                elif isinstance(item, type) and _is_user_class(item):
+                elif isinstance(item, type) and is_user_class(item):
                     self.cls(item)
                     hasher.update(full_name(item))
                 else:
                     hasher.update(full_name(type(item)))
         self.parts[f"class {label}"] = hasher.digest()
         for base in cls.__bases__:
-            if _is_user_class(base):
+            if is_user_class(base):
                 self.cls(base)
 
 
@@ -393,7 +278,7 @@ def function_digest(func: types.FunctionType) -> bytes:
 def class_digest(cls: type) -> bytes | None:
     """Return the digest of one of the user's classes (methods, bases, constants), else None."""
     try:
-        if not _is_user_class(cls):
+        if not is_user_class(cls):
             return None
         known = _BY_CLASS.get(cls)
         if known is not None and known.is_current():
@@ -405,3 +290,16 @@ def class_digest(cls: type) -> bytes | None:
         return result.digest
     except TypeError:  # a class that refuses weak references or inspection: by name only
         return None
+
+
+class _Reached:
+    """The ``Follow`` of hashers that key functions and classes by everything they reach."""
+
+    def function_digest(self, func: types.FunctionType) -> bytes:
+        return function_digest(func)
+
+    def class_digest(self, cls: type) -> bytes | None:
+        return class_digest(cls)
+
+
+REACHED = _Reached()

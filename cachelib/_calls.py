@@ -23,9 +23,11 @@ from typing import Any
 
 import xxhash
 
-from ._callees import Tracked, code_digest, tracked
+from ._callees import REACHED, Tracked, tracked
+from ._code import cell_value, code_digest, module_name, passes_through
+from ._encoding import Hasher, scalars_encoding
 from ._errors import InvalidOptionError, UnhashableError
-from ._hashing import Hasher, _passes_through, cell_value, module_name, scalars_encoding, short_digest
+from ._hashing import short_digest
 
 __all__ = ["CallKeyer", "function_identity", "unwrap"]
 
@@ -41,7 +43,7 @@ def unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
             func = func.func
         elif isinstance(func, types.MethodType):
             func = func.__func__
-        elif _passes_through(func):
+        elif passes_through(func):
             func = func.__wrapped__  # type: ignore[attr-defined]
         else:
             break
@@ -94,14 +96,14 @@ def function_identity(func: Callable[..., Any]) -> tuple[str, str]:
     dotted = f"{module}.{qualname}".replace("<locals>.", "")
     readable = _UNSAFE.sub("_", dotted.replace("<", "").replace(">", ""))
     readable = readable.strip(".-")[:80] or "function"
-    hasher = Hasher(track=False)
+    hasher = Hasher()
     hasher.update((module, qualname, script) if script else (module, qualname))
     return readable, hasher.digest().hex()[:12]
 
 
 def _signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
     """The signature of what runs: a wrapper's own; through pass-through wrappers only."""
-    while _passes_through(func):
+    while passes_through(func):
         func = func.__wrapped__  # type: ignore[attr-defined]
     try:
         return inspect.signature(func, follow_wrapped=False)
@@ -126,12 +128,12 @@ class CallKeyer:
             raise InvalidOptionError(f"ignore must be a list of argument names, got the string {ignore!r}")
         self._func = func
         self._ignore = frozenset(ignore)
-        self._track = bool(track_callees)
+        self._follow = REACHED if track_callees else None
         target = unwrap(func)
         # A plain function is keyed through its parts (fast); anything else is hashed whole.
         self._root: types.FunctionType | None = target if func is target and isinstance(
             target, types.FunctionType) and not hasattr(target, "registry") else None
-        identity = Hasher(track=False)
+        identity = Hasher()
         identity.update((KEY_VERSION, _identity_parts(func)))
         self._identity = identity.digest()
         self._code: Any = None
@@ -215,7 +217,7 @@ class CallKeyer:
     def _state(self, hasher: Hasher | None) -> bytes:
         """What the function is at this call, beyond its code: closure, callees, or the whole callable."""
         if self._root is None:
-            whole = Hasher(self._track)
+            whole = Hasher(self._follow)
             whole._digests = hasher._digests if hasher is not None else whole._digests
             try:
                 whole.update(self._func)
@@ -223,14 +225,14 @@ class CallKeyer:
                 where = getattr(exc, "path", "")
                 raise UnhashableError(f"the function's state{where}: {exc}") from exc.__cause__
             return whole.digest()
-        state = self._callees() if self._track else b""
+        state = self._callees() if self._follow is not None else b""
         if self._cells:
             contents = tuple(cell_value(cell) for _, cell in self._cells)
             flat = scalars_encoding(contents)
             if flat is not None:
                 flat = b"c" + flat
             else:
-                closure = Hasher(self._track)
+                closure = Hasher(self._follow)
                 try:
                     closure.update(contents)
                 except UnhashableError as exc:
@@ -248,7 +250,7 @@ class CallKeyer:
         flat = scalars_encoding(values)
         if flat is not None:
             return xxhash.xxh3_128_hexdigest(self._prefix + self._state(None) + flat)
-        hasher = Hasher(self._track)
+        hasher = Hasher(self._follow)
         hasher._put(self._prefix + self._state(hasher))
         try:
             hasher.update(values)
@@ -266,7 +268,7 @@ class CallKeyer:
         parts = self.state_parts()
         names = self._kept_names if self._signature is not None else ["*args", "**kwargs"]
         for name, value in zip(names, values):
-            parts[f"argument {name}"] = short_digest(value, self._track)
+            parts[f"argument {name}"] = short_digest(value, self._follow)
         return parts
 
     def state_parts(self) -> dict[str, str]:
@@ -278,8 +280,8 @@ class CallKeyer:
         else:
             parts["code"] = code_digest(self._root.__code__).hex()[:12]
             for name, cell in self._cells:
-                parts[f"closure {name}"] = short_digest(cell_value(cell), self._track)
-            if self._track:
+                parts[f"closure {name}"] = short_digest(cell_value(cell), self._follow)
+            if self._follow is not None:
                 self._callees()
                 for label, digest in sorted(self._tracked.parts.items()):  # type: ignore[union-attr]
                     parts[label] = digest.hex()[:12]

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ._callees import code_digest
 from ._calls import script_of, unwrap
+from ._code import code_digest
 from ._errors import DeserializationError
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import pytest
 import xxhash
 
 import cachelib
-from cachelib import _chunked, _hashing, _pool
+from cachelib import _chunked, _encoding, _pool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,7 +91,7 @@ def test_the_key_does_not_depend_on_the_threads(monkeypatch):
 def test_large_arrays_are_encoded_as_the_tree():
     """From TREE_MIN bytes on, the array's bytes are replaced by "T", the leaf size and the root."""
     array = _base((TREE_MIN // 8,))
-    hasher = _hashing.Hasher()
+    hasher = _encoding.Hasher()
     hasher._array_bytes(array)
     leaf, root = reference_tree(array)
     expected = xxhash.xxh3_128(b"=" + struct.pack("<Q", array.nbytes) + b"T" + struct.pack("<Q", leaf) + root)
@@ -101,7 +101,7 @@ def test_large_arrays_are_encoded_as_the_tree():
 def test_arrays_below_the_threshold_keep_the_flat_encoding():
     """Below TREE_MIN bytes, the array's bytes themselves are hashed (the encoding of before)."""
     array = _base((TREE_MIN // 8 - 1,))
-    hasher = _hashing.Hasher()
+    hasher = _encoding.Hasher()
     hasher._array_bytes(array)
     expected = xxhash.xxh3_128(b"=" + struct.pack("<Q", array.nbytes) + array.tobytes())
     assert hasher.digest() == expected.digest()
