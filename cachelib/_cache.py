@@ -21,7 +21,8 @@ from ._entries import Entries
 from ._errors import CacheError, CacheWarning, InvalidOptionError
 from ._info import CacheInfo, FunctionInfo
 from ._memoize import AsyncMemoizedFunction, MemoizedFunction, memoized
-from ._persistence import MMAP_MODES, resolve_compress
+from ._options import MemoizeArguments, MemoizeOptions, checked_mmap_mode, seconds_of
+from ._persistence import resolve_compress
 from ._sizes import parse_size
 from ._stats import compact_stats, read_stats
 from ._store import Store
@@ -29,14 +30,14 @@ from ._upkeep import SizeBudget, evict
 from ._urls import open_store
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ._typing import P, R, T
 
 __all__ = ["Cache", "CacheInfo", "FunctionInfo"]
 
 logger = logging.getLogger("cachelib")
-_UNSET: Any = object()
 _LOCK_TIMEOUT_ACTIONS = ("compute", "raise")
-_CACHE_MMAP_MODES = tuple(mode for mode in MMAP_MODES if mode != "r+")
 
 
 class Cache:
@@ -100,10 +101,11 @@ class Cache:
         self.entries = Entries(self.store, secret=secret, lock=lock) if self.store is not None else None
         self._budget = SizeBudget(self.entries) if self.entries is not None else None
         self.strict = strict
-        self.compressor = resolve_compress(compress)
-        self.mmap_mode = self._checked_mmap_mode(mmap_mode)
+        self._defaults = MemoizeOptions(
+            compressor=resolve_compress(compress), mmap_mode=checked_mmap_mode(mmap_mode),
+            expires_after=seconds_of(expires_after, "expires_after"),
+        )
         self.bytes_limit = parse_size(bytes_limit) if bytes_limit is not None else None
-        self.expires_after = self.seconds_for(expires_after)
         if on_lock_timeout not in _LOCK_TIMEOUT_ACTIONS:
             raise InvalidOptionError(f"on_lock_timeout must be one of {_LOCK_TIMEOUT_ACTIONS}")
         self.lock_timeout = float(lock_timeout)
@@ -139,41 +141,20 @@ class Cache:
         """The cache directory or URL, or None for a cache that stores nothing."""
         return self.store.url if self.store else None
 
-    # -- defaults and their overrides ---------------------------------------------------
+    @property
+    def compressor(self) -> Compressor | None:
+        """The codec of entries of functions that do not choose their own (None: raw)."""
+        return self._defaults.compressor
 
-    @staticmethod
-    def _checked_mmap_mode(mmap_mode: Any) -> str | None:
-        if mmap_mode == "r+":
-            raise InvalidOptionError(
-                "mmap_mode='r+' would let callers write into stored results and change what "
-                "later hits return; use 'c' for writable copy-on-write arrays, or 'r'"
-            )
-        if mmap_mode not in _CACHE_MMAP_MODES:
-            raise InvalidOptionError(f"mmap_mode must be one of {_CACHE_MMAP_MODES}, got {mmap_mode!r}")
-        return mmap_mode  # type: ignore[no-any-return]
+    @property
+    def mmap_mode(self) -> str | None:
+        """How hits return arrays unless a function says otherwise."""
+        return self._defaults.mmap_mode
 
-    def compressor_for(self, compress: Any) -> Compressor | None:
-        """The compressor a function gets: its own ``compress``, or this cache's default."""
-        return self.compressor if compress is _UNSET else resolve_compress(compress)
-
-    def mmap_mode_for(self, mmap_mode: Any) -> str | None:
-        """The ``mmap_mode`` a function gets: its own, or this cache's default."""
-        return self.mmap_mode if mmap_mode is _UNSET else self._checked_mmap_mode(mmap_mode)
-
-    def seconds_for(self, expires_after: Any) -> float | None:
-        """Seconds of ``expires_after`` (a number or a timedelta), or this cache's default."""
-        if expires_after is _UNSET:
-            return self.expires_after
-        if expires_after is None:
-            return None
-        if isinstance(expires_after, datetime.timedelta):
-            expires_after = expires_after.total_seconds()
-        is_number = isinstance(expires_after, (int, float)) and not isinstance(expires_after, bool)
-        if not is_number or expires_after < 0:
-            raise InvalidOptionError(
-                f"expires_after must be seconds >= 0 or a timedelta, got {expires_after!r}"
-            )
-        return float(expires_after)
+    @property
+    def expires_after(self) -> float | None:
+        """Seconds after which entries are recomputed unless a function says otherwise."""
+        return self._defaults.expires_after
 
     # -- the decorator --------------------------------------------------------------------
 
@@ -181,63 +162,49 @@ class Cache:
     # checkers, bare (``@cache.memoize``) and called (``@cache.memoize(...)``).
     @overload
     def memoize(  # type: ignore[overload-overlap]  # callable since 3.10, yet stays a staticmethod
-        self, func: staticmethod[P, R], *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
-        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
-        track_callees: bool = ...,
+        self, func: staticmethod[P, R], **options: Unpack[MemoizeArguments]
     ) -> staticmethod[P, R]: ...
 
     @overload
     def memoize(
-        self, func: classmethod[T, P, R], *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
-        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
-        track_callees: bool = ...,
+        self, func: classmethod[T, P, R], **options: Unpack[MemoizeArguments]
     ) -> classmethod[T, P, R]: ...
 
     @overload
     def memoize(
-        self, func: Callable[P, R], *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
-        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
-        track_callees: bool = ...,
+        self, func: Callable[P, R], **options: Unpack[MemoizeArguments]
     ) -> MemoizedFunction[P, R]: ...
 
     @overload
     def memoize(
-        self, func: None = None, *, ignore: list[str] | tuple[str, ...] = ..., compress: Any = ...,
-        mmap_mode: str | None = ..., expires_after: float | datetime.timedelta | None = ...,
-        track_callees: bool = ...,
+        self, func: None = None, **options: Unpack[MemoizeArguments]
     ) -> Callable[[Callable[P, R]], MemoizedFunction[P, R]]: ...
 
-    def memoize(
-        self,
-        func: Any = None,
-        *,
-        ignore: list[str] | tuple[str, ...] = (),
-        compress: Any = _UNSET,
-        mmap_mode: Any = _UNSET,
-        expires_after: Any = _UNSET,
-        track_callees: bool = True,
-    ) -> Any:
+    def memoize(self, func: Any = None, **options: Unpack[MemoizeArguments]) -> Any:
         """Decorate ``func`` so that each distinct call is computed once and then loaded.
 
-        Use bare (``@cache.memoize``) or with options (``@cache.memoize(ignore=["verbose"])``).
-        ``compress``, ``mmap_mode`` and ``expires_after`` override the cache's defaults
-        for this function. ``ignore`` names arguments (and closure variables) left out
-        of the key. ``track_callees=False`` keys on the function's own code only: edits
-        of the helpers it calls and of the constants it reads then hit old entries.
+        Use bare (``@cache.memoize``) or with options (``@cache.memoize(ignore=["verbose"])``):
+
+        * ``ignore``: names of arguments (and closure variables) left out of the key;
+        * ``compress``, ``mmap_mode``, ``expires_after``: this function's own, over the
+          cache's defaults;
+        * ``track_callees=False`` keys on the function's own code only: edits of the
+          helpers it calls and of the constants it reads then hit old entries.
+
         ``cache.cache`` is the same method under joblib.Memory's name, so that
         scikit-learn's ``memory=`` takes a ``Cache``.
         """
-        options = {"ignore": ignore, "compress": compress, "mmap_mode": mmap_mode,
-                   "expires_after": expires_after, "track_callees": track_callees}
+        resolved = self._defaults.updated(options)
         if func is None:
-            return lambda f: self.memoize(f, **options)
-        return self.wrap(func, (MemoizedFunction, AsyncMemoizedFunction), options)
+            return lambda f: self._wrap(f, (MemoizedFunction, AsyncMemoizedFunction), resolved)
+        return self._wrap(func, (MemoizedFunction, AsyncMemoizedFunction), resolved)
 
-    def wrap(
-        self, func: Any, kinds: tuple[type[MemoizedFunction[Any, Any]], ...], options: dict[str, Any]
+    def _wrap(
+        self, func: Any, kinds: tuple[type[MemoizedFunction[Any, Any]], type[MemoizedFunction[Any, Any]]],
+        options: MemoizeOptions,
     ) -> Any:
         """Wrap ``func`` in ``kinds`` (plain, async) and register it for ``clear``."""
-        wrapper = memoized(func, self, kinds, **options)  # type: ignore[arg-type]
+        wrapper = memoized(func, self, kinds, options)
         inner = getattr(wrapper, "__func__", wrapper)
         self._functions[inner.name] = inner
         return wrapper
@@ -259,7 +226,7 @@ class Cache:
             if self._budget is not None:
                 self._budget.record(0)
 
-    def function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo:
+    def _function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo:
         """Return what one of this cache's functions has stored and how often it was called."""
         if self.entries is None:
             return FunctionInfo(func.name)
@@ -294,12 +261,12 @@ class Cache:
         if self.entries is None or not self.entries.require_cache():
             return 0
         limit = parse_size(bytes_limit) if bytes_limit is not None else self.bytes_limit
-        max_age = self.seconds_for(age_limit) if age_limit is not None else None
+        max_age = seconds_of(age_limit, "age_limit")
         removed, left = evict(self.entries, bytes_limit=limit, items_limit=items_limit, max_age=max_age)
         self._budget.record(left)  # type: ignore[union-attr]
         return removed
 
-    def after_store(self, size: int) -> None:
+    def _after_store(self, size: int) -> None:
         """Keep ``bytes_limit`` after a write (amortised in the size budget)."""
         if self.bytes_limit is not None and self._budget is not None:
             try:

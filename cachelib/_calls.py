@@ -124,8 +124,6 @@ class CallKeyer:
     def __init__(
         self, func: Callable[..., Any], ignore: Iterable[str] = (), track_callees: bool = True
     ) -> None:
-        if isinstance(ignore, str):
-            raise InvalidOptionError(f"ignore must be a list of argument names, got the string {ignore!r}")
         self._func = func
         self._ignore = frozenset(ignore)
         self._follow = REACHED if track_callees else None

@@ -30,6 +30,7 @@ from ._errors import (
 )
 from ._explain import explain_miss
 from ._info import FunctionInfo
+from ._options import MemoizeOptions
 from ._reduce import reduce_wrapper
 from ._stats import CallStats, StatsRecorder
 from ._summary import CallSummary
@@ -53,17 +54,12 @@ class CacheSettings(Protocol):
     @property
     def logger(self) -> logging.Logger: ...
 
-    def compressor_for(self, compress: Any) -> Compressor | None: ...
+    def _after_store(self, size: int) -> None: ...
 
-    def mmap_mode_for(self, mmap_mode: Any) -> str | None: ...
-
-    def seconds_for(self, expires_after: Any) -> float | None: ...
-
-    def after_store(self, size: int) -> None: ...
-
-    def function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo: ...
+    def _function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo: ...
 
 
+_DEFAULTS = MemoizeOptions()
 _EXPLAIN_ENTRIES = 200  # the most recent entries whose key parts explain a miss
 M = TypeVar("M", bound="MemoizedFunction[Any, Any]")
 
@@ -79,16 +75,12 @@ class MemoizedFunction(Generic[P, R]):
     __cachelib_passthrough__ = True  # calls __wrapped__ with its own arguments: keys see through it
 
     def __init__(
-        self,
-        func: Callable[P, R],
-        cache: CacheSettings,
-        *,
-        ignore: list[str] | tuple[str, ...] = (),
-        compress: Any = None,
-        mmap_mode: Any = None,
-        expires_after: Any = None,
-        track_callees: bool = True,
+        self, func: Callable[P, R], cache: CacheSettings, options: MemoizeOptions = _DEFAULTS
     ) -> None:
+        self._setup(func, cache, options)
+
+    def _setup(self, func: Callable[P, R], cache: CacheSettings, options: MemoizeOptions) -> None:
+        """Wrap ``func`` (also for an instance made by ``__new__`` while being unpickled)."""
         functools.update_wrapper(self, func)
         self.__wrapped__ = func
         if not hasattr(self, "__qualname__"):  # a functools.partial or a callable object
@@ -97,15 +89,9 @@ class MemoizedFunction(Generic[P, R]):
             self.__name__ = getattr(inner, "__name__", type(inner).__name__)
             self.__module__ = getattr(inner, "__module__", None) or ""
         self.cache = cache
-        self.compressor: Compressor | None = cache.compressor_for(compress)
-        self.mmap_mode: str | None = cache.mmap_mode_for(mmap_mode)
-        self.expires_after: float | None = cache.seconds_for(expires_after)
-        # The options as resolved, so that a pickled copy behaves the same in a worker.
-        self._options: dict[str, Any] = {"ignore": tuple(ignore), "compress": self.compressor or False,
-                                         "mmap_mode": self.mmap_mode, "expires_after": self.expires_after,
-                                         "track_callees": track_callees}
-        self._keyer = CallKeyer(func, ignore, track_callees)
-        self._summary = CallSummary(func, ignore)
+        self.options = options  # resolved: a pickled copy behaves the same in a worker
+        self._keyer = CallKeyer(func, options.ignore, options.track_callees)
+        self._summary = CallSummary(func, options.ignore)
         self.name, identity = function_identity(func)
         self.namespace = f"{self.name}-{identity}"
         self._about = {"function": self.name, "identity": identity}
@@ -128,7 +114,22 @@ class MemoizedFunction(Generic[P, R]):
 
         Workers (multiprocessing, joblib, dask) then share the same cache location.
         """
-        return reduce_wrapper(self, _restore)
+        return reduce_wrapper(self)
+
+    @property
+    def compressor(self) -> Compressor | None:
+        """The codec of this function's entries (None: raw)."""
+        return self.options.compressor
+
+    @property
+    def mmap_mode(self) -> str | None:
+        """How hits return arrays: None (in memory), ``"r"`` or ``"c"`` (mapped)."""
+        return self.options.mmap_mode
+
+    @property
+    def expires_after(self) -> float | None:
+        """Seconds after which an entry is recomputed (None: never)."""
+        return self.options.expires_after
 
     @overload
     def __get__(self: M, instance: None, owner: type | None = None) -> M: ...
@@ -290,7 +291,7 @@ class MemoizedFunction(Generic[P, R]):
             "miss %s (%s): computed in %.3f s, stored %d bytes in %.3f s",
             self.__qualname__, why or "not stored yet", seconds, size, time.perf_counter() - started,
         )
-        self.cache.after_store(size)
+        self.cache._after_store(size)
         return returned
 
     # -- why a call misses -------------------------------------------------------------------
@@ -381,7 +382,7 @@ class MemoizedFunction(Generic[P, R]):
 
     def cache_info(self) -> FunctionInfo:
         """Return this function's entries, bytes, hits, misses and time saved."""
-        return self.cache.function_info(self)
+        return self.cache._function_info(self)
 
 
 class AsyncMemoizedFunction(MemoizedFunction[P, R]):
@@ -428,23 +429,16 @@ def _seconds(metadata: dict[str, Any]) -> float:
 def memoized(
     func: Any,
     cache: CacheSettings,
-    kinds: tuple[type[MemoizedFunction[Any, Any]], type[MemoizedFunction[Any, Any]]] = (
-        MemoizedFunction, AsyncMemoizedFunction),
-    **options: Any,
+    kinds: tuple[type[MemoizedFunction[Any, Any]], type[MemoizedFunction[Any, Any]]],
+    options: MemoizeOptions,
 ) -> Any:
     """Wrap ``func`` (a function, method, static or class method, partial, coroutine).
 
     ``kinds`` are the wrapper classes of plain and of ``async def`` functions.
     """
     if isinstance(func, (staticmethod, classmethod)):
-        return type(func)(memoized(func.__func__, cache, kinds, **options))
+        return type(func)(memoized(func.__func__, cache, kinds, options))
     kind = kinds[1] if inspect.iscoroutinefunction(func) else kinds[0]
-    return kind(func, cache, **options)
-
-
-def _restore(
-    kind: type[MemoizedFunction[Any, Any]], func: Callable[..., Any], cache: CacheSettings,
-    options: dict[str, Any],
-) -> MemoizedFunction[Any, Any]:
-    """Rebuild a pickled ``MemoizedFunction`` of class ``kind`` (used by ``__reduce__``)."""
-    return kind(func, cache, **options)
+    wrapper = kind.__new__(kind)
+    wrapper._setup(func, cache, options)
+    return wrapper

@@ -9,6 +9,7 @@ the README's "Coming from joblib" table.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import inspect
@@ -17,11 +18,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Union, cast, overload
 
-from ._cache import _UNSET, Cache, CacheInfo, logger, verbose_logger
+from ._cache import Cache, CacheInfo, logger, verbose_logger
 from ._compressors import Compressor
 from ._entries import Missing
 from ._errors import CacheError, InvalidOptionError
 from ._memoize import AsyncMemoizedFunction, MemoizedFunction
+from ._options import MemoizeOptions
 from ._shelve import MemorizedResult, NotMemorizedResult
 from ._typing import P, R
 
@@ -109,20 +111,25 @@ class MemorizedFunc(MemoizedFunction[P, R]):
         *joblib_arguments: Any,
         verbose: int | None = None,
         cache_validation_callback: Validator | None = None,
-        **options: Any,
+        **arguments: Any,
     ) -> None:
-        if not isinstance(cache, Cache):  # joblib's MemorizedFunc(func, location, backend, ignore, ...)
-            cache, options = _joblib_construction(
-                cache, joblib_arguments, verbose, cache_validation_callback, options
+        if isinstance(cache, Cache):
+            if joblib_arguments:
+                raise TypeError("MemorizedFunc(func, cache) takes its other options by keyword")
+            options = JoblibOptions.over(
+                cache._defaults.updated(arguments), verbose, cache_validation_callback
             )
-            verbose = options.pop("verbose")
-            cache_validation_callback = options.pop("cache_validation_callback")
-        elif joblib_arguments:
-            raise TypeError("MemorizedFunc(func, cache) takes its other options by keyword")
-        super().__init__(func, cache, **options)
+        else:  # joblib's MemorizedFunc(func, location, backend, ignore, ...)
+            cache, options = _joblib_construction(
+                cache, joblib_arguments, verbose, cache_validation_callback, arguments
+            )
+        self._setup(func, cache, options)
+
+    def _setup(self, func: Callable[P, R], cache: Any, options: MemoizeOptions) -> None:
+        super()._setup(func, cache, options)
+        verbose = getattr(options, "verbose", None)
         self._verbose = cache.verbose if verbose is None else verbose
-        self.cache_validation_callback = cache_validation_callback
-        self._options.update(verbose=self._verbose, cache_validation_callback=cache_validation_callback)
+        self.cache_validation_callback = getattr(options, "cache_validation_callback", None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(func={self.__wrapped__!r}, location={self.cache.location})"
@@ -139,7 +146,7 @@ class MemorizedFunc(MemoizedFunction[P, R]):
     @property
     def ignore(self) -> list[str]:
         """The names of the arguments left out of the key."""
-        return list(self._options["ignore"])
+        return list(self.options.ignore)
 
     # -- validity ------------------------------------------------------------------------
 
@@ -279,17 +286,38 @@ class NotMemorizedFunc(Generic[P, R]):
         return f"{type(self).__name__}(func={self.func})"
 
 
+@dataclasses.dataclass(frozen=True)
+class JoblibOptions(MemoizeOptions):
+    """``MemoizeOptions`` plus what joblib's ``Memory.cache`` sets per function."""
+
+    verbose: int | None = None
+    cache_validation_callback: Validator | None = None
+
+    @classmethod
+    def over(
+        cls, options: MemoizeOptions, verbose: int | None, cache_validation_callback: Validator | None
+    ) -> JoblibOptions:
+        """``options`` with joblib's per-function settings; joblib's ``expires_after`` becomes the expiry."""
+        values = {field.name: getattr(options, field.name) for field in dataclasses.fields(MemoizeOptions)}
+        if isinstance(cache_validation_callback, ExpiresAfter):
+            # joblib's negative durations expire everything; the cache's expiry is at least 0.
+            values["expires_after"] = max(cache_validation_callback.seconds, 0.0)
+            cache_validation_callback = None
+        return cls(**values, verbose=verbose, cache_validation_callback=cache_validation_callback)
+
+
 def _function_options(
-    ignore: list[str] | None, verbose: int | None, mmap_mode: Any, cache_validation_callback: Validator | None
-) -> dict[str, Any]:
-    """The ``MemorizedFunc`` options that mean what joblib's ``Memory.cache`` arguments mean."""
-    expiry: Any = _UNSET
-    if isinstance(cache_validation_callback, ExpiresAfter):
-        # joblib's negative durations expire everything; the cache's expiry is at least 0.
-        expiry, cache_validation_callback = max(cache_validation_callback.seconds, 0.0), None
-    return {"ignore": tuple(ignore or ()), "compress": _UNSET, "expires_after": expiry,
-            "mmap_mode": _UNSET if mmap_mode is False else mmap_mode, "verbose": verbose,
-            "cache_validation_callback": cache_validation_callback}
+    cache: Cache, ignore: list[str] | None, verbose: int | None, mmap_mode: Any,
+    cache_validation_callback: Validator | None,
+) -> JoblibOptions:
+    """The options that mean what joblib's ``Memory.cache`` arguments mean.
+
+    ``mmap_mode=False`` is the Memory's own.
+    """
+    arguments: dict[str, Any] = {"ignore": tuple(ignore or ())}
+    if mmap_mode is not False:
+        arguments["mmap_mode"] = mmap_mode
+    return JoblibOptions.over(cache._defaults.updated(arguments), verbose, cache_validation_callback)
 
 
 _JOBLIB_POSITIONAL = ("backend", "ignore", "mmap_mode", "compress", "verbose", "timestamp",
@@ -302,7 +330,7 @@ def _joblib_construction(
     verbose: int | None,
     cache_validation_callback: Validator | None,
     options: dict[str, Any],
-) -> tuple[Cache, dict[str, Any]]:
+) -> tuple[Cache, JoblibOptions]:
     """The cache and options of joblib's ``MemorizedFunc(func, location, backend, ignore, ...)``."""
     if len(arguments) > len(_JOBLIB_POSITIONAL):
         raise TypeError(f"MemorizedFunc takes at most {len(_JOBLIB_POSITIONAL) + 2} positional arguments")
@@ -319,7 +347,7 @@ def _joblib_construction(
     verbose = 1 if given["verbose"] is None else given["verbose"]
     memory = Memory(location, backend=given.get("backend", "local"), mmap_mode=given.get("mmap_mode"),
                     compress=given.get("compress", False), verbose=verbose)
-    return memory.as_cache, _function_options(given.get("ignore"), given["verbose"], False,
+    return memory.as_cache, _function_options(memory.as_cache, given.get("ignore"), given["verbose"], False,
                                               given["cache_validation_callback"])
 
 
@@ -415,8 +443,8 @@ class Memory:
                                      cache_validation_callback=cache_validation_callback)
         if isinstance(func, MemoizedFunction):
             func = func.__wrapped__
-        options = _function_options(ignore, verbose, mmap_mode, cache_validation_callback)
-        return self.as_cache.wrap(func, (MemorizedFunc, AsyncMemorizedFunc), options)
+        options = _function_options(self.as_cache, ignore, verbose, mmap_mode, cache_validation_callback)
+        return self.as_cache._wrap(func, (MemorizedFunc, AsyncMemorizedFunc), options)
 
     def eval(self, func: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Call ``func(*args, **kwargs)`` through the cache."""

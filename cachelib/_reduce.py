@@ -18,19 +18,29 @@ import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._calls import script_of, unwrap
 from ._code import code_digest
 from ._errors import DeserializationError
 
-if TYPE_CHECKING:
-    from ._memoize import MemoizedFunction
-
 __all__ = ["reduce_wrapper"]
 
 _MAIN = ("__main__", "__mp_main__")
 _state = threading.local()  # .pickling: ids of wrappers being pickled; .building: namespace -> wrapper
+
+
+class Wrapper(Protocol):
+    """What pickling needs of a memoized function (``_memoize.MemoizedFunction``)."""
+
+    __wrapped__: Callable[..., Any]
+    __module__: str
+    __qualname__: str
+    namespace: str
+    cache: Any
+    options: Any
+
+    def _setup(self, func: Callable[..., Any], cache: Any, options: Any) -> None: ...
 
 
 def _lookup(module: ModuleType | None, qualname: str) -> Any:
@@ -60,7 +70,7 @@ def _cloudpickle() -> Any:
     return None
 
 
-def _by_value(wrapper: MemoizedFunction[Any, Any]) -> bytes | None:
+def _by_value(wrapper: Wrapper) -> bytes | None:
     """The wrapped function pickled by value, or None (no cloudpickle, or it cannot).
 
     A function that refers to its own wrapper (recursion) meets it again while it is
@@ -80,8 +90,8 @@ def _by_value(wrapper: MemoizedFunction[Any, Any]) -> bytes | None:
         active.discard(id(wrapper))
 
 
-def reduce_wrapper(wrapper: MemoizedFunction[Any, Any], restore: Callable[..., Any]) -> Any:
-    """The ``__reduce__`` of a ``MemoizedFunction``; ``restore(kind, func, cache, options)`` rebuilds one."""
+def reduce_wrapper(wrapper: Wrapper) -> Any:
+    """The ``__reduce__`` of a memoized function: by name, from ``__main__``, or rebuilt from its parts."""
     module = wrapper.__module__
     target = _lookup(sys.modules.get(module), wrapper.__qualname__)
     if target is wrapper and module not in _MAIN:
@@ -89,21 +99,28 @@ def reduce_wrapper(wrapper: MemoizedFunction[Any, Any], restore: Callable[..., A
     if target is wrapper:
         return _from_main, (
             type(wrapper), wrapper.__qualname__, wrapper.namespace, _fingerprint(wrapper.__wrapped__),
-            _by_value(wrapper), wrapper.cache, wrapper._options, script_of(wrapper.__wrapped__),
+            _by_value(wrapper), wrapper.cache, wrapper.options, script_of(wrapper.__wrapped__),
         )
-    return restore, (type(wrapper), wrapper.__wrapped__, wrapper.cache, wrapper._options)
+    return _rebuild, (type(wrapper), wrapper.__wrapped__, wrapper.cache, wrapper.options)
+
+
+def _rebuild(kind: type[Wrapper], func: Callable[..., Any], cache: Any, options: Any) -> Wrapper:
+    """Rebuild a pickled memoized function of class ``kind`` from its function, cache and options."""
+    wrapper = kind.__new__(kind)
+    wrapper._setup(func, cache, options)
+    return wrapper
 
 
 def _from_main(
-    kind: type[MemoizedFunction[Any, Any]],
+    kind: type[Wrapper],
     qualname: str,
     namespace: str,
     fingerprint: str,
     by_value: bytes | None,
     cache: Any,
-    options: dict[str, Any],
+    options: Any,
     script: str = "",
-) -> MemoizedFunction[Any, Any]:
+) -> Wrapper:
     """Find a pickled wrapper of the main script by name, or rebuild it from its function."""
     found = _lookup(sys.modules.get("__main__"), qualname)
     wrapped = getattr(found, "__wrapped__", None)
@@ -132,5 +149,5 @@ def _from_main(
             building[namespace] = outer
     with contextlib.suppress(AttributeError, TypeError):  # cloudpickle renames the code's file
         setattr(unwrap(func), "__cachelib_script__", script)  # noqa: B010 - a function attribute of our own
-    wrapper.__init__(func, cache, **options)  # type: ignore[misc]
+    wrapper._setup(func, cache, options)
     return wrapper
