@@ -234,6 +234,15 @@ def git_revision(repository: str, paths: Sequence[str] = ()) -> str:
     return f"{commit} + uncommitted changes (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:12]})"
 
 
+def source_files(package: str) -> list[str]:
+    """The ``.py`` files of a package directory and its subpackages, as sorted relative paths."""
+    found = []
+    for folder, subfolders, names in os.walk(package):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+        found += [os.path.relpath(os.path.join(folder, n), package) for n in names if n.endswith(".py")]
+    return sorted(found)
+
+
 def machine_info(
     packages: Sequence[str] = ("numpy", "joblib", "cachelib"),
     directory: str | None = None,

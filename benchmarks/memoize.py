@@ -99,6 +99,7 @@ from _harness import (
     plot_scaling,
     run_isolated,
     scaling_table,
+    source_files,
     thread_counts,
     timed,
     write_json,
@@ -478,10 +479,9 @@ def cachelib_source() -> str:
     """Return an xxh3-64 of cachelib's ``*.py`` files, to tell which code was measured."""
     directory = os.path.dirname(cachelib.__file__)
     hasher = xxhash.xxh3_64()
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".py"):
-            with open(os.path.join(directory, name), "rb") as source:
-                hasher.update(name.encode() + b"\0" + source.read())
+    for name in source_files(directory):
+        with open(os.path.join(directory, name), "rb") as source:
+            hasher.update(name.encode() + b"\0" + source.read())
     return hasher.hexdigest()
 
 

@@ -99,6 +99,7 @@ from _harness import (
     rss_bytes,
     run_isolated,
     scaling_table,
+    source_files,
     thread_counts,
     timed_cpu,
     write_json,
@@ -1040,10 +1041,9 @@ def snapshot_package(directory: str) -> dict[str, str]:
     target = os.path.join(directory, "code")
     shutil.copytree(source, os.path.join(target, "cachelib"), ignore=shutil.ignore_patterns("__pycache__"))
     digest = hashlib.sha1()
-    for name in sorted(os.listdir(os.path.join(target, "cachelib"))):
-        if name.endswith(".py"):
-            with open(os.path.join(target, "cachelib", name), "rb") as module:
-                digest.update(name.encode() + module.read())
+    for name in source_files(os.path.join(target, "cachelib")):
+        with open(os.path.join(target, "cachelib", name), "rb") as module:
+            digest.update(name.encode() + module.read())
     sys.path.insert(0, target)
     return {"copied_from": source, "sources_sha1": digest.hexdigest()[:12]}
 

@@ -24,7 +24,7 @@ with N), plus a 100-entry cache kept for the whole run as the reference for hit 
    ``verify`` (one run, reads every entry) and ``prune --max-size X`` with X = 90%
    of the bytes on disk (removes ~10%; one run, last because it deletes).
    Wall time includes interpreter start-up, reported separately (``python -c
-   "import cachelib._cli"``). ``Cache.info()`` is timed in a fresh child process,
+   "import cachelib._cli.main"``). ``Cache.info()`` is timed in a fresh child process,
    with its peak extra RSS (VmHWM reset, see ``_harness.PeakRSS``). The page cache
    is warm for all of these: the entries were just written and RAM holds them all
    (caches are never dropped, the machine is shared).
@@ -333,7 +333,7 @@ def _number(pattern: str, text: str) -> int | None:
 
 def measure_startup() -> ProcessRun:
     """The fixed cost inside every command's wall time: start Python, import the CLI."""
-    return run_process([sys.executable, "-c", "import cachelib._cli"])
+    return run_process([sys.executable, "-c", "import cachelib._cli.main"])
 
 
 # -- measurements in fresh child processes -----------------------------------------------------

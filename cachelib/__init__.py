@@ -5,8 +5,8 @@ computes each distinct call once across processes and restarts; ``Memory`` is
 joblib.Memory's interface on a ``Cache``.
 """
 
-from ._cache import Cache, CacheInfo, FunctionInfo
-from ._compressors import Compressor, compressors, register_compressor
+from ._codecs.registry import Compressor, compressors, register_compressor
+from ._entries.loading import load, verify
 from ._errors import (
     CacheError,
     CacheWarning,
@@ -23,15 +23,15 @@ from ._errors import (
     UnsafeLocationError,
     UnsupportedFormatError,
 )
-from ._fsspec import FsspecStore
-from ._hashing import hash
-from ._loading import load, verify
-from ._local import LocalStore
-from ._memoize import MemoizedFunction
-from ._memory import MemorizedFunc, Memory, NotMemorizedFunc, expires_after
-from ._persistence import dump
-from ._shelve import MemorizedResult, NotMemorizedResult
-from ._store import Store
+from ._format.persistence import dump
+from ._joblib.memory import MemorizedFunc, Memory, NotMemorizedFunc, expires_after
+from ._joblib.shelve import MemorizedResult, NotMemorizedResult
+from ._keys.hashing import hash
+from ._memo.cache import Cache, CacheInfo, FunctionInfo
+from ._memo.memoized import MemoizedFunction
+from ._stores.base import Store
+from ._stores.fsspec_store import FsspecStore
+from ._stores.local import LocalStore
 from ._version import __version__
 
 __all__ = [

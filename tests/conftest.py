@@ -18,7 +18,7 @@ import pytest
 from hypothesis import settings
 
 import cachelib
-import cachelib._compressors as _compressors
+import cachelib._codecs.registry as _compressors
 
 # No example database: the suite must not write outside the temporary directories.
 settings.register_profile("cachelib", database=None, deadline=None, print_blob=True)

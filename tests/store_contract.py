@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from cachelib import CacheError, CorruptFileError, InvalidOptionError
-from cachelib._store import Store
+from cachelib._stores.base import Store
 
 
 class Boom(Exception):
@@ -44,7 +44,7 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
 
 
 class StoreContract:
-    """Behaviour shared by every store; see ``cachelib._store`` for the contract in prose."""
+    """Behaviour shared by every store; see ``cachelib._stores.base`` for the contract in prose."""
 
     mappable = False
     large = 20 << 20

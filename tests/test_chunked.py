@@ -1,7 +1,7 @@
 """Large arrays hashed as a tree of xxh3 digests, on every core: the same key whatever the
 threads, the layout or the process; small arrays keep the flat encoding.
 
-The tree is recomputed here from its documented definition (``cachelib/_chunked.py``,
+The tree is recomputed here from its documented definition (``cachelib/_format/tree.py``,
 the README's Keys section) rather than read from cachelib.
 """
 
@@ -17,7 +17,9 @@ import pytest
 import xxhash
 
 import cachelib
-from cachelib import _chunked, _encoding, _pool
+from cachelib._codecs import pool as _pool
+from cachelib._format import tree as _chunked
+from cachelib._keys import encoding as _encoding
 
 pytestmark = pytest.mark.timeout(120)
 

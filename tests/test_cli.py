@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cachelib
-from cachelib._cli import build_parser
+from cachelib._cli.main import build_parser
 
 pytestmark = pytest.mark.timeout(120)
 

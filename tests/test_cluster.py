@@ -26,7 +26,7 @@ WORKER = textwrap.dedent('''
     import json, os, sys, time
     import numpy as np
     import cachelib
-    from cachelib._fsspec import FsspecStore
+    from cachelib._stores.fsspec_store import FsspecStore
 
     url, options, log = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     keys, settings = sys.argv[4], json.loads(sys.argv[5])

@@ -15,7 +15,7 @@ import pytest
 from helpers import entry_path
 
 import cachelib
-from cachelib._upkeep import clean_leftovers
+from cachelib._entries.budget import clean_leftovers
 
 fork = multiprocessing.get_context("fork")
 

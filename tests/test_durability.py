@@ -20,7 +20,8 @@ import pytest
 from helpers import entry_path
 
 import cachelib
-from cachelib import _durability, _entry
+from cachelib._entries import envelope as _entry
+from cachelib._stores import durability as _durability
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -248,7 +249,7 @@ def test_the_queue_is_bounded_and_closes_what_it_takes(tmp_path):
     script = textwrap.dedent(
         f"""
         import os
-        from cachelib import _durability
+        from cachelib._stores import durability as _durability
 
         flusher = _durability.Flusher(limit=2)
         directory = os.open({str(tmp_path)!r}, os.O_RDONLY)
@@ -351,7 +352,7 @@ def test_background_syncs_before_the_rename_on_a_network_filesystem(tmp_path, ca
     monkeypatch.setattr(_durability, "_NETWORK_FILESYSTEMS", _durability._NETWORK_FILESYSTEMS | {
         _durability.filesystem_type(os.path.realpath(tmp_path), Path("/proc/self/mounts").read_text())
     })
-    monkeypatch.setattr(cachelib._local, "can_defer", _durability.can_defer)
+    monkeypatch.setattr(cachelib._stores.local, "can_defer", _durability.can_defer)
     compute = cachelib.Cache(tmp_path).memoize(_small)
     compute(9)
     assert _head_of(entry_path(compute, 9)).deferred is False

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import cachelib
-from cachelib._entry import read_entry, read_head, verify_entry, write_entry
-from cachelib._format import ARRAY, CHECKSUM, END, FINAL, HEADER, MAGIC, RECORD
-from cachelib._reader import MAX_ARRAY_RUN, parse_bytes, unpickle_parsed
-from cachelib._signing import Signer
+from cachelib._entries.envelope import read_entry, read_head, verify_entry, write_entry
+from cachelib._entries.signing import Signer
+from cachelib._format.reader import MAX_ARRAY_RUN, parse_bytes, unpickle_parsed
+from cachelib._format.records import ARRAY, CHECKSUM, END, FINAL, HEADER, MAGIC, RECORD
 
 KEY = "0123456789abcdef0123456789abcdef"
 NAME = f"pkg.f-0123456789ab/01/{KEY}.cl"

@@ -17,7 +17,7 @@ import pytest
 from _system import memory_capped
 
 import cachelib
-from cachelib import _pool
+from cachelib._codecs import pool as _pool
 
 pytestmark = pytest.mark.timeout(120)
 

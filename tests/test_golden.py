@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cachelib
-from cachelib._format import FORMAT_VERSION
+from cachelib._format.records import FORMAT_VERSION
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,3 +102,34 @@ def test_every_codec_has_a_golden_file_of_this_format(codec_names):
         f"no golden file of format {FORMAT_VERSION} for {', '.join(missing)}: "
         "run python tests/data/make_golden.py and commit the new files"
     )
+
+
+def _pickled_globals(data: bytes) -> set[tuple[str, str]]:
+    """The (module, name) pairs a pickle names through STACK_GLOBAL or GLOBAL."""
+    import pickletools
+
+    found, strings = set(), []
+    for opcode, argument, _ in pickletools.genops(data):
+        if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(argument)
+        elif opcode.name == "STACK_GLOBAL":
+            found.add((strings[-2], strings[-1]))
+        elif opcode.name == "GLOBAL":
+            module, _, name = argument.partition(" ")
+            found.add((module, name))
+    return found
+
+
+def test_a_fresh_dump_names_the_array_rebuilder_by_its_stored_name():
+    """Pickles name ``cachelib._format.rebuild_array``, whichever module defines it today."""
+    import io
+
+    from cachelib._format.reader import parse_bytes
+
+    stream = io.BytesIO()
+    cachelib.dump({"big": np.arange(10_000.0), "small": np.arange(3)}, stream)
+    named = _pickled_globals(parse_bytes(stream.getvalue()).pickle)
+    assert {name for name in named if name[0].startswith("cachelib")} == {("cachelib._format", "rebuild_array")}
+    from cachelib._format import rebuild_array
+
+    assert rebuild_array.__module__ == "cachelib._format"

@@ -365,7 +365,7 @@ GOLDEN = {
 
 _GOLDEN_MODULE = "cachelib_golden_objects"  # the dataclass and Enum are hashed by name
 _GOLDEN_DIGESTS = """
-from cachelib._encoding import Hasher
+from cachelib._keys.encoding import Hasher
 
 def golden_digest(value):
     hasher = Hasher()
@@ -514,7 +514,7 @@ def test_the_scalar_fast_path_encodes_exactly_like_the_general_encoder():
 
     import xxhash
 
-    from cachelib._encoding import Hasher, scalars_encoding
+    from cachelib._keys.encoding import Hasher, scalars_encoding
 
     rng = random.Random(7)
     pool = [0, 1, -1, 2**63 - 1, -(2**63), 1.0, -0.0, 0.0, float("nan"), float("inf"), 1e-300,

@@ -48,7 +48,7 @@ from _system import (
 from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
 
 import cachelib
-from cachelib._processes import writer_id
+from cachelib._stores.processes import writer_id
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -608,7 +608,7 @@ def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_p
 
 _IN_ANOTHER_NAMESPACE = """
 import os, sys
-from cachelib._processes import writer_id
+from cachelib._stores.processes import writer_id
 
 pid, directory, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 with open("/proc/sys/kernel/ns_last_pid", "w") as last:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cachelib
-from cachelib._explain import explain_miss
+from cachelib._keys.explain import explain_miss
 
 PARTS = {"code": "c1", "helper pkg.prep": "h1", "constant SCALE": "s1",
          "argument x": "x1", "argument y": "y1"}
@@ -121,7 +121,7 @@ def test_entries_record_short_digests_of_their_key_parts_never_values(cache):
 
 
 def test_explain_reads_only_the_most_recent_entries(cache, monkeypatch):
-    monkeypatch.setattr(cachelib._memoize, "_EXPLAIN_ENTRIES", 3)
+    monkeypatch.setattr(cachelib._memo.memoized, "_EXPLAIN_ENTRIES", 3)
 
     @cache.memoize
     def work(x):

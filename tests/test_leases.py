@@ -10,9 +10,9 @@ import uuid
 import pytest
 
 pytest.importorskip("fsspec", reason="these tests use the memory:// store: pip install 'cachelib[fsspec]'")
-from cachelib._fsspec import FsspecStore
-from cachelib._leases import Lease
-from cachelib._processes import HOST_ID
+from cachelib._stores.fsspec_store import FsspecStore
+from cachelib._stores.leases import Lease
+from cachelib._stores.processes import HOST_ID
 
 
 @pytest.fixture

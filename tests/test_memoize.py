@@ -38,7 +38,7 @@ def entry_stream(data: bytes) -> bytes:
     metadata_length = int.from_bytes(data[12:16], "little")
     start = -(-(64 + metadata_length) // 64) * 64
     return data[start:-48]
-SIGNATURE_BLOCK = 64  # bytes before the stream of a signed entry (see cachelib._signing)
+SIGNATURE_BLOCK = 64  # bytes before the stream of a signed entry (see cachelib._entries.signing)
 
 # Real calls are counted in a module global, never in a closure: closure values are
 # part of every key (hashed when the function is memoized), globals are not.

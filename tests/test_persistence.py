@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import cachelib
-from cachelib._compressors import Bz2, Gzip, Lz4, Lzma, Xz, Zlib, Zstd
+from cachelib._codecs.registry import Bz2, Gzip, Lz4, Lzma, Xz, Zlib, Zstd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1168,7 +1168,7 @@ def _many_small_arrays(count: int) -> list[np.ndarray]:
 
 def test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records(tmp_path):
     """Past ``INBAND_ARRAYS`` small arrays, the others are array records (and mapped by mmap_mode)."""
-    from cachelib._format import INBAND_ARRAYS
+    from cachelib._format.records import INBAND_ARRAYS
 
     value = _many_small_arrays(INBAND_ARRAYS + 3000)
     path = tmp_path / "many.pkl"

@@ -131,7 +131,7 @@ def test_without_cloudpickle_a_process_lacking_the_function_says_what_to_install
         if __name__ == "__main__":
             sys.modules["cloudpickle"] = None  # as if neither were installed
             sys.modules["joblib.externals.cloudpickle"] = None
-            cachelib._reduce._cloudpickle.cache_clear()
+            cachelib._memo.pickling._cloudpickle.cache_clear()
             with open(sys.argv[3], "wb") as out:
                 pickle.dump(square, out)
     """, str(tmp_path / "square.pkl"))

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import cachelib
-from cachelib._cli import main
+from cachelib._cli.main import main
 
 pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
-from cachelib._fsspec import FsspecStore
+from cachelib._stores.fsspec_store import FsspecStore
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from store_contract import StoreContract
 
-from cachelib._local import LocalStore
+from cachelib._stores.local import LocalStore
 
-fsspec_store = pytest.importorskip("cachelib._fsspec", reason="fsspec stores need fsspec")
+fsspec_store = pytest.importorskip("cachelib._stores.fsspec_store", reason="fsspec stores need fsspec")
 pytest.importorskip("fsspec", reason="fsspec stores need fsspec: pip install 'cachelib[fsspec]'")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cachelib
-from cachelib._summary import LIMIT, CallSummary, describe_value
+from cachelib._memo.summary import LIMIT, CallSummary, describe_value
 
 REPRS: list = []
 

@@ -1,0 +1,1 @@
+"""Entries: the cache's policy above any store (names, envelope, signatures, limits, statistics)."""

@@ -1,0 +1,343 @@
+"""A cache entry: a header, the call's metadata, the result's stream, and a trailer.
+
+Rule: this module owns the bytes of an entry around the cachelib stream, and what
+may be concluded from them without unpickling (who stored it, when, under which
+key, with which metadata, whether it is signed and intact). Layout::
+
+    0    64  header: magic, version, flags, metadata length, stored time, key, checksum
+    64    M  metadata: a JSON object (function, compute seconds, key parts, call summary)
+    ..    P  zero padding, so that the stream starts 64-byte aligned (arrays can be mapped)
+    ..    S  the result: a raw or compressed cachelib stream (``docs/FORMAT.rst``)
+    end-48   trailer: magic, raw stream length, MAC (zero when unsigned)
+
+The stored time is inside the entry, never taken from the file's mtime, so that
+rewriting or touching an old file cannot make it look fresh. A header flag says
+the entry was published before it was durable (``_stores.durability``): if such an
+entry predates the machine's last start, a crash may have left holes in it, so a
+mapped read checks its arrays' checksums too (reads that copy always do). With a secret, the MAC
+covers the entry's name, header, metadata, padding, every byte of the raw stream
+and its length; a reader checks it before unpickling anything (``_entries.signing``).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from typing import IO, Any, cast
+
+import numpy as np
+import xxhash
+
+from .._codecs.registry import Compressor
+from .._errors import CorruptFileError, UnsupportedFormatError
+from .._format.persistence import read_stream_value, sniff, verify_stream_of
+from .._format.records import write_stream
+from .._stores.durability import written_since_boot
+from .signing import MAC_SIZE, Signer
+
+__all__ = ["ENTRY_MAGIC", "EntryHead", "is_entry", "read_entry", "read_head", "verify_entry", "write_entry"]
+
+ENTRY_MAGIC = b"\x89CLENT\r\n"
+ENTRY_VERSION = 2
+FLAG_SIGNED = 0x0001
+FLAG_DEFERRED = 0x0002  # published before it was durable
+_FLAGS = FLAG_SIGNED | FLAG_DEFERRED
+HEADER = struct.Struct("<8sHHIq16s16x")  # magic, version, flags, metadata length, stored ns, key
+CHECKSUM = struct.Struct("<Q")  # xxh3_64 of HEADER and metadata
+HEADER_SIZE = HEADER.size + CHECKSUM.size  # 64
+TRAILER_MAGIC = b"\x89CLEND\r\n"
+TRAILER = struct.Struct(f"<8sQ{MAC_SIZE}s")  # magic, raw stream length, MAC
+METADATA_MAX = 1 << 16
+_ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class EntryHead:
+    """What an entry says about itself, read and checked without touching its stream."""
+
+    key: str
+    stored: float  # unix time, seconds
+    metadata: dict[str, Any]
+    signed: bool
+    stream_offset: int
+    raw: bytes  # header, metadata and padding: the start of what a MAC covers
+    deferred: bool = False  # published before it was durable
+
+
+class _Tap:
+    """A write-through file object that counts the bytes and feeds them to a MAC."""
+
+    def __init__(self, sink: IO[bytes], mac: Any) -> None:
+        self._sink = sink
+        self._mac = mac
+        self.count = 0
+
+    def write(self, data: Any) -> int:
+        if self._mac is not None:
+            self._mac.update(data)
+        self.count += memoryview(data).nbytes
+        return self._sink.write(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+
+class _Region:
+    """The bytes ``[start, end)`` of a seekable file, as a file of their own."""
+
+    def __init__(self, fileobj: Any, start: int, end: int) -> None:
+        self._fileobj = fileobj
+        self._start = start
+        self._end = end
+        self._position = start
+        fileobj.seek(start)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(view.nbytes, self._end - self._position)
+        if n <= 0:
+            return 0
+        got = self._fileobj.readinto(view[:n]) or 0
+        self._position += got
+        return int(got)
+
+    def read(self, size: int = -1) -> bytes:
+        limit = self._end - self._position
+        buffer = bytearray(limit if size < 0 else min(size, limit))
+        return bytes(buffer[: self.readinto(buffer)])
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._position, io.SEEK_END: self._end}[whence]
+        self._position = min(max(base + offset, self._start), self._end)
+        self._fileobj.seek(self._position)
+        return self._position - self._start
+
+
+def _metadata_bytes(metadata: dict[str, Any]) -> bytes:
+    encoded = json.dumps(metadata, sort_keys=True, separators=(",", ":"), default=str).encode()
+    if len(encoded) > METADATA_MAX:
+        raise CorruptFileError(f"entry metadata of {len(encoded)} bytes exceeds {METADATA_MAX}")
+    return encoded
+
+
+def write_entry(
+    sink: IO[bytes],
+    value: Any,
+    *,
+    key: str,
+    stored_ns: int,
+    metadata: dict[str, Any],
+    compressor: Compressor | None,
+    signer: Signer | None = None,
+    context: str = "",
+    deferred: bool = False,
+) -> None:
+    """Write one entry for ``value`` to ``sink`` (which need not be seekable).
+
+    ``deferred`` records that the store publishes it before it is durable.
+    """
+    encoded = _metadata_bytes(metadata)
+    flags = (FLAG_SIGNED if signer else 0) | (FLAG_DEFERRED if deferred else 0)
+    header = HEADER.pack(ENTRY_MAGIC, ENTRY_VERSION, flags, len(encoded), stored_ns, bytes.fromhex(key))
+    checksum = CHECKSUM.pack(xxhash.xxh3_64_intdigest(header + encoded))
+    padding = bytes(-(HEADER_SIZE + len(encoded)) % _ALIGNMENT)
+    start = header + checksum + encoded + padding
+    mac = signer.new(context) if signer is not None else None
+    if mac is not None:
+        mac.update(start)
+    sink.write(start)
+    if compressor is None:
+        raw = _Tap(sink, mac)
+        write_stream(value, raw)  # type: ignore[arg-type]
+    else:
+        stream = compressor.open_writer(sink)
+        raw = _Tap(stream, mac)
+        try:
+            write_stream(value, raw)  # type: ignore[arg-type]
+        finally:
+            stream.close()
+    sink.write(_trailer(mac, raw.count))
+
+
+def _trailer(mac: Any, raw_length: int) -> bytes:
+    length = struct.pack("<Q", raw_length)
+    if mac is None:
+        return TRAILER.pack(TRAILER_MAGIC, raw_length, bytes(MAC_SIZE))
+    mac.update(length)
+    return TRAILER.pack(TRAILER_MAGIC, raw_length, mac.digest())
+
+
+def is_entry(prefix: bytes) -> bool:
+    """True if ``prefix`` (a file's first bytes) starts a cache entry."""
+    return prefix.startswith(ENTRY_MAGIC)
+
+
+def read_head(fileobj: Any, size: int) -> EntryHead:
+    """Read and check an entry's header and metadata; leave ``fileobj`` at its stream."""
+    raw = fileobj.read(HEADER_SIZE)
+    if len(raw) < HEADER_SIZE:
+        raise CorruptFileError(f"the entry is truncated: {len(raw)} bytes, shorter than its header")
+    magic, version, flags, length, stored_ns, key = HEADER.unpack_from(raw)
+    if magic != ENTRY_MAGIC:
+        raise CorruptFileError("not a cache entry: the magic number does not match")
+    if version > ENTRY_VERSION:
+        raise UnsupportedFormatError(
+            f"the entry has version {version}, newer than this cachelib reads ({ENTRY_VERSION}); "
+            "upgrade cachelib"
+        )
+    padding = -(HEADER_SIZE + length) % _ALIGNMENT
+    stream_offset = HEADER_SIZE + length + padding
+    if version == 0 or flags & ~_FLAGS or length > METADATA_MAX or stream_offset + TRAILER.size > size:
+        raise CorruptFileError(
+            f"invalid entry header (version {version}, flags {flags}, metadata {length} bytes)"
+        )
+    rest = fileobj.read(length + padding)
+    encoded = rest[:length]
+    if len(rest) != length + padding or any(rest[length:]):
+        raise CorruptFileError("the entry is truncated or damaged in its metadata")
+    if CHECKSUM.unpack_from(raw, HEADER.size)[0] != xxhash.xxh3_64_intdigest(raw[: HEADER.size] + encoded):
+        raise CorruptFileError("checksum mismatch in the entry's header or metadata")
+    try:
+        metadata = json.loads(encoded)
+    except ValueError as exc:
+        raise CorruptFileError(f"the entry's metadata is not JSON: {exc}") from None
+    if type(metadata) is not dict:
+        raise CorruptFileError("the entry's metadata is not a JSON object")
+    signed = bool(flags & FLAG_SIGNED)
+    deferred = bool(flags & FLAG_DEFERRED)
+    return EntryHead(key.hex(), stored_ns / 1e9, metadata, signed, stream_offset, raw + rest, deferred)
+
+
+def _read_trailer(fileobj: Any, size: int, head: EntryHead) -> tuple[int, bytes]:
+    fileobj.seek(size - TRAILER.size)
+    data = fileobj.read(TRAILER.size)
+    if len(data) != TRAILER.size:
+        raise CorruptFileError("the entry is truncated: its trailer is missing")
+    magic, raw_length, tag = TRAILER.unpack(data)
+    if magic != TRAILER_MAGIC or (not head.signed and any(tag)):
+        raise CorruptFileError("the entry is truncated or damaged: its trailer is invalid")
+    fileobj.seek(head.stream_offset)
+    return raw_length, tag
+
+
+class _Authenticator:
+    """Feeds the MAC with what the reader consumes; checks it when the reader is done."""
+
+    def __init__(self, signer: Signer, context: str, head: EntryHead, raw_length: int, tag: bytes) -> None:
+        self._mac = signer.new(context)
+        self._mac.update(head.raw)
+        self._raw_length = raw_length
+        self._tag = tag
+        self._count = 0
+
+    def tap(self, view: memoryview) -> None:
+        self._mac.update(view)
+        self._count += view.nbytes
+
+    def check(self) -> None:
+        self._mac.update(struct.pack("<Q", self._raw_length))
+        if self._count != self._raw_length or not Signer.matches(self._mac, self._tag):
+            raise CorruptFileError("the entry's signature does not match: it was altered, forged or moved")
+
+
+def _open_stream(
+    fileobj: Any, size: int, head: EntryHead, signer: Signer | None, context: str
+) -> tuple[Any, Compressor | None, _Authenticator | None]:
+    if signer is not None and not head.signed:
+        raise CorruptFileError("the entry is not signed, and this cache requires signatures")
+    raw_length, tag = _read_trailer(fileobj, size, head)
+    authenticator = _Authenticator(signer, context, head, raw_length, tag) if signer is not None else None
+    stream, compressor = sniff(_Region(fileobj, head.stream_offset, size - TRAILER.size))
+    return stream, compressor, authenticator
+
+
+_CHECKED_MAX = 1024
+_checked_files: collections.OrderedDict[tuple[int, ...], None] = collections.OrderedDict()
+_checked_lock = threading.Lock()
+
+
+def _unsettled_identity(fileobj: Any) -> tuple[int, ...] | None:
+    """Return the file's identity if its mapped arrays must be checked, else None.
+
+    A file written since the last boot holds the bytes written; an older one was
+    checked already if its identity is among those this process checked.
+    """
+    st = os.fstat(fileobj.fileno())
+    if written_since_boot(st.st_mtime):
+        return None
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return None if identity in _checked_files else identity
+
+
+def _remember_checked(identity: tuple[int, ...]) -> None:
+    with _checked_lock:
+        _checked_files[identity] = None
+        while len(_checked_files) > _CHECKED_MAX:
+            _checked_files.popitem(last=False)
+
+
+def read_entry(
+    fileobj: Any,
+    size: int,
+    head: EntryHead,
+    *,
+    signer: Signer | None = None,
+    context: str = "",
+    mmap_mode: str | None = None,
+    restricted: bool = False,
+    parse_only: bool = False,
+) -> Any:
+    """Read the result of an entry whose ``head`` was just read from ``fileobj``.
+
+    With ``signer`` everything is read and authenticated before anything is
+    unpickled. With ``mmap_mode`` the arrays of a raw stream are mapped from
+    ``fileobj``'s own descriptor (the caller decides that nobody else can write
+    it). ``parse_only`` returns the checked ``Parsed`` stream, for reuse.
+    """
+    stream, compressor, authenticator = _open_stream(fileobj, size, head, signer, context)
+    mapping = None
+    unsettled = None
+    if mmap_mode is not None and compressor is None:
+        mapping = np.memmap(fileobj, dtype=np.uint8, mode=cast(Any, mmap_mode))
+        fileobj.seek(head.stream_offset)
+        unsettled = _unsettled_identity(fileobj) if head.deferred else None
+    value = read_stream_value(
+        stream,
+        compressor,
+        size=size - TRAILER.size - head.stream_offset if compressor is None else None,
+        mapping=mapping,
+        mapping_offset=head.stream_offset,
+        check_mapped=unsettled is not None,
+        tap=authenticator.tap if authenticator else None,
+        authenticate=authenticator.check if authenticator else None,
+        restricted=restricted,
+        parse_only=parse_only,
+        edited_ok=False,
+    )
+    if unsettled is not None:
+        _remember_checked(unsettled)
+    return value
+
+
+def verify_entry(fileobj: Any, size: int, *, signer: Signer | None = None, context: str = "") -> EntryHead:
+    """Check an entry's structure (and signature, given ``signer``) without unpickling it."""
+    head = read_head(fileobj, size)
+    if signer is not None and not head.signed:
+        raise CorruptFileError("the entry is not signed")
+    stream, _, authenticator = _open_stream(fileobj, size, head, signer if head.signed else None, context)
+    verify_stream_of(stream, whole=True, tap=authenticator.tap if authenticator else None, edited_ok=False)
+    if authenticator is not None:
+        authenticator.check()
+    return head
+

@@ -1,0 +1,1 @@
+"""joblib's interface: ``Memory``, ``MemorizedFunc`` and shelved results, built on ``Cache``."""

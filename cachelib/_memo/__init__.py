@@ -1,0 +1,1 @@
+"""The decorator layer: ``Cache``, memoized functions, their options, pickling and summaries."""

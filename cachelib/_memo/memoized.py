@@ -1,0 +1,444 @@
+"""``MemoizedFunction``: what ``@cache.memoize`` returns, and its call path.
+
+Rule: a hit returns exactly what the function returned, or it is a miss. A hit
+takes no lock; a miss takes the key's lock, looks again (another process may have
+just stored it), computes, publishes, and lets go. The function's own exceptions
+are never cached, and a failure to store warns but still returns the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar, cast, overload
+
+from .._codecs.registry import Compressor
+from .._entries.policy import Entries, Missing
+from .._entries.stats import CallStats, StatsRecorder
+from .._errors import (
+    CacheError,
+    CacheWarning,
+    FileAccessError,
+    LockTimeout,
+    SerializationError,
+    UnhashableError,
+)
+from .._keys.calls import CallKeyer, function_identity, unwrap
+from .._keys.explain import explain_miss
+from .._typing import P, R
+from .info import FunctionInfo
+from .options import MemoizeOptions
+from .pickling import reduce_wrapper
+from .summary import CallSummary
+
+__all__ = ["AsyncMemoizedFunction", "CacheSettings", "MemoizedFunction", "memoized"]
+
+
+class CacheSettings(Protocol):
+    """What a memoized function asks of its cache (``_cache.Cache``, which imports this module)."""
+
+    entries: Entries | None
+    strict: bool
+    lock_timeout: float
+    on_lock_timeout: str
+    verbose: int
+
+    @property
+    def location(self) -> str | None: ...
+
+    @property
+    def logger(self) -> logging.Logger: ...
+
+    def _after_store(self, size: int) -> None: ...
+
+    def _function_info(self, func: MemoizedFunction[Any, Any]) -> FunctionInfo: ...
+
+
+_DEFAULTS = MemoizeOptions()
+_EXPLAIN_ENTRIES = 200  # the most recent entries whose key parts explain a miss
+M = TypeVar("M", bound="MemoizedFunction[Any, Any]")
+
+
+class MemoizedFunction(Generic[P, R]):
+    """A function whose results are stored in a ``Cache``, one entry per distinct call.
+
+    For type checkers it keeps the signature and return type of the function it wraps.
+    """
+
+    __wrapped__: Callable[P, R]
+
+    __cachelib_passthrough__ = True  # calls __wrapped__ with its own arguments: keys see through it
+
+    def __init__(
+        self, func: Callable[P, R], cache: CacheSettings, options: MemoizeOptions = _DEFAULTS
+    ) -> None:
+        self._setup(func, cache, options)
+
+    def _setup(self, func: Callable[P, R], cache: CacheSettings, options: MemoizeOptions) -> None:
+        """Wrap ``func`` (also for an instance made by ``__new__`` while being unpickled)."""
+        functools.update_wrapper(self, func)
+        self.__wrapped__ = func
+        if not hasattr(self, "__qualname__"):  # a functools.partial or a callable object
+            inner = unwrap(func)
+            self.__qualname__ = getattr(inner, "__qualname__", type(inner).__qualname__)
+            self.__name__ = getattr(inner, "__name__", type(inner).__name__)
+            self.__module__ = getattr(inner, "__module__", None) or ""
+        self.cache = cache
+        self.options = options  # resolved: a pickled copy behaves the same in a worker
+        self._keyer = CallKeyer(func, options.ignore, options.track_callees)
+        self._summary = CallSummary(func, options.ignore)
+        self.name, identity = function_identity(func)
+        self.namespace = f"{self.name}-{identity}"
+        self._about = {"function": self.name, "identity": identity}
+        self._recorder = StatsRecorder(cache.entries, self.namespace if cache.entries else None)
+        self._refused = False  # the location (or this function's directory) cannot be trusted
+        self._checked_changes = False  # whether a miss was checked for changing its own state
+        if self.mmap_mode is not None and self.compressor is not None:
+            warnings.warn(
+                f"{self.__qualname__}: compressed entries cannot be memory-mapped; its hits are "
+                "loaded into memory (use compress=False with mmap_mode)",
+                CacheWarning,
+                stacklevel=4,
+            )
+
+    def __repr__(self) -> str:
+        return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
+
+    def __reduce__(self) -> Any:
+        """Pickle by name, or by value where other processes cannot import it (``_memo.pickling``).
+
+        Workers (multiprocessing, joblib, dask) then share the same cache location.
+        """
+        return reduce_wrapper(self)
+
+    @property
+    def compressor(self) -> Compressor | None:
+        """The codec of this function's entries (None: raw)."""
+        return self.options.compressor
+
+    @property
+    def mmap_mode(self) -> str | None:
+        """How hits return arrays: None (in memory), ``"r"`` or ``"c"`` (mapped)."""
+        return self.options.mmap_mode
+
+    @property
+    def expires_after(self) -> float | None:
+        """Seconds after which an entry is recomputed (None: never)."""
+        return self.options.expires_after
+
+    @overload
+    def __get__(self: M, instance: None, owner: type | None = None) -> M: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., R]: ...
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """Bind like a function, so that decorated methods receive ``self``."""
+        return self if instance is None else types.MethodType(self, instance)
+
+    @property
+    def logger(self) -> logging.Logger:
+        """Where this function reports its hits and misses (its cache's logger)."""
+        return self.cache.logger
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Return the key (32 hex digits) of one call."""
+        return self._keyer.key(args, kwargs)
+
+    @property
+    def stats(self) -> CallStats:
+        """This process's hits, misses and seconds for this function."""
+        return self._recorder.stats
+
+    # -- the call path -----------------------------------------------------------------------
+
+    def _refuse(self, exc: FileAccessError) -> None:
+        """Stop using the cache for this function, saying why once (or raise, if strict)."""
+        if self.cache.strict:
+            raise exc
+        if not self._refused:
+            self._refused = True
+            warnings.warn(
+                f"{self.__qualname__} computes without the cache: {exc}", CacheWarning, stacklevel=4
+            )
+
+    def _lookup(self, key: str, warn: bool = True) -> tuple[bool, Any]:
+        """Return (True, result) on a hit, (False, None) on a miss; damaged entries miss."""
+        started = time.perf_counter()
+        try:
+            metadata, result = self.cache.entries.get(  # type: ignore[union-attr]
+                self.namespace, key, mmap_mode=self.mmap_mode, max_age=self.expires_after
+            )
+        except Missing:
+            return False, None
+        except FileAccessError as exc:
+            self._refuse(exc)
+            return False, None
+        except (CacheError, OSError, ValueError, TypeError) as exc:
+            if warn:
+                warnings.warn(
+                    f"the cache entry {key} of {self.__qualname__} cannot be read ({exc}); recomputing it",
+                    CacheWarning,
+                    stacklevel=4,
+                )
+            return False, None
+        self._recorder.record_hit(_seconds(metadata))
+        logger = self.logger
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
+        return True, result
+
+    def _acquire(self, key: str) -> Any:
+        """Return the held lock of ``key``, or None to compute without one."""
+        try:
+            lock = self.cache.entries.lock(self.namespace, key, self._about)  # type: ignore[union-attr]
+        except FileAccessError as exc:
+            self._refuse(exc)
+            return None
+        except (OSError, CacheError) as exc:  # storing will fail too, and say so once
+            self.logger.debug("no lock for %s: %s", self.__qualname__, exc)
+            return None
+        if lock is None:
+            return None
+        try:
+            if lock.acquire(self.cache.lock_timeout):
+                return lock
+        except (OSError, CacheError):
+            return None  # the lock cannot be taken here (a read-only filesystem): compute unlocked
+        if self.cache.on_lock_timeout == "raise":
+            raise LockTimeout(
+                f"waited {self.cache.lock_timeout} s for the lock of a call of {self.__qualname__}, held by "
+                "another process computing it; raise lock_timeout or use on_lock_timeout='compute'"
+            )
+        return None
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.cache.entries is None or self._refused:
+            return self.__wrapped__(*args, **kwargs)
+        key = self._key(args, kwargs)
+        hit, result = self._lookup(key)
+        if hit:
+            return cast(R, result)
+        if self._refused:
+            return self.__wrapped__(*args, **kwargs)
+        lock = self._acquire(key)
+        try:
+            if lock is not None:
+                hit, result = self._lookup(key, warn=False)  # computed while we waited?
+                if hit:
+                    return cast(R, result)
+            parts, why = self._miss_parts(args, kwargs)
+            call = self._summary.describe(args, kwargs)
+            started = time.perf_counter()
+            result = self.__wrapped__(*args, **kwargs)
+            seconds = time.perf_counter() - started
+            self._check_own_changes(parts)
+            return cast(R, self._store(key, result, seconds, parts, call, why))
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _store(
+        self,
+        key: str,
+        result: Any,
+        seconds: float,
+        parts: dict[str, str] | None = None,
+        call: str | None = None,
+        why: str = "",
+    ) -> Any:
+        """Publish ``result``; return it (as stored memmaps when ``mmap_mode`` asks).
+
+        ``parts`` are the key's parts (for ``explain``) and ``call`` the call's short
+        summary (``_memo.summary``), both kept in the entry's metadata.
+        """
+        started = time.perf_counter()
+        metadata: dict[str, Any] = {"function": self.__qualname__, "compute_seconds": seconds,
+                                    "key_parts": parts or {}}
+        if call is not None:
+            metadata["call"] = call
+        self._recorder.record(False, seconds)
+        try:
+            size, returned = self.cache.entries.put(  # type: ignore[union-attr]
+                self.namespace, key, result, metadata, self.compressor,
+                about=self._about, mmap_mode=self.mmap_mode,
+            )
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the result of {self.__qualname__} (a {type(result).__module__}."
+                f"{type(result).__qualname__}) cannot be pickled, so it cannot be stored: "
+                f"{exc.__cause__ or exc}"
+            ) from exc
+        except FileAccessError as exc:
+            self._refuse(exc)
+            return result
+        except (OSError, CacheError, KeyError) as exc:
+            warnings.warn(
+                f"the result of {self.__qualname__} could not be stored ({exc}); "
+                "it is returned but will be computed again next time",
+                CacheWarning,
+                stacklevel=3,
+            )
+            return result
+        self.logger.info(
+            "miss %s (%s): computed in %.3f s, stored %d bytes in %.3f s",
+            self.__qualname__, why or "not stored yet", seconds, size, time.perf_counter() - started,
+        )
+        self.cache._after_store(size)
+        return returned
+
+    # -- why a call misses -------------------------------------------------------------------
+
+    def _miss_parts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, str], str]:
+        """The key parts of a call that missed (stored with its entry), and why it missed when verbose."""
+        try:
+            parts = self._keyer.key_parts(args, kwargs)
+            verbose = self.logger.isEnabledFor(logging.INFO)
+            why = explain_miss(parts, self._stored_key_parts()) if verbose else ""
+        except Exception as exc:  # an explanation must never cost the call its result
+            self.logger.debug("cannot explain the miss of %s: %r", self.__qualname__, exc)
+            return {}, ""
+        return parts, why
+
+    def _check_own_changes(self, parts: dict[str, str]) -> None:
+        """After the first miss, warn if the call changed what its key is made of besides arguments.
+
+        A function that appends to a list it captures, or changes ``self`` or a
+        constant it reads, has a new key after every call: it misses every time.
+        Said once per function and process; the call and its result are not affected.
+        """
+        if self._checked_changes or not parts:
+            return
+        self._checked_changes = True
+        try:
+            now = self._keyer.state_parts()
+        except Exception as exc:  # a diagnosis must never cost the call its result
+            self.logger.debug("cannot compare the state of %s: %r", self.__qualname__, exc)
+            return
+        changed = [label for label, digest in now.items() if label in parts and parts[label] != digest]
+        if not changed:
+            return
+        named = [_STATE_NAMES.get(label, "") or _describe_part(label) for label in changed]
+        closures = [label.split(" ", 1)[1] for label in changed if label.startswith("closure ")]
+        advice = (f"; if its results do not depend on {', '.join(closures)}, pass ignore={closures!r}"
+                  if closures else "")
+        warnings.warn(
+            f"{self.__qualname__} changed {', '.join(named)} while it ran, so the same call misses again "
+            f"(a key includes them as they are at the call){advice}",
+            CacheWarning,
+            stacklevel=3,
+        )
+
+    def explain(self, *args: Any, **kwargs: Any) -> str:
+        """Say why this call would miss: what differs from this function's nearest entries.
+
+        For example ``"argument `x` changed"``, ``"helper `prep` edited"``,
+        ``"constant `SCALE` changed"`` or ``"new code version"``; or that it hits.
+        """
+        try:
+            parts = self._keyer.key_parts(args, kwargs)
+        except UnhashableError as exc:
+            return f"the call cannot be keyed: {exc}"
+        if self.check_call_in_cache(*args, **kwargs):
+            return "the call hits: its entry is stored"
+        return explain_miss(parts, self._stored_key_parts())
+
+    def _stored_key_parts(self) -> Iterator[dict[str, str]]:
+        """Yield the key parts recorded by this function's most recent entries (newest first).
+
+        Reads only entries' headers and metadata (JSON): nothing is unpickled.
+        """
+        if self.cache.entries is None:
+            return
+        for metadata in self.cache.entries.recent_metadata(self.namespace, _EXPLAIN_ENTRIES):
+            parts = metadata.get("key_parts")
+            if isinstance(parts, dict):
+                yield parts
+
+    # -- management ------------------------------------------------------------------------
+
+    def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Return True if this call's result is stored (and not expired)."""
+        if self.cache.entries is None or self._refused:
+            return False
+        return self.cache.entries.contains(self.namespace, self._key(args, kwargs), self.expires_after)
+
+    def clear(self) -> None:
+        """Remove every stored result of this function (all versions of its code)."""
+        if self.cache.entries is not None:
+            self.cache.entries.clear(self.namespace)
+            self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Count afresh after this function's entries were cleared."""
+        self._recorder = StatsRecorder(self.cache.entries, self.namespace)
+
+    def cache_info(self) -> FunctionInfo:
+        """Return this function's entries, bytes, hits, misses and time saved."""
+        return self.cache._function_info(self)
+
+
+class AsyncMemoizedFunction(MemoizedFunction[P, R]):
+    """The ``MemoizedFunction`` of an ``async def`` function: calling it returns a coroutine.
+
+    A hit is read without awaiting; a miss awaits the function, then stores its
+    result. Concurrent callers are not locked against each other (a file lock
+    would block the event loop): two may compute the same call, both correctly.
+    """
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.cache.entries is None or self._refused:
+            return await cast(Any, self.__wrapped__)(*args, **kwargs)
+        key = self._key(args, kwargs)
+        hit, result = self._lookup(key)
+        if hit or self._refused:
+            return result if hit else await cast(Any, self.__wrapped__)(*args, **kwargs)
+        parts, why = self._miss_parts(args, kwargs)
+        call = self._summary.describe(args, kwargs)
+        started = time.perf_counter()
+        result = await cast(Any, self.__wrapped__)(*args, **kwargs)
+        seconds = time.perf_counter() - started
+        self._check_own_changes(parts)
+        return self._store(key, result, seconds, parts, call, why)
+
+
+_STATE_NAMES = {"callable": "its own state (a bound self, a partial's arguments or the object's attributes)"}
+
+
+def _describe_part(label: str) -> str:
+    """``"closure acc"`` -> ``"its closure variable `acc`"`` (a key part's label, for a message)."""
+    kind, _, name = label.partition(" ")
+    return f"its {'closure variable' if kind == 'closure' else kind} `{name}`"
+
+
+def _seconds(metadata: dict[str, Any]) -> float:
+    """The compute time an entry's metadata records (0 if it holds something else)."""
+    seconds = metadata.get("compute_seconds")
+    if type(seconds) is float:  # what cachelib writes: the common case first
+        return seconds
+    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
+
+
+def memoized(
+    func: Any,
+    cache: CacheSettings,
+    kinds: tuple[type[MemoizedFunction[Any, Any]], type[MemoizedFunction[Any, Any]]],
+    options: MemoizeOptions,
+) -> Any:
+    """Wrap ``func`` (a function, method, static or class method, partial, coroutine).
+
+    ``kinds`` are the wrapper classes of plain and of ``async def`` functions.
+    """
+    if isinstance(func, (staticmethod, classmethod)):
+        return type(func)(memoized(func.__func__, cache, kinds, options))
+    kind = kinds[1] if inspect.iscoroutinefunction(func) else kinds[0]
+    wrapper = kind.__new__(kind)
+    wrapper._setup(func, cache, options)
+    return wrapper

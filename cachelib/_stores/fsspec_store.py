@@ -1,0 +1,499 @@
+"""The fsspec store: objects on any fsspec filesystem (S3, GCS, Azure, memory://).
+
+Rule: an object appears whole or not at all, and what a reader opened is what it
+reads. A small object is sent in one request; a large one is streamed as a
+multipart upload that is completed only when its writer's block ends without an
+exception (aborted otherwise), so memory stays at a few parts whatever its size.
+On S3 a read streams the object from the position read, by GET requests bound to
+the version opened (``If-Match`` its ETag: a replaced object fails the read, it
+never mixes two versions); elsewhere it fetches ranges of at most a part, large
+reads straight into the caller's buffer either way. Exclusive writes are conditional creates
+(``If-None-Match: *``, fsspec's ``mode="create"``/``"xb"``) where the backend is
+known to make them atomic (S3; memory:// within one process); elsewhere they are a
+check before the write and ``conditional_writes`` is False. Object stores keep no
+owners (every object is "own") and no access time (``used`` is when an object was
+stored), and nothing is mapped from them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime
+import io
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .._errors import CorruptFileError, FileAccessError, InvalidOptionError, MissingDependencyError
+from .base import ItemInfo, Probe, Readable, Store, Writer, check_key
+
+__all__ = ["FsspecStore"]
+
+PART_SIZE = 8 << 20  # bytes per uploaded part and per ranged read (S3's minimum part is 5 MiB)
+_READ_BUFFER = 1 << 20  # small reads (headers, records) share one ranged read of this size
+_CONDITIONAL = frozenset({"s3", "s3a", "memory"})  # backends whose exclusive creates are atomic
+_INSTALL = {"s3": "cachelib[s3]", "s3a": "cachelib[s3]", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
+            "abfs": "adlfs"}
+_FORCED_OPTIONS = {"s3": {"use_listings_cache": False}, "s3a": {"use_listings_cache": False}}
+_memory_lock = threading.Lock()  # memory:// is one process's dict: its creates are made atomic here
+
+
+def _fsspec() -> Any:
+    try:
+        import fsspec
+    except ImportError:
+        raise MissingDependencyError(
+            "a cache on a URL needs fsspec: pip install 'cachelib[fsspec]' (or 'cachelib[s3]' for S3)"
+        ) from None
+    return fsspec
+
+
+def _timestamp(info: dict[str, Any]) -> float:
+    """When an object was last written, from whichever field its filesystem reports."""
+    for name in ("LastModified", "last_modified", "mtime", "modified", "updated", "created"):
+        value = info.get(name)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
+def _identity(info: dict[str, Any]) -> Any:
+    """What changes whenever an object's bytes may have (None when the filesystem gives no tag)."""
+    tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("version_id")
+    return None if tag is None else (tag, info.get("size"), _timestamp(info))
+
+
+class FsspecStore(Store):
+    """Objects under ``url`` on an fsspec filesystem; ``storage_options`` go to the filesystem.
+
+    ``conditional_writes`` overrides whether exclusive writes are trusted to be
+    atomic (True for S3 and memory://; pass False for an S3-compatible server that
+    ignores ``If-None-Match``, so that no lease relies on it). s3fs's listings cache
+    is always off: a stale listing would hide a lease or an entry.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        conditional_writes: bool | None = None,
+        lease_ttl: float = 60.0,
+    ) -> None:
+        fsspec = _fsspec()
+        protocol, _ = fsspec.core.split_protocol(url)
+        if not protocol:
+            raise InvalidOptionError(f"{url!r} is not a URL; give e.g. 's3://bucket/prefix' or 'memory://name'")
+        try:
+            cls = fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            hint = _INSTALL.get(protocol)
+            fix = f": pip install '{hint}'" if hint else ""
+            raise MissingDependencyError(f"cannot open {url!r} ({exc}){fix}") from None
+        protocol = protocol.lower()
+        root = cls._strip_protocol(url).rstrip("/")
+        if not root.strip("/"):
+            raise InvalidOptionError(f"{url!r} names no bucket or directory; give e.g. 's3://bucket/prefix'")
+        self.protocol = protocol
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        known = protocol in _CONDITIONAL
+        self.conditional_writes = known if conditional_writes is None else bool(conditional_writes)
+        self.lease_ttl = float(lease_ttl)
+        self._root = root
+        self._memory = protocol == "memory"
+        self._s3 = protocol in ("s3", "s3a")
+        self._fs: Any = None
+        self._pid = -1
+        self._checked = False
+
+    def __repr__(self) -> str:
+        return f"FsspecStore({self.url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "storage_options": self.storage_options,
+                "conditional_writes": self.conditional_writes, "lease_ttl": self.lease_ttl}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["url"], state["storage_options"], conditional_writes=state["conditional_writes"],
+            lease_ttl=state["lease_ttl"],
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.url, "conditional_writes": self.conditional_writes}
+
+    @property
+    def fs(self) -> Any:
+        """The filesystem, made afresh in each process (async clients do not survive a fork)."""
+        if self._fs is None or self._pid != os.getpid():
+            options = {**self.storage_options, **_FORCED_OPTIONS.get(self.protocol, {})}
+            self._fs = _fsspec().filesystem(self.protocol, **options)
+            self._pid = os.getpid()
+        return self._fs
+
+    def _path(self, key: str) -> str:
+        check_key(key)
+        return f"{self._root}/{key}"
+
+    def locate(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _info(self, key: str) -> dict[str, Any]:
+        path = self._path(key)
+        try:
+            if self._s3:  # one HEAD (s3fs's info also lists, to tell a missing key from a prefix)
+                bucket, _, name = path.partition("/")
+                head = self.fs.call_s3("head_object", Bucket=bucket, Key=name)
+                return {"type": "file", "size": head["ContentLength"], "ETag": head.get("ETag"),
+                        "LastModified": head.get("LastModified")}
+            info: dict[str, Any] = self.fs.info(path)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        if info.get("type") != "file":
+            raise KeyError(key)
+        return info
+
+    def probe(self, key: str) -> Probe | None:
+        if self._memory:
+            return None
+        info = self._info(key)
+        identity = _identity(info)
+        if identity is None:
+            return None
+        return identity, int(info["size"]), _timestamp(info)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._info(key)
+        except KeyError:
+            return False
+        return True
+
+    def open(self, key: str) -> Readable:
+        path = self._path(key)
+        if self._memory:
+            try:
+                data = self.fs.cat_file(path)  # a copy: memory:// hands every reader one shared file
+            except FileNotFoundError:
+                raise KeyError(key) from None
+            return Readable(io.BytesIO(data), len(data), own=True, mappable=False)
+        if self._s3:
+            info = self._info(key)
+            bucket, _, name = path.partition("/")
+            size = int(info["size"])
+            body = _S3Body(self.fs, bucket, name, info["ETag"], size)
+            stream = io.BufferedReader(body, buffer_size=_READ_BUFFER)
+            return Readable(stream, size, own=True, mappable=False, identity=_identity(info))
+        try:
+            remote = self.fs.open(path, "rb", cache_type="none", block_size=PART_SIZE)
+        except (FileNotFoundError, IsADirectoryError):
+            raise KeyError(key) from None
+        details = getattr(remote, "details", None) or self.fs.info(path)
+        if details.get("type", "file") != "file":
+            remote.close()
+            raise KeyError(key)
+        size = int(details["size"])
+        file = io.BufferedReader(_Ranges(remote, size), buffer_size=_READ_BUFFER)
+        return Readable(file, size, own=True, mappable=False, identity=_identity(details))
+
+    def read_bytes(self, key: str, limit: int) -> bytes:
+        path = self._path(key)
+        try:
+            data: bytes = self.fs.cat_file(path, start=0, end=limit + 1)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except OSError:
+            if self._info(key)["size"] == 0:
+                return b""  # a range of an empty object is an error on S3
+            raise
+        if len(data) > limit:
+            raise CorruptFileError(f"{self.locate(key)!r} holds more than the {limit} bytes expected")
+        return data
+
+    # -- writing -------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Check once that the bucket exists (cachelib never creates buckets)."""
+        if self._checked or self.protocol not in ("s3", "s3a"):
+            return
+        bucket = self._root.split("/", 1)[0]
+        if not self.fs.exists(bucket):
+            raise FileAccessError(f"the bucket {bucket!r} of {self.url!r} does not exist; create it first")
+        self._checked = True
+
+    @contextlib.contextmanager
+    def write(self, key: str, *, exclusive: bool = False, keep: bool = False) -> Iterator[Writer]:
+        """Write ``key`` whole or not at all; ``keep`` hands nothing back (nothing maps from here)."""
+        path = self._path(key)
+        if exclusive and not self.conditional_writes and self.exists(key):
+            raise FileExistsError(f"{self.locate(key)} exists")
+        upload = _Upload(self, path, exclusive and self.conditional_writes)
+        try:
+            yield Writer(upload)  # type: ignore[arg-type]
+            upload.commit()
+        except BaseException:
+            upload.abort()
+            raise
+
+    def _put(self, path: str, data: bytes, exclusive: bool) -> None:
+        """Send a small object in one request (elsewhere than S3 and memory://, an uncommitted file)."""
+        if not (self._s3 or self._memory):
+            remote = self._start_upload(path, exclusive)
+            try:
+                remote.write(data)
+                remote.close()
+                remote.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    remote.discard()
+                raise
+            return
+        if not exclusive:
+            self.fs.pipe_file(path, data)
+        elif self._memory:
+            with _memory_lock:
+                self.fs.pipe_file(path, data, mode="create")
+        else:
+            self.fs.pipe_file(path, data, mode="create")
+
+    def _start_upload(self, path: str, exclusive: bool) -> Any:
+        """Open a streamed upload, published only by its ``commit()``."""
+        mode = "xb" if exclusive else "wb"
+        if not (self._s3 or self._memory):  # a filesystem with directories may need its parents made
+            with contextlib.suppress(Exception):
+                self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+        # ``_open`` is fsspec's own hook behind ``open``: ``open(autocommit=False)`` would also
+        # enlist the file in the filesystem's transaction, which keeps it until the process ends.
+        return self.fs._open(path, mode, block_size=PART_SIZE, autocommit=False)
+
+    def delete(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            self._info(key)
+            self.fs.rm_file(path)
+        except (KeyError, FileNotFoundError):
+            return False
+        return True
+
+    # -- listing -------------------------------------------------------------------------
+
+    def _ls(self, prefix: str) -> list[dict[str, Any]]:
+        path = f"{self._root}/{prefix}" if prefix else self._root
+        try:
+            return list(self.fs.ls(path, detail=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _children(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(name, info)`` for what lies one level below ``prefix``."""
+        base = (f"{self._root}/{prefix}" if prefix else self._root).strip("/") + "/"
+        for info in self._ls(prefix):
+            name = str(info.get("name", "")).strip("/")
+            if not name.startswith(base):
+                continue
+            child = name[len(base):]
+            with contextlib.suppress(InvalidOptionError):
+                if len(check_key(child)) == 1:
+                    yield child, info
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        return sorted(name for name, info in self._children(prefix) if info.get("type") == "directory")
+
+    def list(self, prefix: str) -> Iterator[ItemInfo]:
+        for name, info in self._children(prefix):
+            key = f"{prefix}/{name}" if prefix else name
+            if info.get("type") == "directory":
+                yield from self.list(key)
+            elif info.get("type") == "file":
+                stored = _timestamp(info)
+                yield ItemInfo(key, int(info.get("size") or 0), stored, stored)
+
+
+class _Object(io.RawIOBase):
+    """A seekable, read-only view of one remote object of a known size; subclasses read."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(base + offset, 0)
+        return self._position
+
+    def readall(self) -> bytes:
+        """Read to the end in bounded pieces (the default reads 8 KiB per request)."""
+        buffer = bytearray(max(self._size - self._position, 0))
+        return bytes(buffer[: self.readinto(buffer)])
+
+
+class _Ranges(_Object):
+    """The bytes of one opened fsspec file, read by ranges of at most ``PART_SIZE``."""
+
+    def __init__(self, remote: Any, size: int) -> None:
+        super().__init__(size)
+        self._remote = remote
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` up to the end of the object, one bounded range at a time."""
+        view = memoryview(buffer).cast("B")
+        wanted = min(view.nbytes, max(self._size - self._position, 0))
+        got = 0
+        while got < wanted:
+            self._remote.seek(self._position)
+            data = self._remote.read(min(wanted - got, PART_SIZE))
+            if not data:
+                break
+            view[got : got + len(data)] = data
+            got += len(data)
+            self._position += len(data)
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self._remote.close()
+        super().close()
+
+
+class _S3Body(_Object):
+    """One version of an S3 object, streamed by GET requests from the position read.
+
+    A request covers the rest of the object and is read a part at a time; a seek
+    elsewhere drops it and the next read starts another. ``If-Match`` binds every
+    request to the ETag opened.
+    """
+
+    def __init__(self, fs: Any, bucket: str, key: str, etag: str, size: int) -> None:
+        super().__init__(size)
+        self._fs = fs
+        self._bucket = bucket
+        self._key = key
+        self._etag = etag
+        self._body: Any = None
+        self._body_at = -1
+
+    def _request(self) -> None:
+        self._drop()
+        response = self._fs.call_s3(
+            "get_object", Bucket=self._bucket, Key=self._key, IfMatch=self._etag,
+            Range=f"bytes={self._position}-",
+        )
+        self._body, self._body_at = response["Body"], self._position
+
+    def _drop(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` up to the end of the object."""
+        from fsspec.asyn import sync
+
+        view = memoryview(buffer).cast("B")
+        wanted = min(view.nbytes, max(self._size - self._position, 0))
+        got = 0
+        while got < wanted:
+            if self._body is None or self._body_at != self._position:
+                self._request()
+            data = sync(self._fs.loop, self._body.read, min(wanted - got, PART_SIZE))
+            if not data:
+                self._drop()
+                missing = self._size - self._position
+                raise OSError(f"s3://{self._bucket}/{self._key} ended {missing} bytes early")
+            view[got : got + len(data)] = data
+            got += len(data)
+            self._position += len(data)
+            self._body_at = self._position
+        return got
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class _Upload:
+    """The file a ``FsspecStore.write`` block writes: buffered while small, then streamed in parts."""
+
+    def __init__(self, store: FsspecStore, path: str, exclusive: bool) -> None:
+        self._store = store
+        self._path = path
+        self._exclusive = exclusive
+        self._buffer: io.BytesIO | None = io.BytesIO()
+        self._remote: Any = None
+        self._size = 0
+        self._streams = not store._memory  # memory:// keeps everything in memory anyway
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        """Parts are sent as they fill; nothing is visible before the block ends."""
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        if self._remote is None and self._buffer is not None:
+            if not self._streams or self._buffer.tell() + n <= PART_SIZE:
+                self._buffer.write(view)
+                self._size += n
+                return n
+            self._remote = self._store._start_upload(self._path, self._exclusive)
+            pending, self._buffer = self._buffer, None
+            with pending.getbuffer() as buffered:
+                self._send(buffered)
+        self._send(view)
+        self._size += n
+        return n
+
+    def _send(self, view: memoryview) -> None:
+        for start in range(0, view.nbytes, PART_SIZE):
+            self._remote.write(view[start : start + PART_SIZE])
+
+    def commit(self) -> None:
+        """Publish the object: one request, or the completion of the multipart upload."""
+        if self._remote is None:
+            data = self._buffer.getvalue() if self._buffer is not None else b""
+            self._buffer = None
+            self._store._put(self._path, data, self._exclusive)
+            return
+        remote, self._remote = self._remote, None
+        try:
+            remote.close()  # sends the last part; autocommit=False keeps the upload open
+            remote.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                remote.discard()
+            raise
+
+    def abort(self) -> None:
+        """Leave nothing behind: drop the buffer, abort the upload."""
+        self._buffer = None
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            with contextlib.suppress(Exception):
+                remote.close()
+            with contextlib.suppress(Exception):
+                remote.discard()

@@ -1,0 +1,79 @@
+"""Who may have written a directory or a file of a local cache: the trust rules.
+
+Rule: pure functions of ``os.stat`` results, one per question, so that every place
+that opens something asks the same one. Private mode (the default): everything
+must be the user's own (or root's) and writable by nobody else. Group mode
+(``share="group"``): directories may be group-writable only when they are setgid
+and sticky (members can add files but not rename, replace or delete each other's)
+and belong to the location's group; files are never group- or world-writable; a
+member's files are "foreign": usable only when signed, and rebuilt only as plain
+data (``_format.unpickling``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+__all__ = ["DIRECTORY_MODES", "FILE_MODES", "Verdict", "judge_directory", "judge_file"]
+
+PRIVATE, GROUP = None, "group"
+DIRECTORY_MODES = {PRIVATE: 0o700, GROUP: 0o3770}
+FILE_MODES = {PRIVATE: 0o600, GROUP: 0o640}
+_SHARED_DIRECTORY = stat.S_ISGID | stat.S_ISVTX
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judgement: ``reason`` is None when the object may be used; ``own`` when it is ours."""
+
+    reason: str | None
+    own: bool = True
+
+
+def _owner_is_trusted(uid: int) -> bool:
+    return uid in (os.geteuid(), 0)
+
+
+def judge_directory(st: os.stat_result, share: str | None, group: int | None = None) -> Verdict:
+    """Decide whether a directory of a cache may be used.
+
+    ``group`` is the location's group, which the directories below it must share in
+    group mode; None judges the location itself, which must be the user's or root's.
+    """
+    if not stat.S_ISDIR(st.st_mode):
+        return Verdict("it is not a directory")
+    mode = st.st_mode
+    if mode & stat.S_IWOTH:
+        return Verdict("it is writable by every user")
+    own = _owner_is_trusted(st.st_uid)
+    if share is PRIVATE:
+        if not own:
+            return Verdict(f"it belongs to another user (uid {st.st_uid})", own=False)
+        if mode & stat.S_IWGRP:
+            return Verdict("it is writable by its group; pass share='group' to share it (see the README)")
+        return Verdict(None)
+    if group is not None and st.st_gid != group:
+        return Verdict(f"it belongs to group {st.st_gid}, not the location's group {group}", own=own)
+    shared_bits = mode & _SHARED_DIRECTORY == _SHARED_DIRECTORY
+    if mode & stat.S_IWGRP and not shared_bits:
+        return Verdict("it is group-writable without the setgid and sticky bits (chmod 3770)", own=own)
+    if not own and group is None:
+        return Verdict(f"the location belongs to another user (uid {st.st_uid}); it must be yours or root's")
+    if not own and not (mode & stat.S_IWGRP and shared_bits):
+        return Verdict(f"it belongs to another user (uid {st.st_uid}), not as a shared directory", own=False)
+    return Verdict(None, own=own)
+
+
+def judge_file(st: os.stat_result, share: str | None) -> Verdict:
+    """Decide whether a file of a cache may be read, and whether it is the user's own."""
+    if not stat.S_ISREG(st.st_mode):
+        return Verdict("it is not a regular file")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return Verdict("it is writable by other users")
+    if _owner_is_trusted(st.st_uid):
+        return Verdict(None)
+    if share is PRIVATE:
+        return Verdict(f"it belongs to another user (uid {st.st_uid})", own=False)
+    return Verdict(None, own=False)
