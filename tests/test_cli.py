@@ -273,3 +273,19 @@ def test_every_command_has_a_help_that_describes_it_and_its_options(command):
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     for action in subparsers.choices[command]._actions:
         assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
+
+
+def test_a_group_location_is_opened_in_group_mode_only_when_asked(tmp_path):
+    """The command line opens a location as ``Cache`` does: group mode comes from ``--share group``,
+    never from the directory's mode bits; without it, a group's location is refused with the fix."""
+    location = tmp_path / "shared"
+    location.mkdir()
+    os.chmod(location, 0o3770)
+    secret = b"s" * 32
+    cachelib.Cache(location, share="group", secret=secret).memoize(square)(3)
+    refused = run(None, "info", location)
+    assert refused.returncode == 1
+    assert "--share group" in refused.stderr and "Traceback" not in refused.stderr
+    shared = run(None, "ls", location, "--share", "group")
+    assert shared.returncode == 0, shared.stderr
+    assert "square(x=3)" in shared.stdout

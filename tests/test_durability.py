@@ -61,9 +61,11 @@ def test_the_fsync_option(given, mode, tmp_path):
     """fsync defaults to "background"; True and False keep meaning "always" and "never"."""
     cache = cachelib.Cache(tmp_path) if given is None else cachelib.Cache(tmp_path, fsync=given)
     assert cache.store.fsync == mode
+    if given is None:
+        assert cachelib.Cache(tmp_path, fsync=None).store.fsync == "background"  # None: the default
 
 
-@pytest.mark.parametrize("bad", ["sometimes", 1, "", None])
+@pytest.mark.parametrize("bad", ["sometimes", 1, "", 0.5])
 def test_an_unknown_fsync_mode_is_refused(bad, tmp_path):
     """Any other fsync value is an InvalidOptionError naming the modes (even for a cache
     that stores nothing)."""

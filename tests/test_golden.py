@@ -129,7 +129,8 @@ def test_a_fresh_dump_names_the_array_rebuilder_by_its_stored_name():
     stream = io.BytesIO()
     cachelib.dump({"big": np.arange(10_000.0), "small": np.arange(3)}, stream)
     named = _pickled_globals(parse_bytes(stream.getvalue()).pickle)
-    assert {name for name in named if name[0].startswith("cachelib")} == {("cachelib._format", "rebuild_array")}
+    ours = {name for name in named if name[0].startswith("cachelib")}
+    assert ours == {("cachelib._format", "rebuild_array")}
     from cachelib._format import rebuild_array
 
     assert rebuild_array.__module__ == "cachelib._format"

@@ -48,7 +48,7 @@ from _system import (
 from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
 
 import cachelib
-from cachelib._stores.processes import writer_id
+from cachelib._stores.local import temporary_name
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -591,8 +591,8 @@ def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_p
     location, log = tmp_path / "cache", tmp_path / "log"
     run_with_timeout(_calls, str(location), str(log), [1]).result()
     entry = entry_files(location)[0]
-    live = entry.with_name(f"{entry.name}.{writer_id()}-0123456789ab.tmp")
-    dead = entry.with_name(f"{entry.name}.{writer_id(_dead_pid())}-0123456789ab.tmp")
+    live = entry.with_name(temporary_name(entry.name))
+    dead = entry.with_name(temporary_name(entry.name, _dead_pid()))
     for path in (live, dead):
         path.write_bytes(b"a write in flight")
         path.chmod(0o600)
@@ -608,14 +608,14 @@ def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_p
 
 _IN_ANOTHER_NAMESPACE = """
 import os, sys
-from cachelib._stores.processes import writer_id
+from cachelib._stores.local import temporary_name
 
 pid, directory, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 with open("/proc/sys/kernel/ns_last_pid", "w") as last:
     last.write(str(pid - 1))  # the next process of this pid namespace gets ``pid``
 child = os.fork()
 if child == 0:
-    path = os.path.join(directory, f"{name}.{writer_id()}-0123456789ab.tmp")
+    path = os.path.join(directory, temporary_name(name))
     with open(path, "wb") as handle:
         handle.write(b"a write in flight")
     os.chmod(path, 0o600)

@@ -18,6 +18,7 @@ import pytest
 
 import cachelib
 from cachelib._cli.main import main
+from cachelib._entries import names
 
 pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
 from cachelib._stores.fsspec_store import FsspecStore
@@ -162,9 +163,8 @@ def test_signed_remote_entries_refuse_tampering(remote: tuple[str, dict[str, Any
     cache = cachelib.Cache(url, storage_options=options, secret=SECRET)
     compute, calls = _counting(cache)
     compute(100), compute(200)
-    entries = cache.entries
-    name_100 = entries.entry_name(compute.namespace, compute._key((100,), {}))
-    name_200 = entries.entry_name(compute.namespace, compute._key((200,), {}))
+    name_100 = names.entry(compute.namespace, compute._key((100,), {}))
+    name_200 = names.entry(compute.namespace, compute._key((200,), {}))
     with cache.store.open(name_200) as handle:
         moved = handle.file.read()
     with cache.store.write(name_100) as writer:  # a valid entry under another key's name
@@ -239,12 +239,31 @@ def test_options_that_do_not_fit_the_location_are_refused(tmp_path: Path) -> Non
         cachelib.Cache("memory://x", share="group", secret=SECRET)
     with pytest.raises(cachelib.InvalidOptionError, match="storage_options"):
         cachelib.Cache(tmp_path, storage_options={"anon": True})
-    with pytest.raises(cachelib.InvalidOptionError, match="either"):
+    with pytest.raises(cachelib.InvalidOptionError, match="takes no location"):
         cachelib.Cache(tmp_path, store=FsspecStore("memory://y"))
     with pytest.raises(cachelib.InvalidOptionError, match="names no bucket"):
         cachelib.Cache("memory://")
     local = cachelib.Cache(f"file://{tmp_path / 'c'}")
     assert type(local.store).__name__ == "LocalStore"
+
+
+@pytest.mark.parametrize("option", [{"fsync": "always"}, {"fsync": False}, {"share": "group"},
+                                    {"storage_options": {"anon": True}}])
+def test_store_options_beside_a_store_are_refused_not_ignored(option: dict[str, Any]) -> None:
+    """``Cache(store=s, ...)``: an option of the store's own would be silently ignored, so it is an error
+    that names it and where it belongs."""
+    store = FsspecStore("memory://refused-options")
+    with pytest.raises(cachelib.InvalidOptionError, match=f"takes no {next(iter(option))}.*store itself"):
+        cachelib.Cache(store=store, secret=SECRET, **option)
+    assert cachelib.Cache(store=store, secret=SECRET).store is store
+
+
+def test_a_group_store_needs_a_secret_however_it_is_given(tmp_path: Path) -> None:
+    """``share="group"`` is refused without a secret, as an option and as the store's own mode."""
+    with pytest.raises(cachelib.InvalidOptionError, match="needs secret"):
+        cachelib.Cache(tmp_path / "a", share="group")
+    with pytest.raises(cachelib.InvalidOptionError, match="needs secret"):
+        cachelib.Cache(store=cachelib.LocalStore(tmp_path / "b", share="group"))
 
 
 def test_a_missing_bucket_warns_once_and_computes(s3_bucket: tuple[str, dict[str, Any]]) -> None:
@@ -276,7 +295,7 @@ def test_the_command_line_works_on_a_memory_url(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out.count(f"{compute.namespace}/") == 2
     assert main(["verify", url]) == 0
     assert "2 entries checked, 0 damaged" in capsys.readouterr().out
-    name = cache.entries.entry_name(compute.namespace, compute._key((2,), {}))
+    name = names.entry(compute.namespace, compute._key((2,), {}))
     with cache.store.write(name) as writer:
         writer.file.write(b"garbage")
     assert main(["verify", "--fix", url]) == 0

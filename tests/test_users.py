@@ -413,8 +413,9 @@ def _use_everything(location: str, log: str, options: dict[str, Any]) -> None:
     time.sleep(1.5)
     cache.info()
     cache.reduce_size(bytes_limit="10M")
+    shared = ["--share", options["share"]] if options.get("share") else []
     for command in (["prune", "--older-than", "1000d"], ["verify", "--fix"], ["info"]):
-        cli_here("--location", location, *command)
+        cli_here("--location", location, *command, *shared)
     f(3, log=log)
     time.sleep(1.5)  # a statistics file not folded yet
 

@@ -22,14 +22,14 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TextIO, TypeVar
 
+from .._entries import names
 from .._entries.budget import SizeBudget, clean_leftovers, evict
 from .._entries.policy import Entries
 from .._entries.stats import compact_stats
-from .._errors import CacheError, NotACacheError
+from .._errors import CacheError, NotACacheError, UnsafeLocationError
 from .._memo.cache import function_info
 from .._sizes import format_size, parse_size
-from .._stores.local import LocalStore
-from .._stores.locations import is_url, open_store
+from .._stores.locations import StoreOptions, is_url, open_store
 from .._version import __version__
 
 __all__ = ["main"]
@@ -100,27 +100,24 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     return text.encode() if text else None
 
 
-def _share_of(location: str) -> str | None:
-    """Group mode for a setgid, sticky, group-writable location (how a group shares one)."""
-    with contextlib.suppress(OSError):
-        mode = os.stat(location).st_mode
-        if mode & stat.S_ISGID and mode & stat.S_ISVTX and mode & stat.S_IWGRP:
-            return "group"
-    return None
-
-
 def _entries(args: argparse.Namespace) -> Entries:
-    """The location's entries; a missing location or a foreign directory is a usage error."""
-    if is_url(args.location):
-        entries = Entries(open_store(args.location), secret=_secret(args))
-        if not entries.require_cache():
-            raise UsageError(f"no cache at {args.location!r}; give the cache's URL (cachelib COMMAND URL)")
-        return entries
-    if not os.path.isdir(args.location):
+    """The location's entries, opened as ``Cache`` opens them (``--share group`` for a group's).
+
+    A missing location or a foreign directory is a usage error.
+    """
+    remote = is_url(args.location)
+    if not remote and not os.path.isdir(args.location):
         raise UsageError(f"no cache at {args.location!r}; give the cache directory (cachelib COMMAND DIR)")
-    store = LocalStore(args.location, share=_share_of(args.location))
+    store = open_store(args.location, StoreOptions(share=args.share))
     entries = Entries(store, secret=_secret(args))
-    entries.require_cache()  # an empty directory is an empty cache; a foreign one is refused
+    try:
+        present = entries.require_cache()  # an empty directory is an empty cache; a foreign one is refused
+    except UnsafeLocationError as exc:
+        if args.share is None and "share='group'" in str(exc):
+            raise UnsafeLocationError(f"{exc} (on the command line: --share group)") from None
+        raise
+    if remote and not present:
+        raise UsageError(f"no cache at {args.location!r}; give the cache's URL (cachelib COMMAND URL)")
     return entries
 
 
@@ -237,7 +234,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _where(entries: Entries, namespace: str, key: str) -> str:
-    return entries.store.locate(entries.entry_name(namespace, key))
+    return entries.store.locate(names.entry(namespace, key))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -280,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     signed.add_argument("--secret-file", default=None, metavar="FILE",
                         help="file holding the secret of a signed cache (or $CACHELIB_SECRET_FILE, "
                              "$CACHELIB_SECRET)")
+    signed.add_argument("--share", choices=["group"], default=None,
+                        help="the location is shared by a group (Cache(..., share='group'))")
 
     def command(name: str) -> argparse.ArgumentParser:
         summary, description = _COMMANDS[name]

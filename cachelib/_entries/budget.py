@@ -2,7 +2,7 @@
 
 Rule: policy over ``Entries`` and the store's listing, with memory flat at any
 number of entries (``_entries.eviction`` plans in bins). The size a scan found is left in
-the location's ``.size`` object for other processes' estimates; it is a hint,
+the location's size record (``names.SIZE_RECORD``) for other processes' estimates; it is a hint,
 read with a size cap and validated, never trusted for anything but when to scan.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 
 from .._errors import CacheError, CacheWarning, FileAccessError
 from .._sizes import format_size
+from . import names
 from .eviction import plan_eviction
 from .policy import LEFTOVER_AGE, Entries
 
 __all__ = ["SizeBudget", "clean_leftovers", "evict"]
 
-SIZE_KEY = ".size"  # "<bytes> <unix time>": the total the last scan found
 logger = logging.getLogger("cachelib")
 Progress = Callable[[Iterable[Any], str], Iterable[Any]]
 
@@ -81,7 +81,7 @@ class SizeBudget:
     """Keeps ``bytes_limit`` after writes, scanning only when the limit may be exceeded.
 
     The estimate of the location's size is the total the last scan found (by any
-    process: scans record it in ``.size``; a location never scanned is scanned at
+    process: scans record it in the size record; a location never scanned is scanned at
     its first write under a limit) plus what this process wrote since. A scan
     runs when the estimate passes the limit, or, since other processes write too,
     once this process alone has written a tenth of the limit; a scan over the
@@ -96,7 +96,7 @@ class SizeBudget:
     def recorded(self) -> int | None:
         """Return the total the last scan recorded, or None (a bad record warns once)."""
         try:
-            text = self._entries.store.read_bytes(SIZE_KEY, 256).decode("ascii")
+            text = self._entries.store.read_bytes(names.SIZE_RECORD, 256).decode("ascii")
             size, _ = text.split()
             value = int(size)
             if value < 0:
@@ -116,7 +116,7 @@ class SizeBudget:
         """Leave the total a scan found for other processes (best effort)."""
         self._written = 0
         self._known = size
-        with contextlib.suppress(CacheError, OSError), self._entries.store.write(SIZE_KEY) as writer:
+        with contextlib.suppress(CacheError, OSError), self._entries.store.write(names.SIZE_RECORD) as writer:
             writer.file.write(f"{size} {time.time():.0f}\n".encode())
 
     def note_write(self, size: int, bytes_limit: int) -> None:

@@ -1,18 +1,11 @@
 """Entries: the cache's policy, written once above any store.
 
-Rule: this is the one module that knows how entries are named, framed, signed,
-trusted, expired, locked, listed and cleared. Callers name a function's
-namespace and a key; only this module turns them into store keys::
-
-    .cachelib                         the location's marker (with CACHEDIR.TAG, .gitignore)
-    <name>-<12 hex>/.cachelib-function   a function's marker
-    <name>-<12 hex>/<2 hex>/<32 hex>.cl  an entry (``_entries.envelope``), sharded by key prefix
-    <name>-<12 hex>/<2 hex>/<32 hex>.lock  its lock while it is computed
-    <name>-<12 hex>/stats/...            call statistics (``_entries.stats``)
-
-Only what carries cachelib's names inside marked directories is ever deleted, and
-never what another process is using: a temporary file is removed once its writer
-is gone (or after ``LEFTOVER_AGE``), a lock file only while nobody holds it.
+Rule: callers above name a function's namespace and a key; this module decides
+how their entries are read, written, framed (``envelope``), signed, trusted,
+expired, locked, listed and cleared, under the names ``names`` gives them. Only
+what carries cachelib's names inside marked directories is ever deleted, and never
+what another process is using: a temporary object is removed once its writer is
+gone (or after ``LEFTOVER_AGE``), a lock only while nobody holds it.
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ import contextlib
 import heapq
 import io
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -34,39 +26,23 @@ from .._errors import CacheError, CorruptFileError, FileAccessError, InvalidOpti
 from .._format.reader import Parsed, unpickle_parsed
 from .._stores.base import ItemInfo, KeyLock, Readable, Store
 from .._stores.leases import Lease
-from .._stores.processes import writer_gone
+from . import names
 from .envelope import EntryHead, read_entry, read_head, verify_entry, write_entry
 from .signing import Signer
 
-__all__ = ["LEFTOVER_AGE", "ClearReport", "Entries", "Missing", "is_namespace"]
+__all__ = ["LEFTOVER_AGE", "ClearReport", "Entries", "Missing"]
 
-LOCATION_MARKER = ".cachelib"
-FUNCTION_MARKER = ".cachelib-function"
 LOCK_KINDS = ("file", "soft", "none")
-ENTRY_SUFFIX = ".cl"
-LOCK_SUFFIX = ".lock"
 _LOCATION_TEXT = b"cachelib location 1\n"
 _LEGACY_TAG = b"created by cachelib"
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,100}-[0-9a-f]{12}$")
-_OURS = re.compile(
-    r"^(?:[0-9a-f]{2}/[0-9a-f]{32}\.(?:cl|lock)(?:\.[A-Za-z0-9_.-]+\.tmp)?"
-    r"|stats/[A-Za-z0-9_.-]+\.(?:counts|json|lock)(?:\.[A-Za-z0-9_.-]+\.tmp)?)$"
-)
-_ENTRY_NAME = re.compile(r"^[0-9a-f]{2}/([0-9a-f]{32})\.cl$")
 _SMALL_ENTRY = 1 << 16
 _MEMO_ENTRIES = 256  # small entries kept checked and parsed: at most 16 MiB
 _ACCESS_RESOLUTION = 60.0  # seconds: how stale a recorded last use may get
 LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed left behind
-_TEMP = re.compile(r"-(?P<pid>\d+)-[0-9a-f]{12}\.tmp$")
 
 
 class Missing(KeyError):
     """No usable entry: none stored, or expired."""
-
-
-def is_namespace(name: str) -> bool:
-    """True for a name cachelib gives function directories."""
-    return bool(_NAMESPACE.match(name))
 
 
 @dataclass(frozen=True)
@@ -113,18 +89,14 @@ class Entries:
         self.__init__(state["store"], lock=state["lock_kind"])  # type: ignore[misc]
         self.signer = state["signer"]
 
-    # -- names -----------------------------------------------------------------------------
-
-    @staticmethod
-    def entry_name(namespace: str, key: str) -> str:
-        return f"{namespace}/{key[:2]}/{key}{ENTRY_SUFFIX}"
+    # -- markers ---------------------------------------------------------------------------
 
     def _ensure_marked(self, namespace: str, about: dict[str, Any]) -> None:
         """Mark the location and the function's directory as cachelib's before writing in them."""
         if namespace in self._marked:
             return
         self.store.initialize()
-        for key, data in ((LOCATION_MARKER, _LOCATION_TEXT), (f"{namespace}/{FUNCTION_MARKER}", about)):
+        for key, data in ((names.LOCATION_MARKER, _LOCATION_TEXT), (names.function_marker(namespace), about)):
             if not self.store.exists(key):
                 payload = data if isinstance(data, bytes) else json.dumps(data).encode()
                 with contextlib.suppress(FileExistsError), self.store.write(key, exclusive=True) as writer:
@@ -132,13 +104,19 @@ class Entries:
         self._marked.add(namespace)
 
     def location_state(self) -> str:
-        """Return "absent", "cache" (a marked cachelib location) or "foreign"."""
+        """Return "absent", "cache" (a marked cachelib location) or "foreign".
+
+        A location that cannot be used at all (not a directory, not to be trusted)
+        raises its ``FileAccessError``.
+        """
         try:
-            if self.store.exists(LOCATION_MARKER):
+            if self.store.exists(names.LOCATION_MARKER):
                 return "cache"
-            tag = self.store.read_bytes("CACHEDIR.TAG", 4096)
+            tag = self.store.read_bytes(names.CACHEDIR_TAG, 4096)
         except KeyError:
             return "absent" if not self._has_anything() else "foreign"
+        except FileAccessError:
+            raise
         except (CacheError, OSError):
             return "foreign"
         return "cache" if _LEGACY_TAG in tag else "foreign"
@@ -154,7 +132,7 @@ class Entries:
         state = self.location_state()
         if state == "foreign":
             raise NotACacheError(
-                f"{self.store.url!r} is not a cachelib location (it has no {LOCATION_MARKER} marker); "
+                f"{self.store.url!r} is not a cachelib location (it has no {names.LOCATION_MARKER} marker); "
                 "cachelib changes nothing in it"
             )
         return state == "cache"
@@ -162,15 +140,15 @@ class Entries:
     def namespaces(self) -> list[str]:
         """Return the marked function directories of the location."""
         try:
-            names = self.store.list_dirs("")
+            found = self.store.list_dirs("")
         except (KeyError, OSError):
             return []
-        return [n for n in names if is_namespace(n) and self.store.exists(f"{n}/{FUNCTION_MARKER}")]
+        return [n for n in found if names.is_namespace(n) and self.store.exists(names.function_marker(n))]
 
     def about(self, namespace: str) -> dict[str, Any]:
         """Return what a function's marker says of it (its readable name), or {}."""
         try:
-            about = json.loads(self.store.read_bytes(f"{namespace}/{FUNCTION_MARKER}", 4096))
+            about = json.loads(self.store.read_bytes(names.function_marker(namespace), 4096))
         except (KeyError, CacheError, OSError, ValueError):
             return {}
         return about if isinstance(about, dict) else {}
@@ -184,7 +162,7 @@ class Entries:
 
         Raises a ``CacheError`` for an entry that is damaged, forged or untrusted.
         """
-        name = f"{namespace}/{key[:2]}/{key}{ENTRY_SUFFIX}"
+        name = names.entry(namespace, key)
         try:
             probe = self.store.probe(name)
         except KeyError:
@@ -233,7 +211,7 @@ class Entries:
 
     def head(self, namespace: str, key: str) -> EntryHead:
         """Return the checked header and metadata of an entry (``Missing`` if none)."""
-        name = f"{namespace}/{key[:2]}/{key}{ENTRY_SUFFIX}"
+        name = names.entry(namespace, key)
         with self._open(name) as handle:
             head = read_head(handle.file, handle.size)
         _check_head(head, key, None, name)
@@ -266,7 +244,7 @@ class Entries:
         With ``mmap_mode`` the value handed back is the stored one, mapped from the
         very file just written (in memory where the store cannot map).
         """
-        name = self.entry_name(namespace, key)
+        name = names.entry(namespace, key)
         for attempt in range(2):
             self._ensure_marked(namespace, about)
             try:
@@ -295,7 +273,7 @@ class Entries:
     def lock(self, namespace: str, key: str, about: dict[str, Any]) -> KeyLock | None:
         """Return the (not yet acquired) lock that keeps concurrent callers of one key apart."""
         self._ensure_marked(namespace, about)
-        return self.lock_for(f"{namespace}/{key[:2]}/{key}{LOCK_SUFFIX}")
+        return self.lock_for(names.lock(namespace, key))
 
     def lock_for(self, name: str) -> KeyLock | None:
         """Return a lock on the store key ``name``: native where the store has one, else a lease.
@@ -315,9 +293,9 @@ class Entries:
     def entries(self, namespace: str) -> Iterator[tuple[str, ItemInfo]]:
         """Yield ``(key, item)`` for every entry file of a function."""
         for item in self.store.list(namespace):
-            match = _ENTRY_NAME.match(item.key[len(namespace) + 1 :])
-            if match:
-                yield match.group(1), item
+            key = names.entry_key(namespace, item.key)
+            if key is not None:
+                yield key, item
 
     def recent_metadata(self, namespace: str, limit: int) -> Iterator[dict[str, Any]]:
         """Yield the metadata of a function's ``limit`` most recently stored entries, newest first."""
@@ -347,7 +325,7 @@ class Entries:
             return report
         targets = [namespace] if namespace is not None else self.namespaces()
         for target in targets:
-            if not self.store.exists(f"{target}/{FUNCTION_MARKER}"):
+            if not self.store.exists(names.function_marker(target)):
                 continue
             self._clear_one(target, report)
         with self._memo_lock:
@@ -367,10 +345,7 @@ class Entries:
         """
         now = time.time()
         for item in list(self.store.list(namespace)):
-            relative = item.key[len(namespace) + 1 :]
-            if not _OURS.match(relative):
-                continue
-            if _TEMP.search(relative) or relative.endswith(LOCK_SUFFIX):
+            if not names.is_ours(item.key) or names.is_lock(item.key):
                 with contextlib.suppress(CacheError, OSError):
                     self.remove_if_unused(item, now)
                 continue
@@ -382,37 +357,42 @@ class Entries:
             except OSError as exc:
                 report.failures.append(f"{item.key}: {exc.strerror or exc}")
                 continue
-            report.removed += relative.endswith(ENTRY_SUFFIX)
+            report.removed += names.is_entry(item.key)
 
     def remove_if_unused(self, item: ItemInfo, now: float, older_than: float = LEFTOVER_AGE) -> bool:
-        """Remove a temporary or lock file nobody uses any more; True if it was removed.
+        """Remove a temporary object or a lock nobody uses any more; True if it was removed.
 
-        A temporary file is unused once its writer (on this host) is gone, or when
-        it is older than ``older_than``; a lock file when nobody holds it (a lease:
-        when its holder is gone or its record expired).
+        A temporary object (of a write of one of cachelib's names) is unused once its
+        writer is gone, or when it is older than ``older_than``; a lock when nobody
+        holds it (a lease: when its holder is gone or its record expired).
         """
-        namespace, _, relative = item.key.partition("/")
-        if not is_namespace(namespace) or not _OURS.match(relative):
+        if names.is_ours(item.key):
+            return names.is_lock(item.key) and self._remove_unheld_lock(item.key)
+        unfinished = self.store.unfinished(item.key)
+        if unfinished is None or not names.is_namespace(item.key.partition("/")[0]):
             return False
-        name = relative.rsplit("/", 1)[-1]
-        if name.endswith(LOCK_SUFFIX):
-            native = self.store.lock(item.key)
-            if native is None:
-                return Lease(self.store, item.key).break_if_stale()
-            if not native.acquire(0.0):
-                return False
-            native.release()  # releasing an unheld lock file removes it
-            return True
-        if not item.own or not _is_leftover(name, now - item.stored, older_than):
+        target, gone = unfinished
+        if target is not None and not names.is_ours(target):
+            return False
+        if not item.own or not (gone or now - item.stored > older_than):
             return False
         try:
             return self.store.delete(item.key)
         except KeyError:
             return False
 
+    def _remove_unheld_lock(self, key: str) -> bool:
+        native = self.store.lock(key)
+        if native is None:
+            return Lease(self.store, key).break_if_stale()
+        if not native.acquire(0.0):
+            return False
+        native.release()  # releasing an unheld lock file removes it
+        return True
+
     def verify(self, namespace: str, key: str) -> str | None:
         """Return what is wrong with an entry, or None if it is intact (never unpickles)."""
-        name = self.entry_name(namespace, key)
+        name = names.entry(namespace, key)
         try:
             with self.store.open(name) as handle:
                 head = verify_entry(
@@ -428,18 +408,10 @@ class Entries:
 
     def delete(self, namespace: str, key: str) -> bool:
         """Remove one entry."""
-        name = self.entry_name(namespace, key)
+        name = names.entry(namespace, key)
         with self._memo_lock:
             self._memo.pop(name, None)
         return self.store.delete(name)
-
-
-def _is_leftover(name: str, age: float, older_than: float) -> bool:
-    """True for a temporary file whose writer is gone, or one left for longer than ``older_than``."""
-    match = _TEMP.search(name)
-    if match is None:
-        return False
-    return writer_gone(name, int(match.group("pid"))) or age > older_than
 
 
 def _check_age(stored: float, max_age: float | None, name: str) -> None:

@@ -3,12 +3,12 @@
 Rule: counting can never hurt a call. Each process counts in memory; a
 background thread writes, about a second after a call and at exit, what was
 counted since the last write as a new small object of its own,
-``<function>/stats/<host>-<pid>-<token>-<n>.counts``, through the store's atomic
+``names.counts`` (host, pid, token and sequence number), through the store's atomic
 write. An I/O failure costs those counts and one warning, nothing else; nothing
 is mapped, so nobody can make a call fault by truncating a file; the caller never
 waits for the store. A killed process loses at most its last second.
 
-A reader sums every ``merged-<owner>.json`` and the counts objects none of them
+A reader sums every merged object (``names.merged``) and the counts objects none of them
 has absorbed. ``compact`` (run by ``info``, ``prune`` and now and then by writers)
 folds counts objects into its owner's merged object under a lock, naming them as
 absorbed before deleting them, so that a crash never counts one twice; their
@@ -34,14 +34,13 @@ from typing import TYPE_CHECKING, Any
 from .._errors import CacheError, CacheWarning
 from .._stores.leases import Lease
 from .._stores.processes import HOST_ID
+from . import names
 
 if TYPE_CHECKING:
     from .policy import Entries
 
 __all__ = ["CallStats", "StatsRecorder", "compact_stats", "read_stats"]
 
-STATS = "stats"
-_SUFFIX = ".counts"
 _FLUSH_EVERY = 1.0  # seconds
 _COMPACT_EVERY = 64  # flushes between two attempts to fold
 _COUNTS_LIMIT = 4096
@@ -100,7 +99,7 @@ def _warn_once(topic: str, message: str) -> None:
 class StatsRecorder:
     """Counts the calls of one function: in memory, flushed to the store as deltas."""
 
-    def __init__(self, entries: Entries | None, namespace: str | None) -> None:
+    def __init__(self, entries: Entries | None, namespace: str) -> None:
         self.stats = CallStats()  # this process's totals
         self._entries = entries
         self._namespace = namespace
@@ -164,7 +163,7 @@ class StatsRecorder:
         if not pending or self._entries is None:
             return
         self._sequence += 1
-        name = f"{self._namespace}/{STATS}/{HOST_ID}-{self._pid}-{self._token}-{self._sequence}{_SUFFIX}"
+        name = names.counts(self._namespace, f"{HOST_ID}-{self._pid}-{self._token}-{self._sequence}")
         try:
             with self._entries.store.write(name) as writer:
                 writer.file.write(json.dumps(asdict(pending)).encode())
@@ -174,7 +173,7 @@ class StatsRecorder:
             return
         if self._sequence % _COMPACT_EVERY == 0:
             with contextlib.suppress(Exception):
-                compact_stats(self._entries, self._namespace, wait=0.0)  # type: ignore[arg-type]
+                compact_stats(self._entries, self._namespace, wait=0.0)
 
 
 _live: weakref.WeakSet[StatsRecorder] = weakref.WeakSet()
@@ -271,9 +270,9 @@ def _read_json(entries: Entries, key: str, limit: int) -> Any:
 
 def _merged_objects(entries: Entries, namespace: str) -> list[tuple[str, CallStats, list[str]]]:
     found = []
-    for item in entries.store.list(f"{namespace}/{STATS}"):
+    for item in entries.store.list(names.stats(namespace)):
         name = item.key.rsplit("/", 1)[-1]
-        if name.startswith("merged-") and name.endswith(".json"):
+        if names.merged_owner(name) is not None:
             raw = _read_json(entries, item.key, _MERGED_LIMIT)
             stats = _parsed_stats(raw.get("stats")) if isinstance(raw, dict) else None
             absorbed = raw.get("absorbed") if isinstance(raw, dict) else None
@@ -302,12 +301,12 @@ def read_stats(entries: Entries, namespace: str) -> CallStats:
             recorder.flush()
     total = CallStats()
     absorbed: set[str] = set()
-    for _, stats, names in _merged_objects(entries, namespace):
+    for _, stats, folded in _merged_objects(entries, namespace):
         total.add(stats)
-        absorbed.update(names)
-    for item in entries.store.list(f"{namespace}/{STATS}"):
+        absorbed.update(folded)
+    for item in entries.store.list(names.stats(namespace)):
         name = item.key.rsplit("/", 1)[-1]
-        if name.endswith(_SUFFIX) and name not in absorbed:
+        if names.is_counts(name) and name not in absorbed:
             counts = _counts(entries, item.key)
             if counts is not None:
                 total.add(counts)
@@ -316,22 +315,22 @@ def read_stats(entries: Entries, namespace: str) -> CallStats:
 
 def compact_stats(entries: Entries, namespace: str, wait: float = 5.0) -> int:
     """Fold this user's counts objects into its merged object; return how many were folded."""
-    merged_key = f"{namespace}/{STATS}/merged-{_owner_tag()}.json"
-    lock_key = f"{namespace}/{STATS}/merge-{_owner_tag()}.lock"
+    merged_key = names.merged(namespace, _owner_tag())
+    lock_key = names.merge_lock(namespace, _owner_tag())
     lock = entries.store.lock(lock_key) or Lease(entries.store, lock_key)
     if not lock.acquire(wait):
         return 0
     try:
         mine = [m for m in _merged_objects(entries, namespace) if m[0] == merged_key]
         stats, absorbed = (mine[0][1], mine[0][2]) if mine else (CallStats(), [])
-        present = {i.key.rsplit("/", 1)[-1]: i for i in entries.store.list(f"{namespace}/{STATS}")}
+        present = {i.key.rsplit("/", 1)[-1]: i for i in entries.store.list(names.stats(namespace))}
         for name in absorbed:  # folded by the last pass, which may have died before deleting them
             if name in present:
                 with contextlib.suppress(OSError, KeyError):
                     entries.store.delete(present[name].key)
         fresh: list[str] = []
         for name, item in present.items():
-            if name.endswith(_SUFFIX) and name not in absorbed and item.own and len(fresh) < _MERGE_AT_MOST:
+            if names.is_counts(name) and name not in absorbed and item.own and len(fresh) < _MERGE_AT_MOST:
                 counts = _counts(entries, item.key)
                 if counts is not None:
                     stats.add(counts)

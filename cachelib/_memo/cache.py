@@ -23,8 +23,7 @@ from .._errors import CacheError, CacheWarning, InvalidOptionError
 from .._format.persistence import resolve_compress
 from .._sizes import parse_size
 from .._stores.base import Store
-from .._stores.durability import checked_fsync_mode
-from .._stores.locations import open_store
+from .._stores.locations import StoreOptions, open_store
 from .info import CacheInfo, FunctionInfo
 from .memoized import AsyncMemoizedFunction, MemoizedFunction, memoized
 from .options import MemoizeArguments, MemoizeOptions, checked_mmap_mode, seconds_of
@@ -79,24 +78,22 @@ class Cache:
         lock_timeout: float = 600.0,
         on_lock_timeout: str = "compute",
         lock: str = "file",
-        fsync: bool | str = "background",
+        fsync: bool | str | None = None,
         secret: bytes | None = None,
         share: str | None = None,
         strict: bool = False,
         store: Store | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        if share not in (None, "group"):
-            raise InvalidOptionError(f"share must be None or 'group', got {share!r}")
-        if share is not None and secret is None:
+        store_options = StoreOptions.resolved(storage_options, share, fsync)
+        if store is not None:
+            _check_no_store_options(location, share, fsync, storage_options)
+        elif location is not None:
+            store = open_store(location, store_options)
+        if getattr(store, "share", None) == "group" and secret is None:
             raise InvalidOptionError(
                 "share='group' needs secret=...: members load only entries signed with the group's secret"
             )
-        fsync = checked_fsync_mode(fsync)
-        if store is not None and location is not None:
-            raise InvalidOptionError("give either a location or store=..., not both")
-        if store is None and location is not None:
-            store = open_store(location, storage_options=storage_options, share=share, fsync=fsync)
         self.store = store
         self.entries = Entries(self.store, secret=secret, lock=lock) if self.store is not None else None
         self._budget = SizeBudget(self.entries) if self.entries is not None else None
@@ -273,6 +270,17 @@ class Cache:
                 self._budget.note_write(size, self.bytes_limit)
             except (CacheError, OSError) as exc:
                 warnings.warn(f"cachelib could not keep bytes_limit ({exc})", CacheWarning, stacklevel=4)
+
+
+def _check_no_store_options(location: Any, share: Any, fsync: Any, storage_options: Any) -> None:
+    """``store=`` comes configured: a location or store option beside it would be ignored."""
+    given = [name for name, value in (("location", location), ("share", share), ("fsync", fsync),
+                                      ("storage_options", storage_options)) if value is not None]
+    if given:
+        raise InvalidOptionError(
+            f"Cache(store=...) takes no {', '.join(given)}: the store is opened already; give them to "
+            "the store itself (LocalStore(path, share=..., fsync=...), FsspecStore(url, storage_options))"
+        )
 
 
 def verbose_logger(verbose: int) -> logging.Logger:

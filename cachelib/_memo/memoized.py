@@ -95,7 +95,7 @@ class MemoizedFunction(Generic[P, R]):
         self.name, identity = function_identity(func)
         self.namespace = f"{self.name}-{identity}"
         self._about = {"function": self.name, "identity": identity}
-        self._recorder = StatsRecorder(cache.entries, self.namespace if cache.entries else None)
+        self._recorder = StatsRecorder(cache.entries, self.namespace)
         self._refused = False  # the location (or this function's directory) cannot be trusted
         self._checked_changes = False  # whether a miss was checked for changing its own state
         if self.mmap_mode is not None and self.compressor is not None:

@@ -16,6 +16,7 @@ is a relative name of ``/``-separated segments made of ``[A-Za-z0-9_.-]``, none
 
 Optional capabilities have defaults: ``probe`` (a cheap identity check, so that
 unchanged small objects need not be read again), ``touch`` (record a use),
+``unfinished`` (what a temporary object that a write left behind was to become),
 ``lock`` (a native per-key lock; without one the policy uses leases built on
 exclusive writes) and ``read_bytes`` (a bounded read of a small state object).
 ``conditional_writes`` is False for a store whose exclusive writes are only a
@@ -33,11 +34,11 @@ import contextlib
 import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 from .._errors import CorruptFileError, InvalidOptionError
 
-__all__ = ["ItemInfo", "KeyLock", "Probe", "Readable", "Store", "Writer", "check_key"]
+__all__ = ["ItemInfo", "KeyLock", "Probe", "Readable", "Store", "Unfinished", "Writer", "check_key"]
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -63,6 +64,10 @@ class ItemInfo:
 
 Probe = tuple[Hashable, int, float]
 """A cheap look at an object: (an identity that changes whenever its bytes may have, size, last use)."""
+
+Unfinished = tuple[Optional[str], bool]
+"""A temporary object of a write: (the key it was to become, or None if unknown; whether its
+writer is certainly gone)."""
 
 
 class Readable:
@@ -168,6 +173,10 @@ class Store(abc.ABC):
 
     def lock(self, key: str) -> KeyLock | None:
         """Return a native lock for ``key``, or None to let the policy use a lease."""
+        return None
+
+    def unfinished(self, key: str) -> Unfinished | None:
+        """For a temporary object a write left (or is writing): what it was to become; else None."""
         return None
 
     def remove_dir(self, prefix: str) -> None:  # noqa: B027 - nothing to do where there are no directories

@@ -15,6 +15,7 @@ import builtins
 import contextlib
 import errno
 import os
+import re
 import stat
 import threading
 import time
@@ -26,14 +27,13 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from .._errors import CorruptFileError, FileAccessError, UnsafeLocationError
-from .base import ItemInfo, KeyLock, Probe, Readable, Store, Writer, check_key
+from .base import ItemInfo, KeyLock, Probe, Readable, Store, Unfinished, Writer, check_key
 from .durability import can_defer, checked_fsync_mode, flusher
-from .processes import writer_id
+from .processes import writer_gone, writer_id
 from .trust import DIRECTORY_MODES, FILE_MODES, judge_directory, judge_file
 
-__all__ = ["TEMP_SUFFIX", "LocalStore"]
+__all__ = ["LocalStore", "temporary_name"]
 
-TEMP_SUFFIX = ".tmp"
 _BUFFER_SIZE = 1 << 20
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -49,6 +49,16 @@ _CACHEDIR_TAG = (
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
 )
 _GITIGNORE = "# Created by cachelib: cache entries are not source.\n*\n"
+
+
+# ``<name>.<writer tag>-<pid>-<token>.tmp``: the writer's tag and pid say whether it is gone.
+_TEMPORARY = re.compile(r"^(?P<target>.+)\.(?P<tag>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}\.tmp$")
+_EARLIER_TEMPORARY = re.compile(r"-\d+-[0-9a-f]{12}\.tmp$")  # written by cachelib 0.2: host-scope-pid
+
+
+def temporary_name(name: str, pid: int | None = None) -> str:
+    """The name of a temporary file that a write of ``name`` by this process (or ``pid``) uses."""
+    return f"{name}.{writer_id(pid)}-{uuid.uuid4().hex[:12]}.tmp"
 
 
 def _not_followed(path: str, exc: OSError) -> CorruptFileError:
@@ -324,7 +334,7 @@ class LocalStore(Store):
         parts = check_key(key)
         name = parts[-1]
         with self._parent(parts, True) as parent:
-            temporary = f"{name}.{writer_id()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+            temporary = temporary_name(name)
             fd = os.open(temporary, _O_CREATE, self._file_mode, dir_fd=parent)
             file = open(fd, "wb+", buffering=_BUFFER_SIZE)  # noqa: SIM115 - closed below
             try:
@@ -436,6 +446,12 @@ class LocalStore(Store):
 
     def lock(self, key: str) -> KeyLock | None:
         return _FileLock(self, key)
+
+    def unfinished(self, key: str) -> Unfinished | None:
+        match = _TEMPORARY.match(key)
+        if match is not None:
+            return match.group("target"), writer_gone(match.group("tag"), int(match.group("pid")))
+        return (None, False) if _EARLIER_TEMPORARY.search(key) else None
 
 
 class _FileLock(KeyLock):

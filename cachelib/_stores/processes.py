@@ -17,7 +17,7 @@ import hashlib
 import os
 import socket
 
-__all__ = ["HOST_ID", "PID_SCOPE", "SCOPE_TAG", "process_alive", "writer_gone", "writer_id"]
+__all__ = ["HOST_ID", "PID_SCOPE", "WRITER_TAG", "process_alive", "writer_gone", "writer_id"]
 
 HOST_ID = os.environ.get("CACHELIB_HOST_ID") or socket.gethostname()
 
@@ -33,19 +33,19 @@ def _pid_scope() -> str:
 
 
 PID_SCOPE = _pid_scope()
-SCOPE_TAG = hashlib.blake2s(PID_SCOPE.encode(), digest_size=4).hexdigest()
-"""``PID_SCOPE`` in eight hex digits, for names that must stay short."""
+WRITER_TAG = hashlib.blake2s(f"{HOST_ID}\0{PID_SCOPE}".encode(), digest_size=4).hexdigest()
+"""This host and ``PID_SCOPE`` in eight hex digits, for names that must stay short."""
 
 
 def writer_id(pid: int | None = None) -> str:
-    """Return ``<host>-<scope tag>-<pid>`` of the calling process (after a fork, the child's)."""
-    return f"{HOST_ID}-{SCOPE_TAG}-{os.getpid() if pid is None else pid}"
+    """Return ``<writer tag>-<pid>`` of the calling process (after a fork, the child's), or of ``pid``."""
+    return f"{WRITER_TAG}-{os.getpid() if pid is None else pid}"
 
 
-def writer_gone(name: str, pid: int) -> bool:
-    """True if ``name`` carries the writer id of ``pid`` in this host and pid scope, and that
-    process no longer exists (a pid from another scope is never judged)."""
-    return f".{writer_id(pid)}-" in name and not process_alive(pid)
+def writer_gone(tag: str, pid: int) -> bool:
+    """True if ``tag`` is this host's and pid scope's ``WRITER_TAG`` and process ``pid`` no longer
+    exists (a pid of another host or scope is never judged)."""
+    return tag == WRITER_TAG and not process_alive(pid)
 
 
 def process_alive(pid: int) -> bool:
