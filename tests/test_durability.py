@@ -21,6 +21,7 @@ from helpers import entry_path
 
 import cachelib
 from cachelib._entries import envelope as _entry
+from cachelib._stores import background
 from cachelib._stores import durability as _durability
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,7 +103,7 @@ def test_always_syncs_the_file_before_its_rename(tmp_path, calls, monkeypatch):
     entry = [entry_path(compute, 2)]
     seen = _spy_on_fsync(monkeypatch, entry)
     compute(2)
-    assert seen and all(not exists and "cachelib-fsync" not in who for who, exists in seen[-1:])
+    assert seen and all(not exists and "cachelib-background" not in who for who, exists in seen[-1:])
 
 
 def test_background_syncs_after_the_call_returns(tmp_path, calls, monkeypatch):
@@ -110,13 +111,13 @@ def test_background_syncs_after_the_call_returns(tmp_path, calls, monkeypatch):
     by the background thread, once its name is in place."""
     compute = cachelib.Cache(tmp_path).memoize(_small)
     compute(0)  # the location and its markers exist: what follows is the entry alone
-    assert _durability.flusher.drain(30)
+    assert background.worker.drain(30)
     entry = [entry_path(compute, 3)]
     seen = _spy_on_fsync(monkeypatch, entry)
     compute(3)
-    assert all("cachelib-fsync" in who for who, _ in seen)
-    assert _durability.flusher.drain(30)
-    assert seen and all("cachelib-fsync" in who and exists for who, exists in seen)
+    assert all("cachelib-background" in who for who, _ in seen)
+    assert background.worker.drain(30)
+    assert seen and all("cachelib-background" in who and exists for who, exists in seen)
 
 
 def test_never_does_not_sync(tmp_path, calls, monkeypatch):
@@ -125,7 +126,7 @@ def test_never_does_not_sync(tmp_path, calls, monkeypatch):
     entry = [entry_path(compute, 4)]
     seen = _spy_on_fsync(monkeypatch, entry)
     compute(4)
-    assert _durability.flusher.drain(30)
+    assert background.worker.drain(30)
     assert seen == []
 
 
@@ -242,8 +243,8 @@ def test_a_file_written_now_is_written_since_boot(tmp_path):
 
 
 def test_the_queue_is_bounded_and_closes_what_it_takes(tmp_path):
-    """A flusher never holds more files than its limit (the writer syncs the rest itself) and
-    closes every descriptor it was given.
+    """The background worker never holds more files than the queue's limit (the writer syncs the
+    rest itself) and closes every descriptor it was given.
 
     It runs in a fresh interpreter: in the test process, threads and finalizers left by
     other tests open and close descriptors of their own while this one counts.
@@ -252,8 +253,9 @@ def test_the_queue_is_bounded_and_closes_what_it_takes(tmp_path):
         f"""
         import os
         from cachelib._stores import durability as _durability
+        from cachelib._stores.background import worker
 
-        flusher = _durability.Flusher(limit=2)
+        _durability.QUEUE_LIMIT = 2
         directory = os.open({str(tmp_path)!r}, os.O_RDONLY)
         before = sorted(os.listdir("/proc/self/fd"))
         most = 0
@@ -261,11 +263,11 @@ def test_the_queue_is_bounded_and_closes_what_it_takes(tmp_path):
             path = os.path.join({str(tmp_path)!r}, f"file{{i}}")
             with open(path, "wb") as handle:
                 handle.write(os.urandom(100_000))
-            flusher.defer(os.open(path, os.O_RDONLY), os.dup(directory))
-            most = max(most, flusher.pending())
-        assert flusher.drain(60)
+            _durability.defer(os.open(path, os.O_RDONLY), os.dup(directory))
+            most = max(most, worker.pending())
+        assert worker.drain(60)
         after = sorted(os.listdir("/proc/self/fd"))
-        print(most, flusher.pending(), before == after, before, after)
+        print(most, worker.pending(), before == after, before, after)
         """
     )
     result = subprocess.run(
@@ -283,18 +285,18 @@ def _write_in_a_child(location: str, start: int) -> None:
         compute(x)
 
 
-def test_a_forked_child_writes_with_its_own_flusher(tmp_path, calls):
-    """A child forked while the parent's flusher has work writes and syncs its own entries and
+def test_a_forked_child_writes_with_its_own_worker(tmp_path, calls):
+    """A child forked while the parent's worker has work writes and syncs its own entries and
     exits; the parent's entries and the child's all load."""
     compute = cachelib.Cache(tmp_path).memoize(_large)
     for x in range(5):
-        compute(x)  # the parent's flusher thread is started and may still be busy
+        compute(x)  # the parent's worker thread is started and may still be busy
     context = multiprocessing.get_context("fork")
     child = context.Process(target=_write_in_a_child, args=(str(tmp_path), 10))
     child.start()
     child.join(60)
     assert child.exitcode == 0
-    assert _durability.flusher.drain(30)
+    assert background.worker.drain(30)
     for x in [*range(5), *range(10, 15)]:
         assert np.array_equal(cachelib.load(entry_path(compute, x)), np.arange(50_000.0) * x)
 
@@ -317,6 +319,85 @@ def test_a_process_exits_promptly_with_syncs_pending(tmp_path):
     assert len(entries) == 40
     values = sorted(float(cachelib.load(p)[0]) for p in entries)
     assert values == [float(x) for x in range(40)]
+
+
+# Loaded by every process of the test (sitecustomize), workers included: fsync as a slow disk
+# does it, recorded with the process that asked and the file it synced.
+_SLOW_RECORDED_FSYNC = """
+import os, time
+
+_fsync = os.fsync
+
+
+def slow_recorded_fsync(fd):
+    time.sleep(0.2)  # a slow disk: syncs are still queued when a worker is done
+    _fsync(fd)
+    with open(os.environ["FSYNC_LOG"], "a") as log:
+        log.write(f"{os.getpid()} {os.readlink(f'/proc/self/fd/{fd}')}\\n")
+
+
+os.fsync = slow_recorded_fsync
+"""
+
+_WORKERS_EXIT = """
+import os, sys
+import numpy as np
+
+import cachelib
+
+compute = cachelib.Cache(sys.argv[1]).memoize(lambda x: np.full(1000, float(x)))
+
+
+def work(x):
+    compute(x)
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    how = sys.argv[3]
+    if how == "loky":
+        from joblib.externals.loky import get_reusable_executor
+
+        executor = get_reusable_executor(max_workers=2)
+        pids = list(executor.map(work, range(8)))
+        executor.shutdown(wait=True)
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context(how).Pool(2)
+        pids = pool.map(work, range(8))
+        pool.close()  # the workers finish and leave by os._exit
+        pool.join()
+    print(" ".join(map(str, sorted(set(pids)))))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["fork", "spawn", "loky"])
+def test_workers_that_leave_by_os_exit_make_their_entries_durable_first(tmp_path, how):
+    """multiprocessing and loky workers leave by ``os._exit``, past ``atexit``: the background
+    worker's exit rule still syncs every entry they stored (on a slow disk, syncs are still
+    queued when they finish their tasks)."""
+    if how == "loky":
+        pytest.importorskip("joblib", reason="the loky workers come with joblib")
+    script, log, site = tmp_path / "script.py", tmp_path / "fsync.log", tmp_path / "site"
+    script.write_text(_WORKERS_EXIT)
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SLOW_RECORDED_FSYNC)
+    location = tmp_path / "cache"
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, str(script), str(location), str(log), how],
+                            env={**os.environ, "PYTHONPATH": path, "FSYNC_LOG": str(log)},
+                            capture_output=True, text=True, timeout=100, check=True)
+    workers = {int(pid) for pid in result.stdout.split()}
+    entries = {str(path) for path in location.rglob("*.cl")}
+    assert len(entries) == 8
+    synced = {}
+    for line in log.read_text().splitlines():
+        pid, path = line.split(" ", 1)
+        synced.setdefault(path, set()).add(int(pid))
+    for entry in entries:
+        assert synced.get(entry, set()) & workers, f"{entry} was not synced by the worker that stored it"
 
 
 # --- where syncs may follow renames --------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Call statistics that survive restarts and kills: hits, misses, compute and saved time.
 
-Rule: counting can never hurt a call. Each process counts in memory; a
-background thread writes, about a second after a call and at exit, what was
-counted since the last write as a new small object of its own,
+Rule: counting can never hurt a call. Each process counts in memory; the
+process's background worker (``_stores.background``) writes, about a second after
+a call and at exit, what was counted since the last write as a new small object of its own,
 ``names.counts`` (host, pid, token and sequence number), through the store's atomic
 write. An I/O failure costs those counts and one warning, nothing else; nothing
 is mapped, so nobody can make a call fault by truncating a file; the caller never
@@ -17,14 +17,11 @@ number stays bounded by the processes active since the last fold, on any host.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import math
-import multiprocessing.util
 import os
 import threading
-import time
 import uuid
 import warnings
 import weakref
@@ -32,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import CacheError, CacheWarning
+from .._stores.background import worker
 from .._stores.leases import Lease
 from .._stores.processes import HOST_ID
 from . import names
@@ -125,7 +123,7 @@ class StatsRecorder:
             self.stats.record(hit, seconds)
         if self._entries is not None:
             self._hold()
-            _flusher.wake()
+            _schedule()
 
     def _hold(self) -> None:
         """Keep this recorder alive until its counts are written, even if its function is dropped.
@@ -146,8 +144,8 @@ class StatsRecorder:
         if self._entries is not None:
             if not self._queued:
                 self._hold()
-            if not _flusher.awake:
-                _flusher.wake()
+            if not _scheduled:
+                _schedule()
 
     def flush(self) -> None:
         """Write what was counted since the last flush (at exit, and before reading)."""
@@ -180,7 +178,19 @@ _live: weakref.WeakSet[StatsRecorder] = weakref.WeakSet()
 _unflushed: set[StatsRecorder] = set()  # recorders with counts not yet written: held strongly
 
 
+_scheduled = False  # a flush is due on the worker: the hot path reads this flag only
+
+
+def _schedule() -> None:
+    """Have the worker write pending counts in about a second (once, however many calls ask)."""
+    global _scheduled
+    _scheduled = True
+    worker.later("statistics", _FLUSH_EVERY, _flush_all)
+
+
 def _flush_all() -> None:
+    global _scheduled
+    _scheduled = False
     for recorder in list(_unflushed):  # the ones held now: calls meanwhile wait for the next turn
         _unflushed.discard(recorder)
         recorder._queued = False  # before flushing: a call counted meanwhile holds it again
@@ -191,45 +201,11 @@ def _flush_all() -> None:
             recorder.flush()
 
 
-class _Flusher:
-    """One daemon thread per process that writes pending counts a second after they appear."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.awake = False  # the event is set: the common case costs one attribute read
-        self._thread: threading.Thread | None = None
-        self._pid = -1
-
-    def wake(self) -> None:
-        if self.awake:
-            return
-        self.awake = True
-        self._event.set()
-        if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-            self._start()
-
-    def _start(self) -> None:
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="cachelib-stats", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._event.wait()
-            time.sleep(_FLUSH_EVERY)
-            self.awake = False
-            self._event.clear()
-            _flush_all()
-
-
-_flusher = _Flusher()
-
-
 def _after_fork() -> None:
     """A forked child counts afresh: its parent's unflushed counts are the parent's."""
-    global _flusher
-    _flusher = _Flusher()
-    _unflushed.clear()  # the parent's counts are the parent's to write
+    global _scheduled
+    _scheduled = False
+    _unflushed.clear()
     for recorder in list(_live):
         recorder._lock = threading.Lock()
         recorder.stats = CallStats()
@@ -237,19 +213,8 @@ def _after_fork() -> None:
         recorder._reset()
 
 
-class _ExitHook:
-    """Flushes at the exit of multiprocessing workers, which leave by ``os._exit``."""
-
-    def register(self, _: object = None) -> None:
-        multiprocessing.util.Finalize(None, _flush_all, exitpriority=0)
-
-
-_exit_hook = _ExitHook()
-_exit_hook.register()
-multiprocessing.util.register_after_fork(_exit_hook, _ExitHook.register)  # their finalizers start empty
-atexit.register(_flush_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+worker.at_exit(_flush_all)
+worker.on_fork(_after_fork)
 
 
 def _owner_tag() -> str:

@@ -3,9 +3,10 @@
 Rule: a file is published (written, then renamed into place) at page-cache speed;
 what may follow is only making it durable, which never changes what readers see.
 ``fsync="always"`` syncs the file before its rename and the directory after it;
-``"background"`` (the default) hands both syncs to one thread per process, through
-a queue of at most ``QUEUE_LIMIT`` files (a full queue makes the writer sync its own
-file), finished at exit for up to ``EXIT_WAIT`` seconds and abandoned after that;
+``"background"`` (the default) hands both syncs to the process's background worker
+(``background``), at most ``QUEUE_LIMIT`` files at a time (past that the writer syncs
+its own file), finished at exit for up to ``background.EXIT_WAIT`` seconds and
+abandoned after that;
 ``"never"`` leaves it to the kernel. An entry that did not reach the disk before a
 crash is torn or missing afterwards, which its checksums detect: a recomputation,
 never a wrong result (a mapped read of such an entry checks its arrays, see
@@ -15,31 +16,20 @@ before its bytes, so there "background" syncs before the rename, as "always" doe
 
 from __future__ import annotations
 
-import atexit
-import collections
 import contextlib
 import os
 import re
-import threading
 import time
 from typing import Any
 
 from .._errors import InvalidOptionError
+from .background import worker
 
-__all__ = [
-    "FSYNC_MODES",
-    "Flusher",
-    "can_defer",
-    "checked_fsync_mode",
-    "flusher",
-    "written_since_boot",
-]
+__all__ = ["FSYNC_MODES", "QUEUE_LIMIT", "can_defer", "checked_fsync_mode", "defer", "written_since_boot"]
 
 FSYNC_MODES = ("always", "background", "never")
 QUEUE_LIMIT = 64
 """Files waiting for their background sync, at most (each holds two descriptors)."""
-EXIT_WAIT = 10.0
-"""Seconds an exiting process waits for its pending syncs before abandoning them."""
 _BOOT_SLACK = 1.0  # seconds: a file this close to the boot may predate it
 
 # Filesystems on which other machines read what this one writes: a rename can be
@@ -113,89 +103,31 @@ def written_since_boot(mtime: float) -> bool:
     return boot is not None and boot + _BOOT_SLACK < mtime <= time.time() + _BOOT_SLACK
 
 
-def _sync_and_close(file_fd: int, dir_fd: int) -> None:
-    """Sync a file, then the directory that names it; close both descriptors."""
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(file_fd)
-        with contextlib.suppress(OSError):  # not every filesystem syncs directories
-            os.fsync(dir_fd)
-    finally:
-        for fd in (file_fd, dir_fd):
+class _Sync:
+    """Sync a file, then the directory that names it; close both descriptors (a background job)."""
+
+    def __init__(self, file_fd: int, dir_fd: int) -> None:
+        self._descriptors = (file_fd, dir_fd)
+
+    def run(self) -> None:
+        try:
+            for fd in self._descriptors:  # the file first: its name must not outlive its bytes
+                with contextlib.suppress(OSError):  # not every filesystem syncs directories
+                    os.fsync(fd)
+        finally:
+            self.forget()
+
+    def forget(self) -> None:
+        for fd in self._descriptors:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
-class Flusher:
-    """A bounded queue of published files and the one thread that syncs them."""
+def defer(file_fd: int, dir_fd: int) -> None:
+    """Sync ``file_fd`` and then ``dir_fd`` soon, and close them; takes both descriptors.
 
-    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
-        self.limit = limit
-        self._reset()
-
-    def _reset(self) -> None:
-        self._queue: collections.deque[tuple[int, int]] = collections.deque()
-        self._changed = threading.Condition(threading.Lock())
-        self._busy = 0  # items taken off the queue and not yet synced
-        self._thread: threading.Thread | None = None
-
-    def defer(self, file_fd: int, dir_fd: int) -> None:
-        """Sync ``file_fd`` and then ``dir_fd`` soon, and close them; takes both descriptors.
-
-        When the queue is full the caller syncs them itself, now.
-        """
-        with self._changed:
-            if len(self._queue) + self._busy < self.limit:
-                self._queue.append((file_fd, dir_fd))
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="cachelib-fsync", daemon=True)
-                    self._thread.start()
-                self._changed.notify_all()
-                return
-        _sync_and_close(file_fd, dir_fd)
-
-    def pending(self) -> int:
-        """Return how many files wait for their sync (queued or being synced)."""
-        with self._changed:
-            return len(self._queue) + self._busy
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every file handed over so far is synced; False if ``timeout`` ran out first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            while self._queue or self._busy:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._queue:
-                    self._changed.wait()
-                item = self._queue.popleft()
-                self._busy += 1
-            try:
-                _sync_and_close(*item)
-            finally:
-                with self._changed:
-                    self._busy -= 1
-                    self._changed.notify_all()
-
-    def forget(self) -> None:
-        """In a forked child: the parent syncs what it queued; close the copies, start afresh."""
-        for descriptors in self._queue:
-            for fd in descriptors:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._reset()
-
-
-flusher = Flusher()
-"""The process's flusher, shared by every store."""
-
-atexit.register(flusher.drain, EXIT_WAIT)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=flusher.forget)
+    When ``QUEUE_LIMIT`` files already wait, the caller syncs them itself, now.
+    """
+    job = _Sync(file_fd, dir_fd)
+    if not worker.submit(job, limit=QUEUE_LIMIT):
+        job.run()

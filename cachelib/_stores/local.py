@@ -28,7 +28,7 @@ from filelock import lock_descriptor, unlock_descriptor
 
 from .._errors import CorruptFileError, FileAccessError, UnsafeLocationError
 from .base import ItemInfo, KeyLock, Probe, Readable, Store, Unfinished, Writer, check_key
-from .durability import can_defer, checked_fsync_mode, flusher
+from .durability import can_defer, checked_fsync_mode, defer
 from .processes import writer_gone, writer_id
 from .trust import DIRECTORY_MODES, FILE_MODES, judge_directory, judge_file
 
@@ -353,7 +353,7 @@ class LocalStore(Store):
                 if sync == "always":
                     _fsync_quietly(parent)
                 elif sync == "background":
-                    flusher.defer(os.dup(fd), os.dup(parent))
+                    defer(os.dup(fd), os.dup(parent))
                 if keep:
                     size = file.tell()
                     copy = open(os.dup(fd), "rb")  # noqa: SIM115 - the Readable closes it
