@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cachelib
-from cachelib._entries.envelope import read_entry, read_head, verify_entry, write_entry
+from cachelib._entries.envelope import parse_entry, read_entry, read_head, verify_entry, write_entry
 from cachelib._entries.signing import Signer
 from cachelib._format.reader import MAX_ARRAY_RUN, parse_bytes, unpickle_parsed
 from cachelib._format.records import ARRAY, CHECKSUM, END, FINAL, HEADER, MAGIC, RECORD
@@ -32,9 +32,13 @@ def entry_bytes(value=VALUE, *, signer=None, compressor=None, metadata=None, key
 
 
 def read_back(data, *, signer=None, context=NAME, mmap_mode=None, fileobj=None):
+    """Read an entry as a cache does: streamed, or checked whole (and authenticated) when signed."""
     fileobj = fileobj or io.BytesIO(data)
     head = read_head(fileobj, len(data))
-    return head, read_entry(fileobj, len(data), head, signer=signer, context=context, mmap_mode=mmap_mode)
+    if signer is None:
+        return head, read_entry(fileobj, len(data), head, mmap_mode=mmap_mode)
+    parsed = parse_entry(fileobj, len(data), head, signer=signer, context=context, mmap_mode=mmap_mode)
+    return head, unpickle_parsed(parsed)
 
 
 def equal(a, b):

@@ -35,12 +35,22 @@ import xxhash
 
 from .._codecs.registry import Compressor
 from .._errors import CorruptFileError, UnsupportedFormatError
-from .._format.persistence import read_stream_value, sniff, verify_stream_of
+from .._format.persistence import check_stream, parse_stream, sniff, stream_value
+from .._format.reader import Mapping, Parsed, ReadPlan
 from .._format.records import write_stream
 from .._stores.durability import written_since_boot
 from .signing import MAC_SIZE, Signer
 
-__all__ = ["ENTRY_MAGIC", "EntryHead", "is_entry", "read_entry", "read_head", "verify_entry", "write_entry"]
+__all__ = [
+    "ENTRY_MAGIC",
+    "EntryHead",
+    "is_entry",
+    "parse_entry",
+    "read_entry",
+    "read_head",
+    "verify_entry",
+    "write_entry",
+]
 
 ENTRY_MAGIC = b"\x89CLENT\r\n"
 ENTRY_VERSION = 2
@@ -251,17 +261,6 @@ class _Authenticator:
             raise CorruptFileError("the entry's signature does not match: it was altered, forged or moved")
 
 
-def _open_stream(
-    fileobj: Any, size: int, head: EntryHead, signer: Signer | None, context: str
-) -> tuple[Any, Compressor | None, _Authenticator | None]:
-    if signer is not None and not head.signed:
-        raise CorruptFileError("the entry is not signed, and this cache requires signatures")
-    raw_length, tag = _read_trailer(fileobj, size, head)
-    authenticator = _Authenticator(signer, context, head, raw_length, tag) if signer is not None else None
-    stream, compressor = sniff(_Region(fileobj, head.stream_offset, size - TRAILER.size))
-    return stream, compressor, authenticator
-
-
 _CHECKED_MAX = 1024
 _checked_files: collections.OrderedDict[tuple[int, ...], None] = collections.OrderedDict()
 _checked_lock = threading.Lock()
@@ -287,47 +286,72 @@ def _remember_checked(identity: tuple[int, ...]) -> None:
             _checked_files.popitem(last=False)
 
 
-def read_entry(
-    fileobj: Any,
-    size: int,
-    head: EntryHead,
-    *,
-    signer: Signer | None = None,
-    context: str = "",
-    mmap_mode: str | None = None,
-    restricted: bool = False,
-    parse_only: bool = False,
-) -> Any:
-    """Read the result of an entry whose ``head`` was just read from ``fileobj``.
+@dataclass
+class _Opened:
+    """An entry's stream, positioned, with how to read it and what to do once it is read."""
 
-    With ``signer`` everything is read and authenticated before anything is
-    unpickled. With ``mmap_mode`` the arrays of a raw stream are mapped from
-    ``fileobj``'s own descriptor (the caller decides that nobody else can write
-    it). ``parse_only`` returns the checked ``Parsed`` stream, for reuse.
+    stream: Any
+    compressor: Compressor | None
+    plan: ReadPlan
+    authenticator: _Authenticator | None
+    unsettled: tuple[int, ...] | None  # a file whose mapped arrays this read checks
+
+    def done(self) -> None:
+        """After a complete read: check the signature; remember a file whose arrays were checked."""
+        if self.authenticator is not None:
+            self.authenticator.check()
+        if self.unsettled is not None:
+            _remember_checked(self.unsettled)
+
+
+def _open(
+    fileobj: Any, size: int, head: EntryHead, signer: Signer | None, context: str, mmap_mode: str | None
+) -> _Opened:
+    """Position ``fileobj`` at the stream of the entry ``head`` describes, and resolve its read plan.
+
+    With ``mmap_mode`` the arrays of a raw stream are mapped from ``fileobj``'s own
+    descriptor (the caller decides that nobody else can write it); those of an entry
+    published before it was durable are checked once per file and process.
     """
-    stream, compressor, authenticator = _open_stream(fileobj, size, head, signer, context)
-    mapping = None
-    unsettled = None
+    if signer is not None and not head.signed:
+        raise CorruptFileError("the entry is not signed, and this cache requires signatures")
+    raw_length, tag = _read_trailer(fileobj, size, head)
+    authenticator = _Authenticator(signer, context, head, raw_length, tag) if signer is not None else None
+    stream, compressor = sniff(_Region(fileobj, head.stream_offset, size - TRAILER.size))
+    mapping = unsettled = None
     if mmap_mode is not None and compressor is None:
-        mapping = np.memmap(fileobj, dtype=np.uint8, mode=cast(Any, mmap_mode))
+        mapped = np.memmap(fileobj, dtype=np.uint8, mode=cast(Any, mmap_mode))
         fileobj.seek(head.stream_offset)
         unsettled = _unsettled_identity(fileobj) if head.deferred else None
-    value = read_stream_value(
-        stream,
-        compressor,
-        size=size - TRAILER.size - head.stream_offset if compressor is None else None,
-        mapping=mapping,
-        mapping_offset=head.stream_offset,
-        check_mapped=unsettled is not None,
-        tap=authenticator.tap if authenticator else None,
-        authenticate=authenticator.check if authenticator else None,
-        restricted=restricted,
-        parse_only=parse_only,
-        edited_ok=False,
+        mapping = Mapping(mapped, head.stream_offset, checked=unsettled is not None)
+    plan = ReadPlan(
+        mapping=mapping, size=size - TRAILER.size - head.stream_offset,
+        tap=authenticator.tap if authenticator is not None else None, edited_ok=False,
     )
-    if unsettled is not None:
-        _remember_checked(unsettled)
+    return _Opened(stream, compressor, plan, authenticator, unsettled)
+
+
+def read_entry(fileobj: Any, size: int, head: EntryHead, *, mmap_mode: str | None = None) -> Any:
+    """Unpickle the result of an unsigned entry whose ``head`` was just read, as its bytes arrive."""
+    opened = _open(fileobj, size, head, None, "", mmap_mode)
+    value = stream_value(opened.stream, opened.compressor, opened.plan)
+    opened.done()
     return value
+
+
+def parse_entry(
+    fileobj: Any, size: int, head: EntryHead, *, signer: Signer | None = None, context: str = "",
+    mmap_mode: str | None = None,
+) -> Parsed:
+    """Read and check the whole stream of an entry whose ``head`` was just read, unpickling nothing.
+
+    With ``signer`` the entry is authenticated too, under its name ``context``: what
+    comes back is exactly the bytes the signature covers.
+    """
+    opened = _open(fileobj, size, head, signer, context, mmap_mode)
+    parsed = parse_stream(opened.stream, opened.compressor, opened.plan)
+    opened.done()
+    return parsed
 
 
 def verify_entry(fileobj: Any, size: int, *, signer: Signer | None = None, context: str = "") -> EntryHead:
@@ -335,9 +359,7 @@ def verify_entry(fileobj: Any, size: int, *, signer: Signer | None = None, conte
     head = read_head(fileobj, size)
     if signer is not None and not head.signed:
         raise CorruptFileError("the entry is not signed")
-    stream, _, authenticator = _open_stream(fileobj, size, head, signer if head.signed else None, context)
-    verify_stream_of(stream, whole=True, tap=authenticator.tap if authenticator else None, edited_ok=False)
-    if authenticator is not None:
-        authenticator.check()
+    opened = _open(fileobj, size, head, signer if head.signed else None, context, None)
+    check_stream(opened.stream, opened.compressor, opened.plan)
+    opened.done()
     return head
-

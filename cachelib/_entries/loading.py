@@ -75,7 +75,7 @@ def verify(filename: str | os.PathLike[str], secret: bytes | None = None) -> Non
             signer = Signer(secret) if secret is not None else None
             verify_entry(fileobj, size, signer=signer, context=_context_of(path))
             return
-        verify_stream_of(fileobj, whole=True)
+        verify_stream_of(fileobj)
 
 
 def _context_of(path: str) -> str:

@@ -27,7 +27,7 @@ from .._format.reader import Parsed, unpickle_parsed
 from .._stores.base import ItemInfo, KeyLock, Readable, Store
 from .._stores.leases import Lease
 from . import names
-from .envelope import EntryHead, read_entry, read_head, verify_entry, write_entry
+from .envelope import EntryHead, parse_entry, read_entry, read_head, verify_entry, write_entry
 from .signing import Signer
 
 __all__ = ["LEFTOVER_AGE", "ClearReport", "Entries", "Missing"]
@@ -181,10 +181,14 @@ class Entries:
         with self._open(name) as handle:
             head = read_head(handle.file, handle.size)
             _check_head(head, key, max_age, name)
-            value = read_entry(
-                handle.file, handle.size, head, signer=self.signer, context=name,
-                mmap_mode=mmap_mode if handle.mappable else None, restricted=not handle.own,
-            )
+            mapped = mmap_mode if handle.mappable else None
+            if self.signer is None and handle.own:
+                value = read_entry(handle.file, handle.size, head, mmap_mode=mapped)
+            else:  # checked whole before anything is unpickled: signed, or rebuilt as plain data only
+                parsed = parse_entry(
+                    handle.file, handle.size, head, signer=self.signer, context=name, mmap_mode=mapped
+                )
+                value = unpickle_parsed(parsed, restricted=not handle.own)
         if probe is None or time.time() - probe[2] > _ACCESS_RESOLUTION:
             self.store.touch(name)
         return head.metadata, value
@@ -201,7 +205,7 @@ class Entries:
         buffer = io.BytesIO(data)
         head = read_head(buffer, len(data))
         _check_head(head, key, None, name)
-        parsed = read_entry(buffer, len(data), head, signer=self.signer, context=name, parse_only=True)
+        parsed = parse_entry(buffer, len(data), head, signer=self.signer, context=name)
         known = _Known(handle.identity, head.stored, head.metadata, parsed, handle.own)
         with self._memo_lock:
             self._memo[name] = known

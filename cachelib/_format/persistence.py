@@ -8,12 +8,13 @@ The public ``load`` and ``verify`` (``_entries.loading``) also read cache entrie
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import pickle
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import IO, Any, Union, cast
 
 import numpy as np
@@ -27,17 +28,19 @@ from .._codecs.registry import (
     get_compressor,
 )
 from .._errors import CacheWarning, CorruptFileError, FileAccessError, InvalidOptionError
-from .reader import RecordReader, Tap, read_stream, unpickle_parsed, verify_stream
+from .reader import PLAIN, Mapping, Parsed, ReadPlan, RecordReader, read_stream
 from .records import DECOMPRESSED_CHUNK, FLAG_ARRAYS_EDITED, FLAGS_OFFSET, MAGIC, write_stream
 
 __all__ = [
     "MMAP_MODES",
+    "check_stream",
     "dump",
     "load_value",
-    "read_stream_value",
+    "parse_stream",
     "read_value",
     "resolve_compress",
     "sniff",
+    "stream_value",
     "verify_stream_of",
     "write_value",
 ]
@@ -291,68 +294,57 @@ def read_value(fileobj: Any, mmap_mode: str | None = None, whole: bool = False) 
             stacklevel=3,
         )
     elif mmap_mode is not None and size is not None:
-        mapping = _mapping_for(fileobj, mmap_mode)
+        mapped = _mapping_for(fileobj, mmap_mode)
+        mapping = Mapping(mapped, position) if mapped is not None else None
     elif mmap_mode is not None:
         warnings.warn(
             f"mmap_mode={mmap_mode!r} needs a seekable file; loading into memory instead",
             CacheWarning,
             stacklevel=3,
         )
-    return read_stream_value(
-        stream, compressor, size=size, mapping=mapping, mapping_offset=position, whole=whole
-    )
+    return stream_value(stream, compressor, ReadPlan(mapping=mapping, size=size, whole=whole))
 
 
-def read_stream_value(
-    stream: Any,
-    compressor: Compressor | None,
-    *,
-    size: int | None = None,
-    mapping: np.memmap | None = None,
-    mapping_offset: int = 0,
-    check_mapped: bool = False,
-    tap: Tap | None = None,
-    authenticate: Callable[[], None] | None = None,
-    restricted: bool = False,
-    whole: bool = True,
-    parse_only: bool = False,
-    edited_ok: bool = True,
-) -> Any:
-    """Read the value of the stream ``stream``, raw or compressed with ``compressor``.
-
-    Without ``authenticate``, ``restricted`` or ``parse_only``, the value is
-    unpickled as its bytes arrive. Otherwise every record is read and checked first
-    (``tap`` sees every byte of the raw stream), then ``authenticate()`` runs and may
-    raise, and only then is anything unpickled, from memory (or, for arrays, from
-    ``mapping``); ``parse_only`` returns the checked ``Parsed`` stream instead.
-    ``check_mapped`` checks the checksums of mapped arrays too (they are read once).
-    """
-    decompressed = compressor.open_reader(stream) if compressor is not None else None
-    try:
-        if decompressed is None:
-            reader = RecordReader(
-                stream, mapping=mapping, mapping_offset=mapping_offset, check_mapped=check_mapped, size=size,
-                tap=tap, edited_ok=edited_ok,
-            )
-        else:
-            # A codec's reader may say what it reads best at once (frames already in memory).
-            read_size = getattr(decompressed, "preferred_read_size", DECOMPRESSED_CHUNK)
-            reader = RecordReader(decompressed, read_size=read_size, tap=tap, edited_ok=edited_ok)
-        deferred = authenticate is not None or restricted or parse_only
-        parsed = reader.parse_all() if deferred else None
-        value = None if deferred else read_stream(reader)
-        if decompressed is not None:
-            _check_frame_end(decompressed, compressor, whole_file=whole)  # type: ignore[arg-type]
-        elif whole and stream.read(1):
+@contextlib.contextmanager
+def _records(stream: Any, compressor: Compressor | None, plan: ReadPlan) -> Iterator[RecordReader]:
+    """The record reader of a raw or compressed stream; on leaving, check what follows the stream."""
+    if compressor is None:
+        yield RecordReader(stream, plan)
+        if plan.whole and stream.read(1):
             raise CorruptFileError("the file has bytes after the end of its cachelib stream")
+        return
+    decompressed = compressor.open_reader(stream)
+    try:
+        # Nothing is mapped from a codec's output, and its size is unknown; the codec's reader
+        # may say what it reads best at once (frames already in memory).
+        read_size = getattr(decompressed, "preferred_read_size", DECOMPRESSED_CHUNK)
+        yield RecordReader(decompressed, dataclasses.replace(plan, mapping=None, size=None), read_size)
+        _check_frame_end(decompressed, compressor, whole_file=plan.whole)
     finally:
-        if decompressed is not None:
-            decompressed.close()
-    if parsed is None:
-        return value
-    if authenticate is not None:
-        authenticate()
-    return parsed if parse_only else unpickle_parsed(parsed, restricted=restricted)
+        decompressed.close()
+
+
+def stream_value(stream: Any, compressor: Compressor | None, plan: ReadPlan = PLAIN) -> Any:
+    """Unpickle the value of ``stream`` (raw, or compressed with ``compressor``) as its bytes arrive."""
+    with _records(stream, compressor, plan) as reader:
+        return read_stream(reader)
+
+
+def parse_stream(stream: Any, compressor: Compressor | None, plan: ReadPlan = PLAIN) -> Parsed:
+    """Read and check every record of ``stream`` before anything is unpickled; return them."""
+    with _records(stream, compressor, plan) as reader:
+        return reader.parse_all()
+
+
+def check_stream(stream: Any, compressor: Compressor | None, plan: ReadPlan = PLAIN) -> None:
+    """Check every record of ``stream`` (raw or compressed), unpickling and keeping nothing."""
+    with _records(stream, compressor, plan) as reader:
+        reader.skim()
+
+
+def verify_stream_of(fileobj: Any, plan: ReadPlan = PLAIN) -> None:
+    """Check the (raw or compressed) stream at ``fileobj``'s position, keeping nothing."""
+    check_stream(*sniff(fileobj), plan)
 
 
 def _check_frame_end(decompressed: Any, compressor: Compressor, whole_file: bool) -> None:
@@ -374,22 +366,6 @@ def _check_frame_end(decompressed: Any, compressor: Compressor, whole_file: bool
         raise CorruptFileError(f"the {compressor.name} frame is damaged at its end: {exc}") from exc
     if extra:
         raise CorruptFileError(f"the {compressor.name} stream holds data after the cachelib end record")
-
-
-def verify_stream_of(fileobj: Any, *, whole: bool, tap: Tap | None = None, edited_ok: bool = True) -> None:
-    """Check the (raw or compressed) stream at ``fileobj``'s position, keeping nothing."""
-    stream, compressor = sniff(fileobj)
-    if compressor is None:
-        verify_stream(stream, tap, edited_ok)
-        if whole and stream.read(1):
-            raise CorruptFileError("the file has bytes after the end of its cachelib stream")
-        return
-    decompressed = compressor.open_reader(stream)
-    try:
-        verify_stream(decompressed, tap, edited_ok)
-        _check_frame_end(decompressed, compressor, whole_file=whole)  # as load checks it
-    finally:
-        decompressed.close()
 
 
 def load_value(filename: Any, mmap_mode: str | None = None) -> Any:

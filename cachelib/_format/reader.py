@@ -48,7 +48,16 @@ from .records import (
 )
 from .unpickling import RestrictedUnpickler
 
-__all__ = ["Parsed", "RecordReader", "parse_bytes", "read_stream", "unpickle_parsed", "verify_stream"]
+__all__ = [
+    "PLAIN",
+    "Mapping",
+    "Parsed",
+    "ReadPlan",
+    "RecordReader",
+    "parse_bytes",
+    "read_stream",
+    "unpickle_parsed",
+]
 
 MAX_ARRAY_RUN = 1 << 16
 """Array records a reader accepts in a row, or waiting for the pickle to use them.
@@ -60,6 +69,41 @@ records (a few dozen bytes each on disk, more in memory) pile up.
 """
 
 Tap = Callable[[memoryview], Any]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """The file of a raw stream mapped in memory, whose array records become views of it.
+
+    ``offset`` is where the stream starts in the file; ``checked`` reads the mapped
+    bytes once, to check their checksums (otherwise they are read lazily, unchecked).
+    """
+
+    file: np.memmap
+    offset: int = 0
+    checked: bool = False
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How a raw stream is read, resolved once by whoever opened its file.
+
+    ``mapping`` maps its array records (None: they are read into memory); ``size``,
+    when known, bounds every length read from the stream; ``tap`` is fed every byte of
+    the stream, in order (what a signature covers); ``edited_ok=False`` refuses a
+    stream flagged as edited in place (whose array checksums would be skipped);
+    ``whole`` says that nothing may follow the stream in its file.
+    """
+
+    mapping: Mapping | None = None
+    size: int | None = None
+    tap: Tap | None = None
+    edited_ok: bool = True
+    whole: bool = True
+
+
+PLAIN = ReadPlan()
+"""Read into memory, everything checked, nothing after the stream."""
 
 
 @dataclass(frozen=True)
@@ -75,36 +119,21 @@ class Parsed:
 class RecordReader:
     """The one parser of raw streams; also the file object the unpickler reads from.
 
-    ``source`` is the raw stream (a file, a pipe, or a decompressor). With
-    ``mapping`` (an ``np.memmap`` of the whole file, which must then be seekable)
-    array records become views of the mapping instead of being read; the raw
-    stream starts at ``mapping_offset`` in it; their checksums are checked only with
-    ``check_mapped`` (it reads them). ``size``, when known, bounds every
-    length read from the stream. ``read_size`` bounds each read: decompressors
-    allocate a buffer per read, so they get smaller ones than a plain file.
-    ``tap`` is fed every byte of the stream, in order. ``edited_ok=False`` refuses a
-    stream flagged as edited in place (whose array checksums would be skipped).
+    ``source`` is the raw stream (a file, a pipe, or a decompressor), read as
+    ``plan`` says (with a mapping, ``source`` must be the mapped file, seekable).
+    ``read_size`` bounds each read: decompressors allocate a buffer per read, so
+    they get smaller ones than a plain file.
     """
 
-    def __init__(
-        self,
-        source: Any,
-        *,
-        mapping: np.memmap | None = None,
-        mapping_offset: int = 0,
-        check_mapped: bool = False,
-        size: int | None = None,
-        read_size: int = IO_CHUNK,
-        tap: Tap | None = None,
-        edited_ok: bool = True,
-    ) -> None:
+    def __init__(self, source: Any, plan: ReadPlan = PLAIN, read_size: int = IO_CHUNK) -> None:
         self._source = source
         self._read_size = read_size
-        self._mapping = mapping
-        self._mapping_offset = mapping_offset
-        self._check_mapped = check_mapped
-        self._size = size
-        self._tap = tap
+        mapping = plan.mapping
+        self._mapping = mapping.file if mapping is not None else None
+        self._mapping_offset = mapping.offset if mapping is not None else 0
+        self._check_mapped = mapping is not None and mapping.checked
+        self._size = plan.size
+        self._tap = plan.tap
         self._position = 0
         self._records = 0
         self._run = 0  # array records since the last pickle record
@@ -114,7 +143,7 @@ class RecordReader:
         self._whole = False  # parse_all keeps every array: only runs are bounded
         self._ended = False
         self._version, self._arrays_edited = check_header(self._read(HEADER.size))
-        if self._arrays_edited and not edited_ok:  # e.g. a cache entry: never mapped writable
+        if self._arrays_edited and not plan.edited_ok:  # e.g. a cache entry: never mapped writable
             raise CorruptFileError("the stream says its arrays were edited in place, which it cannot be")
 
     @property
@@ -360,15 +389,6 @@ class RecordReader:
             self._chunk = memoryview(b"")
 
 
-def verify_stream(source: Any, tap: Tap | None = None, edited_ok: bool = True) -> None:
-    """Check every record's checksum and the end record, without unpickling anything.
-
-    Reads ``source`` once in bounded chunks; raises ``CorruptFileError`` (or
-    ``UnsupportedFormatError``) on the first problem.
-    """
-    RecordReader(source, tap=tap, edited_ok=edited_ok).skim()
-
-
 def _unpickled(load: Callable[[], Any]) -> Any:
     """Run an unpickling call, reporting its failures as CacheError subclasses."""
     try:
@@ -416,7 +436,7 @@ def unpickle_parsed(parsed: Parsed, *, fresh: bool = False, restricted: bool = F
 def parse_bytes(data: bytes | memoryview) -> Parsed:
     """Check a whole raw stream held in memory and split it into pickle and arrays."""
     source = io.BytesIO(data)
-    reader = RecordReader(source, size=len(data))
+    reader = RecordReader(source, ReadPlan(size=len(data)))
     parsed = reader.parse_all()
     if source.tell() != len(data):
         raise CorruptFileError("the file holds data after its end record")
