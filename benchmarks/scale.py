@@ -10,11 +10,11 @@ with N), plus a 100-entry cache kept for the whole run as the reference for hit 
 1. Build. ``N/100`` real memoized misses (``f(i)`` one by one, in this process)
    are timed and extrapolated to N. If the whole population through the API would
    take more than ``API_BUDGET`` (15 min), the rest is written directly: a pool of
-   two worker processes publishes each ``f(i)`` through the memoized function's own
-   store step (``Entries.put``: the name ``Entries.entry_name`` gives, the envelope
-   ``_entry.write_entry`` writes, the metadata and call statistics of a miss), so
-   every entry is the one a miss would leave and a real hit through the API; only
-   the miss's lookup and per-key lock are skipped. Otherwise the same pool calls the
+   two worker processes publishes each ``f(i)`` with ``Memory.call`` (joblib's
+   "recompute and store"), which runs the one miss path of every memoized call (its
+   key, envelope, metadata and call statistics), so every entry is the one a miss
+   would leave and a real hit through the API; only the miss's first lookup and
+   per-key lock are skipped. Otherwise the same pool calls the
    memoized function (real misses). The build rate is entries / wall seconds. A
    direct build is checked before anything is measured: its entries carry the same
    metadata fields and header flags as an API entry, and a fresh wrapper hits them.
@@ -146,11 +146,13 @@ def log(message: str) -> None:
 # -- building a cache -----------------------------------------------------------------------
 
 _WORKER: Any = None
+_DIRECT: Any = None
 
 
 def _init_worker(location: str) -> None:
-    global _WORKER
+    global _WORKER, _DIRECT
     _WORKER = memoized_payload(location)
+    _DIRECT = cachelib.Memory(location, verbose=0, backend_options={"fsync": False}).cache(payload)
 
 
 def _api_chunk(bounds: tuple[int, int]) -> int:
@@ -161,20 +163,14 @@ def _api_chunk(bounds: tuple[int, int]) -> int:
 
 
 def _direct_chunk(bounds: tuple[int, int]) -> int:
-    """Publish ``f(i)`` for ``range(*bounds)`` through the store step of a miss, without its lookup and lock.
+    """Publish ``f(i)`` for ``range(*bounds)`` through the miss path without its lookup and lock.
 
-    ``_store`` is what ``MemoizedFunction.__call__`` runs after computing: it writes
-    the entry with ``Entries.put`` (``entry_name`` and ``_entry.write_entry``), with the
-    key, key parts, call summary and statistics of a miss.
+    ``Memory.call`` (joblib's "recompute and store") runs the one miss path that
+    every call runs after its lookup: the same key, key parts, call summary,
+    statistics and entry as a miss of ``f(i)``, in the same function directory.
     """
-    memoized = _WORKER
     for i in range(*bounds):
-        args: tuple[Any, ...] = (i,)
-        parts, _ = memoized._miss_parts(args, {})
-        call = memoized._summary.describe(args, {})
-        started = time.perf_counter()
-        value = payload(i)
-        memoized._store(memoized._key(args, {}), value, time.perf_counter() - started, parts, call)
+        _DIRECT.call(i)
     return bounds[1] - bounds[0]
 
 
@@ -197,7 +193,7 @@ def populate(location: str, start: int, stop: int, method: str) -> float:
 def entry_head(location: str, i: int) -> Any:
     """Return the checked header (``_entry.EntryHead``) of the entry of ``f(i)``."""
     memoized = memoized_payload(location)
-    return memoized.cache.entries.head(memoized.namespace, memoized._key((i,), {}))
+    return memoized.cache.entries.head(memoized.namespace, memoized.cache_key(i))
 
 
 def entry_shape(location: str, i: int) -> tuple[Any, ...]:

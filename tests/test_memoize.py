@@ -123,6 +123,35 @@ def test_positional_and_keyword_give_one_key(cache, calls):
     assert len(calls) == 2
 
 
+def keyed(x, y=1):
+    return x + y
+
+
+def _key_in_a_child(location: str, queue) -> None:
+    queue.put(cachelib.Cache(location).memoize(keyed).cache_key(7, y=2))
+
+
+def test_cache_key_is_the_key_a_call_is_stored_under(location):
+    """``f.cache_key(...)`` is public: the name of the call's entry, the same however the call is
+    spelled and in every process; what cannot be keyed raises as the call would."""
+    f = cachelib.Cache(location).memoize(keyed)
+    f(7, 2)
+    key = f.cache_key(7, 2)
+    assert re.fullmatch(r"[0-9a-f]{32}", key)
+    assert [p.stem for p in entry_files(location)] == [key]
+    assert f.cache_key(7, y=2) == f.cache_key(x=7, y=2) == key
+    assert f.cache_key(7) == f.cache_key(7, 1) != key
+    queue = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(target=_key_in_a_child, args=(str(location), queue))
+    child.start()
+    assert queue.get(timeout=60) == key
+    child.join(60)
+    with pytest.raises(cachelib.UnhashableError, match="argument 'x'"):
+        f.cache_key(threading.Lock())
+    with pytest.raises(TypeError):
+        f.cache_key(1, 2, 3)
+
+
 def test_defaults_are_applied(cache, calls):
 
     @cache.memoize

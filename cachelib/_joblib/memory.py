@@ -22,7 +22,7 @@ from .._codecs.registry import Compressor
 from .._entries.policy import Missing
 from .._errors import CacheError, InvalidOptionError
 from .._memo.cache import Cache, CacheInfo, logger, verbose_logger
-from .._memo.memoized import AsyncMemoizedFunction, MemoizedFunction
+from .._memo.memoized import AsyncMemoizedFunction, MemoizedFunction, Miss
 from .._memo.options import MemoizeOptions
 from .._typing import P, R
 from .shelve import MemorizedResult, NotMemorizedResult
@@ -209,19 +209,9 @@ class MemorizedFunc(MemoizedFunction[P, R]):
         """Compute the call even if it is stored, store it, and return ``(result, metadata)``."""
         if self._disabled():
             return self.__wrapped__(*args, **kwargs), {}
-        key = self._key(args, kwargs)
-        parts, _ = self._miss_parts(args, kwargs)
-        call = self._summary.describe(args, kwargs)
-        started = time.perf_counter()
-        result = self.__wrapped__(*args, **kwargs)
-        return self._stored_call(key, result, time.perf_counter() - started, parts, call)
-
-    def _stored_call(
-        self, key: str, result: Any, seconds: float, parts: dict[str, str], call: str | None
-    ) -> tuple[Any, dict[str, Any]]:
-        returned = self._store(key, result, seconds, parts=parts, call=call)
-        metadata = {"function": self.__qualname__, "compute_seconds": seconds, "call": call}
-        return returned, joblib_metadata(metadata, time.time())
+        with Miss(self, self._key(args, kwargs), args, kwargs, locked=False) as miss:
+            result = miss.store(self.__wrapped__(*args, **kwargs))
+            return result, _call_metadata(self, miss.seconds, miss.call)
 
     def clear(self, warn: bool = True) -> None:
         """Remove every stored result of this function; say so when ``warn`` and verbose."""
@@ -250,12 +240,15 @@ class AsyncMemorizedFunc(MemorizedFunc[P, R], AsyncMemoizedFunction[P, R]):
     async def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[Any, dict[str, Any]]:  # type: ignore[override]
         if self._disabled():
             return await cast(Any, self.__wrapped__)(*args, **kwargs), {}
-        key = self._key(args, kwargs)
-        parts, _ = self._miss_parts(args, kwargs)
-        call = self._summary.describe(args, kwargs)
-        started = time.perf_counter()
-        result = await cast(Any, self.__wrapped__)(*args, **kwargs)
-        return self._stored_call(key, result, time.perf_counter() - started, parts, call)
+        with Miss(self, self._key(args, kwargs), args, kwargs, locked=False) as miss:
+            result = miss.store(await cast(Any, self.__wrapped__)(*args, **kwargs))
+            return result, _call_metadata(self, miss.seconds, miss.call)
+
+
+def _call_metadata(function: MemorizedFunc[Any, Any], seconds: float, call: str | None) -> dict[str, Any]:
+    """What ``call`` returns beside the result: joblib's metadata of the call just stored."""
+    metadata = {"function": function.__qualname__, "compute_seconds": seconds, "call": call}
+    return joblib_metadata(metadata, time.time())
 
 
 class NotMemorizedFunc(Generic[P, R]):

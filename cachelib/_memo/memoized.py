@@ -36,7 +36,7 @@ from .options import MemoizeOptions
 from .pickling import reduce_wrapper
 from .summary import CallSummary
 
-__all__ = ["AsyncMemoizedFunction", "CacheSettings", "MemoizedFunction", "memoized"]
+__all__ = ["AsyncMemoizedFunction", "CacheSettings", "MemoizedFunction", "Miss", "memoized"]
 
 
 class CacheSettings(Protocol):
@@ -148,8 +148,17 @@ class MemoizedFunction(Generic[P, R]):
 
     # -- keys ------------------------------------------------------------------------------
 
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Return the key of this call: 32 hex digits, the same in every process and run.
+
+        It is what the call's entry is stored under, made exactly as a call makes it
+        (arguments bound, defaults applied, ``ignore`` honoured, code, closure,
+        helpers and globals read now). Raises ``UnhashableError`` naming the
+        argument that cannot be keyed, as the call would.
+        """
+        return self._keyer.key(args, kwargs)
+
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """Return the key (32 hex digits) of one call."""
         return self._keyer.key(args, kwargs)
 
     @property
@@ -222,28 +231,16 @@ class MemoizedFunction(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.cache.entries is None or self._refused:
             return self.__wrapped__(*args, **kwargs)
-        key = self._key(args, kwargs)
+        key = self._keyer.key(args, kwargs)
         hit, result = self._lookup(key)
         if hit:
             return cast(R, result)
         if self._refused:
             return self.__wrapped__(*args, **kwargs)
-        lock = self._acquire(key)
-        try:
-            if lock is not None:
-                hit, result = self._lookup(key, warn=False)  # computed while we waited?
-                if hit:
-                    return cast(R, result)
-            parts, why = self._miss_parts(args, kwargs)
-            call = self._summary.describe(args, kwargs)
-            started = time.perf_counter()
-            result = self.__wrapped__(*args, **kwargs)
-            seconds = time.perf_counter() - started
-            self._check_own_changes(parts)
-            return cast(R, self._store(key, result, seconds, parts, call, why))
-        finally:
-            if lock is not None:
-                lock.release()
+        with Miss(self, key, args, kwargs) as miss:
+            if miss.hit:  # stored by another process while this one waited for the lock
+                return cast(R, miss.value)
+            return cast(R, miss.store(self.__wrapped__(*args, **kwargs)))
 
     def _store(
         self,
@@ -396,17 +393,71 @@ class AsyncMemoizedFunction(MemoizedFunction[P, R]):
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if self.cache.entries is None or self._refused:
             return await cast(Any, self.__wrapped__)(*args, **kwargs)
-        key = self._key(args, kwargs)
+        key = self._keyer.key(args, kwargs)
         hit, result = self._lookup(key)
         if hit or self._refused:
             return result if hit else await cast(Any, self.__wrapped__)(*args, **kwargs)
-        parts, why = self._miss_parts(args, kwargs)
-        call = self._summary.describe(args, kwargs)
-        started = time.perf_counter()
-        result = await cast(Any, self.__wrapped__)(*args, **kwargs)
-        seconds = time.perf_counter() - started
-        self._check_own_changes(parts)
-        return self._store(key, result, seconds, parts, call, why)
+        with Miss(self, key, args, kwargs, locked=False) as miss:
+            return miss.store(await cast(Any, self.__wrapped__)(*args, **kwargs))
+
+
+class Miss:
+    """One call that missed, from its key's lock to its stored result: the one miss path.
+
+    Sync calls, ``async def`` calls and ``Memory.call`` all go through it. Inside the
+    block the key's lock is held (``locked``: another caller of the same key waits
+    for this one); ``hit`` says that another process stored the call while this one
+    waited, and ``value`` is then its result. Otherwise the caller runs the function
+    itself (so that exactly one cachelib frame stands between a call and the
+    function) and hands the result to ``store``, which returns what the call returns.
+    """
+
+    __slots__ = ("_args", "_call", "_function", "_key", "_kwargs", "_lock", "_locked", "_parts", "_started",
+                 "_why", "hit", "seconds", "value")
+
+    def __init__(
+        self, function: MemoizedFunction[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+        locked: bool = True,
+    ) -> None:
+        self._function, self._key, self._args, self._kwargs = function, key, args, kwargs
+        self._locked = locked
+        self._lock: Any = None
+        self.hit, self.value = False, None
+        self.seconds = 0.0  # how long the function computed, once stored
+
+    def __enter__(self) -> Miss:
+        function = self._function
+        self._lock = function._acquire(self._key) if self._locked else None
+        try:
+            if self._lock is not None:
+                self.hit, self.value = function._lookup(self._key, warn=False)  # computed while we waited?
+            if not self.hit:
+                self._parts, self._why = function._miss_parts(self._args, self._kwargs)
+                self._call = function._summary.describe(self._args, self._kwargs)
+                self._started = time.perf_counter()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def store(self, result: Any) -> Any:
+        """Store the function's ``result``; return what the call returns (stored memmaps with mmap_mode)."""
+        self.seconds = time.perf_counter() - self._started
+        self._function._check_own_changes(self._parts)
+        return self._function._store(self._key, result, self.seconds, self._parts, self._call, self._why)
+
+    @property
+    def call(self) -> str | None:
+        """The call's short summary, as its entry keeps it."""
+        return self._call
 
 
 _STATE_NAMES = {"callable": "its own state (a bound self, a partial's arguments or the object's attributes)"}
