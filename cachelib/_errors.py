@@ -3,7 +3,9 @@
 Rule: each leaf derives from ``CacheError`` and from the builtin it refines, so that
 ``except CacheError`` catches everything cachelib raises on purpose while code
 written for joblib (``except ValueError``) keeps working. Messages name the object
-and, where there is one, the fix.
+and, where there is one, the fix; what a program may need beyond the message (where
+in a value, which file) is a keyword argument of the constructor and an attribute,
+and survives pickling, so that an error raised in a worker reaches its parent whole.
 """
 
 from __future__ import annotations
@@ -20,15 +22,30 @@ class InvalidOptionError(CacheError, ValueError):
 
 
 class UnknownCompressorError(InvalidOptionError):
-    """No compressor is registered under the requested name."""
+    """No compressor is registered under the requested name (``name``)."""
+
+    def __init__(self, message: str, *, name: object = None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class MissingDependencyError(CacheError, ImportError):
-    """An optional package is needed; the message names the ``pip install``."""
+    """An optional package is needed; the message names the ``pip install``, ``package`` the package."""
+
+    def __init__(self, message: str, *, package: str | None = None) -> None:
+        super().__init__(message)
+        self.package = package
 
 
 class CorruptFileError(CacheError, ValueError):
-    """A file is not a complete, intact cachelib file (truncated, damaged, foreign)."""
+    """A file is not a complete, intact cachelib file (truncated, damaged, foreign).
+
+    ``path`` is the file (or the cache entry's location) when the reader knew it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class UnsupportedFormatError(CacheError, ValueError):
@@ -44,11 +61,30 @@ class DeserializationError(CacheError, pickle.UnpicklingError):
 
 
 class UnhashableError(CacheError, TypeError):
-    """An object cannot be turned into a stable cache key."""
+    """An object cannot be turned into a stable cache key.
+
+    ``path`` says where the value sits in what was hashed: ``"[2].attr"``, ``""`` for
+    the value itself.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def inside(self, where: str) -> UnhashableError:
+        """This error, as found in a value enclosing the one it was raised for, at ``where``."""
+        return type(self)(str(self), path=where + self.path)
 
 
 class FileAccessError(CacheError, OSError):
-    """A path cannot be used: it is a directory, or it is not readable or writable."""
+    """A path cannot be used: it is a directory, or it is not readable or writable.
+
+    ``path`` is the file or directory that cannot be used, when one is known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class UnsafeLocationError(FileAccessError, PermissionError):
@@ -60,7 +96,14 @@ class NotACacheError(FileAccessError):
 
 
 class LockTimeout(CacheError, TimeoutError):
-    """Waiting for another process to finish computing the same call ran out of time."""
+    """Waiting for another process to finish computing the same call ran out of time.
+
+    ``timeout`` is how long the caller waited, in seconds.
+    """
+
+    def __init__(self, message: str, *, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 class CacheWarning(UserWarning):

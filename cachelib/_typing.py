@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Literal, Optional, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, TypeVar, Union
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
@@ -22,7 +22,7 @@ else:  # pragma: no cover - Python 3.9
         return TypeVar(name)
 
 
-__all__ = ["Loadable", "MmapMode", "P", "R", "ReadableFile", "T"]
+__all__ = ["Loadable", "MmapMode", "P", "R", "ReadableFile", "Sink", "Source", "T"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,3 +37,15 @@ class ReadableFile(Protocol):
 
 
 Loadable = Union[str, "os.PathLike[str]", ReadableFile]
+
+
+class Sink(Protocol):
+    """Where a stream is written: a binary file, a codec's writer, an upload, a tap in front of one."""
+
+    def write(self, data: Any, /) -> Any: ...
+
+
+class Source(Protocol):
+    """What a stream is read from: a binary file, a codec's reader, a region of a file."""
+
+    def readinto(self, buffer: Any, /) -> Any: ...

@@ -131,3 +131,27 @@ def test_object_arrays_that_contain_themselves_hash():
     array[0] = array
     array[1] = [array]
     assert h(array) == h(array)
+
+
+def _hash_a_lock_in_a_worker():
+    import threading
+
+    return cachelib.hash([1, {"k": threading.Lock()}])
+
+
+def test_a_workers_errors_reach_the_parent_with_their_data():
+    """Errors carry their data as constructor attributes, which pickling keeps: a worker's
+    ``UnhashableError`` reaches the parent with ``path``, a ``FileAccessError`` with ``path``."""
+    import multiprocessing
+    import pickle
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        with pytest.raises(cachelib.UnhashableError) as caught:
+            pool.apply(_hash_a_lock_in_a_worker)
+    assert caught.value.path == "[1]['k']"
+    for error in (cachelib.FileAccessError("gone", path="/tmp/x"), cachelib.UnsafeLocationError("no", path="/d"),
+                  cachelib.CorruptFileError("torn", path="/f"), cachelib.LockTimeout("late", timeout=2.5),
+                  cachelib.UnknownCompressorError("which", name="zz"),
+                  cachelib.MissingDependencyError("pip", package="lz4")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error) and copy.__dict__ == error.__dict__

@@ -114,7 +114,7 @@ def _entries(args: argparse.Namespace) -> Entries:
         present = entries.require_cache()  # an empty directory is an empty cache; a foreign one is refused
     except UnsafeLocationError as exc:
         if args.share is None and "share='group'" in str(exc):
-            raise UnsafeLocationError(f"{exc} (on the command line: --share group)") from None
+            raise UnsafeLocationError(f"{exc} (on the command line: --share group)", path=exc.path) from None
         raise
     if remote and not present:
         raise UsageError(f"no cache at {args.location!r}; give the cache's URL (cachelib COMMAND URL)")

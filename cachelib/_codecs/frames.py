@@ -20,8 +20,9 @@ import struct
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, cast
 
+from .._typing import Sink
 from .pool import submit, thread_count
 
 __all__ = [
@@ -74,7 +75,7 @@ class FrameCodec:
 class FrameWriter:
     """A write-only file object that compresses into consecutive frames of ``FRAME_BYTES``."""
 
-    def __init__(self, sink: IO[bytes], codec: FrameCodec) -> None:
+    def __init__(self, sink: Sink, codec: FrameCodec) -> None:
         self._sink = sink
         self._codec = codec
         self._buffer = bytearray(FRAME_BYTES)
@@ -204,7 +205,7 @@ class _Rest:
             data = self._prefix[:n].tobytes()
             self._prefix = self._prefix[n:]
             return data
-        return self._source.read(size)  # type: ignore[no-any-return]
+        return cast(bytes, self._source.read(size))
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

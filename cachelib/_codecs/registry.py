@@ -19,12 +19,14 @@ import threading
 import zlib
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 from .._errors import CorruptFileError, InvalidOptionError, MissingDependencyError, UnknownCompressorError
 from .frames import FrameCodec, FrameReader, FrameWriter, lz4_frame, zstd_frame
 
 __all__ = [
+    "CodecReader",
+    "CodecWriter",
     "Compressor",
     "compressor_for_path",
     "compressors",
@@ -32,6 +34,22 @@ __all__ = [
     "get_compressor",
     "register_compressor",
 ]
+
+
+class CodecWriter(Protocol):
+    """What ``Compressor.open_writer`` returns: writes compress, ``close`` ends the frame."""
+
+    def write(self, data: Any, /) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class CodecReader(Protocol):
+    """What ``Compressor.open_reader`` returns: reads decompress."""
+
+    def readinto(self, buffer: Any, /) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class Compressor(abc.ABC):
@@ -71,11 +89,11 @@ class Compressor(abc.ABC):
         return type(self)(level)
 
     @abc.abstractmethod
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_writer(self, fileobj: Any) -> CodecWriter:
         """Return a file object that compresses what is written to it into ``fileobj``."""
 
     @abc.abstractmethod
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_reader(self, fileobj: Any) -> CodecReader:
         """Return a file object that reads ``fileobj`` decompressed."""
 
     def __eq__(self, other: object) -> bool:
@@ -95,14 +113,15 @@ def _import_optional(module: str, package: str, codec: str) -> Any:
     except ImportError as exc:
         raise MissingDependencyError(
             f"the {codec} codec needs the {package!r} package: "
-            f"pip install {package}  (or pip install 'cachelib[{codec}]')"
+            f"pip install {package}  (or pip install 'cachelib[{codec}]')",
+            package=package,
         ) from exc
 
 
 class _ZlibWriter:
     """A minimal write-only file object over ``zlib.compressobj``."""
 
-    def __init__(self, fileobj: IO[bytes], level: int, wbits: int) -> None:
+    def __init__(self, fileobj: Any, level: int, wbits: int) -> None:
         self._fileobj = fileobj
         self._compressor: Any = zlib.compressobj(level, zlib.DEFLATED, wbits)
 
@@ -121,7 +140,7 @@ class _ZlibReader:
 
     _INPUT_SIZE = 1 << 16
 
-    def __init__(self, fileobj: IO[bytes]) -> None:
+    def __init__(self, fileobj: Any) -> None:
         self._fileobj = fileobj
         self._decompressor = zlib.decompressobj()
         self._pending = b""
@@ -142,7 +161,7 @@ class _ZlibReader:
 
     def trailing_bytes(self) -> bytes:
         """Return input found after the end of the zlib stream (none, in a sound file)."""
-        return self._decompressor.unused_data + self._pending + self._fileobj.read(1)
+        return bytes(self._decompressor.unused_data + self._pending + self._fileobj.read(1))
 
     def close(self) -> None:
         self._decompressor = zlib.decompressobj()
@@ -157,11 +176,11 @@ class Zlib(Compressor):
     levels = range(1, 10)
     default_level = 3
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return _ZlibWriter(fileobj, self.level, zlib.MAX_WBITS)  # type: ignore[return-value]
+    def open_writer(self, fileobj: Any) -> CodecWriter:
+        return _ZlibWriter(fileobj, self.level, zlib.MAX_WBITS)
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return _ZlibReader(fileobj)  # type: ignore[return-value]
+    def open_reader(self, fileobj: Any) -> CodecReader:
+        return _ZlibReader(fileobj)
 
 
 class Gzip(Compressor):
@@ -173,13 +192,13 @@ class Gzip(Compressor):
     levels = range(1, 10)
     default_level = 3
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_writer(self, fileobj: Any) -> CodecWriter:
         # No file name and mtime=0: equal values give equal files.
         writer = gzip.GzipFile(filename="", fileobj=fileobj, mode="wb", compresslevel=self.level, mtime=0)
-        return writer  # type: ignore[return-value]
+        return writer
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return gzip.GzipFile(fileobj=fileobj, mode="rb")  # type: ignore[return-value]
+    def open_reader(self, fileobj: Any) -> CodecReader:
+        return gzip.GzipFile(fileobj=fileobj, mode="rb")
 
 
 class Bz2(Compressor):
@@ -191,10 +210,10 @@ class Bz2(Compressor):
     levels = range(1, 10)
     default_level = 9
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_writer(self, fileobj: Any) -> CodecWriter:
         return bz2.BZ2File(fileobj, mode="wb", compresslevel=self.level)
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_reader(self, fileobj: Any) -> CodecReader:
         return bz2.BZ2File(fileobj, mode="rb")
 
 
@@ -208,10 +227,10 @@ class Xz(Compressor):
     default_level = 6
     _format = lzma.FORMAT_XZ
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_writer(self, fileobj: Any) -> CodecWriter:
         return lzma.LZMAFile(fileobj, mode="wb", format=self._format, preset=self.level)
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_reader(self, fileobj: Any) -> CodecReader:
         return lzma.LZMAFile(fileobj, mode="rb", format=self._format)
 
 
@@ -260,12 +279,12 @@ class _Framed(Compressor):
     def _codec(self) -> FrameCodec:
         """Return the one-shot functions and the frame walker of this codec at this level."""
 
-    def open_writer(self, fileobj: IO[bytes]) -> IO[bytes]:
-        return FrameWriter(fileobj, self._codec())  # type: ignore[return-value]
+    def open_writer(self, fileobj: Any) -> CodecWriter:
+        return FrameWriter(fileobj, self._codec())
 
-    def open_reader(self, fileobj: IO[bytes]) -> IO[bytes]:
+    def open_reader(self, fileobj: Any) -> CodecReader:
         # Across frames: bytes after ours must be a valid frame, or the read fails.
-        return FrameReader(fileobj, self._codec())  # type: ignore[return-value]
+        return FrameReader(fileobj, self._codec())
 
 
 class Zstd(_Framed):
@@ -312,7 +331,7 @@ class Zstd(_Framed):
         # The standard library's compression.zstd.
 
         def compress_stdlib(data: memoryview) -> bytes:
-            return backend.compress(data, level=level)  # type: ignore[no-any-return]
+            return bytes(backend.compress(data, level=level))
 
         def decompress_stdlib(frame: bytes, size: int) -> bytes:
             return _checked_size(backend.decompress(frame), size, "zstd")
@@ -337,7 +356,7 @@ class Lz4(_Framed):
         level = self.level
 
         def compress(data: memoryview) -> bytes:
-            return frame.compress(data, compression_level=level, store_size=True)  # type: ignore[no-any-return]
+            return cast(bytes, frame.compress(data, compression_level=level, store_size=True))
 
         def decompress(data: bytes, size: int) -> bytes:
             return _checked_size(frame.decompress(data), size, "lz4")
@@ -386,7 +405,8 @@ def get_compressor(name: str, level: int | None = None) -> Compressor:
     except (KeyError, TypeError):
         raise UnknownCompressorError(
             f"unknown compressor {name!r}; known: {', '.join(sorted(_registry))} "
-            "(cachelib.register_compressor adds more)"
+            "(cachelib.register_compressor adds more)",
+            name=name,
         ) from None
     return compressor if level is None else compressor.with_level(level)
 

@@ -28,7 +28,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import xxhash
@@ -39,6 +39,7 @@ from .._format.persistence import check_stream, parse_stream, sniff, stream_valu
 from .._format.reader import Mapping, Parsed, ReadPlan
 from .._format.records import write_stream
 from .._stores.durability import written_since_boot
+from .._typing import Sink
 from .signing import MAC_SIZE, Signer
 
 __all__ = [
@@ -82,7 +83,7 @@ class EntryHead:
 class _Tap:
     """A write-through file object that counts the bytes and feeds them to a MAC."""
 
-    def __init__(self, sink: IO[bytes], mac: Any) -> None:
+    def __init__(self, sink: Sink, mac: Any) -> None:
         self._sink = sink
         self._mac = mac
         self.count = 0
@@ -90,11 +91,10 @@ class _Tap:
     def write(self, data: Any) -> int:
         if self._mac is not None:
             self._mac.update(data)
-        self.count += memoryview(data).nbytes
-        return self._sink.write(data)
-
-    def flush(self) -> None:
-        self._sink.flush()
+        size = memoryview(data).nbytes
+        self.count += size
+        self._sink.write(data)
+        return size
 
 
 class _Region:
@@ -142,7 +142,7 @@ def _metadata_bytes(metadata: dict[str, Any]) -> bytes:
 
 
 def write_entry(
-    sink: IO[bytes],
+    sink: Sink,
     value: Any,
     *,
     key: str,
@@ -169,12 +169,12 @@ def write_entry(
     sink.write(start)
     if compressor is None:
         raw = _Tap(sink, mac)
-        write_stream(value, raw)  # type: ignore[arg-type]
+        write_stream(value, raw)
     else:
         stream = compressor.open_writer(sink)
         raw = _Tap(stream, mac)
         try:
-            write_stream(value, raw)  # type: ignore[arg-type]
+            write_stream(value, raw)
         finally:
             stream.close()
     sink.write(_trailer(mac, raw.count))

@@ -86,7 +86,7 @@ class Entries:
         return {"store": self.store, "signer": self.signer, "lock_kind": self.lock_kind}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["store"], lock=state["lock_kind"])  # type: ignore[misc]
+        Entries.__init__(self, state["store"], lock=state["lock_kind"])
         self.signer = state["signer"]
 
     # -- markers ---------------------------------------------------------------------------

@@ -79,13 +79,20 @@ def _parsed_stats(raw: Any) -> CallStats | None:
     if not isinstance(raw, dict):
         return None
     hits, misses = raw.get("hits"), raw.get("misses")
-    seconds = raw.get("compute_seconds"), raw.get("saved_seconds")
-    counts_ok = all(type(n) is int and n >= 0 for n in (hits, misses))
-    seconds_ok = all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 0
-                     for s in seconds)
-    if not (counts_ok and seconds_ok):
+    compute, saved = raw.get("compute_seconds"), raw.get("saved_seconds")
+    if not (type(hits) is int and type(misses) is int and hits >= 0 and misses >= 0):
         return None
-    return CallStats(hits, misses, float(seconds[0]), float(seconds[1]))  # type: ignore[arg-type]
+    compute, saved = _seconds(compute), _seconds(saved)
+    if compute is None or saved is None:
+        return None
+    return CallStats(hits, misses, compute, saved)
+
+
+def _seconds(value: Any) -> float | None:
+    """A finite number of seconds >= 0 (an int or a float, not a bool) as a float; else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _warn_once(topic: str, message: str) -> None:

@@ -18,6 +18,11 @@ _X87_PADDED = np.finfo(np.longdouble).nmant == 63 and np.dtype(np.longdouble).it
 _LONG_DOUBLES = (np.dtype(np.longdouble), np.dtype(np.clongdouble))
 
 
+def _fields(dtype: np.dtype) -> dict[str, tuple[Any, ...]]:
+    """A structured dtype's fields: name -> (dtype, offset[, title])."""
+    return cast("dict[str, tuple[Any, ...]]", dtype.fields or {})
+
+
 def has_padding(dtype: np.dtype) -> bool:
     """True if some bytes of ``dtype`` belong to no field (at any depth of nesting).
 
@@ -31,7 +36,7 @@ def has_padding(dtype: np.dtype) -> bool:
         return False
     covered = bytearray(dtype.itemsize)
     for name in dtype.names:
-        field, offset = dtype.fields[name][:2]  # type: ignore[index]
+        field, offset = _fields(dtype)[name][:2]
         if has_padding(field):
             return True
         covered[offset : offset + field.itemsize] = b"\1" * field.itemsize
@@ -64,7 +69,7 @@ def stores_values_inline(dtype: np.dtype) -> bool:
         return stores_values_inline(dtype.subdtype[0])
     if dtype.names is not None:
         return not has_padding(dtype) and all(
-            stores_values_inline(dtype.fields[name][0]) for name in dtype.names  # type: ignore[index]
+            stores_values_inline(_fields(dtype)[name][0]) for name in dtype.names
         )
     if dtype.hasobject or value_bytes(dtype) is not None:
         return False
@@ -100,8 +105,8 @@ def dtype_identity(dtype: np.dtype) -> tuple[Any, ...]:
     if dtype.names is not None:
         fields = []
         for name in dtype.names:
-            field = dtype.fields[name]  # type: ignore[index]
-            title = field[2] if len(field) > 2 else None  # type: ignore[misc]
+            field = _fields(dtype)[name]
+            title = field[2] if len(field) > 2 else None
             fields.append((name, title, field[1], dtype_identity(field[0])))
         identity.append(("fields", tuple(fields), dtype.isalignedstruct))
     if not own and dtype.isbuiltin != 2:

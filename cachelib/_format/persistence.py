@@ -15,7 +15,7 @@ import pickle
 import uuid
 import warnings
 from collections.abc import Iterator
-from typing import IO, Any, Union, cast
+from typing import Any, Union, cast
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .._codecs.registry import (
     get_compressor,
 )
 from .._errors import CacheWarning, CorruptFileError, FileAccessError, InvalidOptionError
+from .._typing import Sink
 from .reader import PLAIN, Mapping, Parsed, ReadPlan, RecordReader, read_stream
 from .records import DECOMPRESSED_CHUNK, FLAG_ARRAYS_EDITED, FLAGS_OFFSET, MAGIC, write_stream
 
@@ -101,7 +102,7 @@ def _checked_protocol(protocol: int | None) -> int:
     return protocol
 
 
-def write_value(value: Any, fileobj: IO[bytes], compressor: Compressor | None, protocol: int = 5) -> None:
+def write_value(value: Any, fileobj: Sink, compressor: Compressor | None, protocol: int = 5) -> None:
     """Write ``value`` to an open binary file object, compressed if asked."""
     if compressor is None:
         write_stream(value, fileobj, protocol)
@@ -115,7 +116,8 @@ def write_value(value: Any, fileobj: IO[bytes], compressor: Compressor | None, p
 
 def _check_not_directory(path: PathLike) -> None:
     if os.path.isdir(path):
-        raise FileAccessError(f"{os.fspath(path)!r} is a directory; give a file name inside it")
+        path = os.fspath(path)
+        raise FileAccessError(f"{path!r} is a directory; give a file name inside it", path=path)
 
 
 def dump(value: Any, filename: Any, compress: CompressSpec = False, protocol: int | None = None) -> list[str]:
@@ -171,7 +173,7 @@ class _Prefixed:
             self._prefix = self._prefix[n:]
             return n
         if hasattr(self._fileobj, "readinto"):
-            return self._fileobj.readinto(buffer)  # type: ignore[no-any-return]
+            return int(self._fileobj.readinto(buffer) or 0)
         data = self._fileobj.read(len(memoryview(buffer).cast("B")))
         memoryview(buffer).cast("B")[: len(data)] = data
         return len(data)

@@ -36,7 +36,7 @@ import pickle
 import struct
 import threading
 from collections.abc import Iterator
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import xxhash
@@ -46,6 +46,7 @@ from .._errors import (
     SerializationError,
     UnsupportedFormatError,
 )
+from .._typing import Sink
 from .dtypes import byte_view, has_padding
 from .tree import TreeHasher
 
@@ -180,7 +181,7 @@ def _is_plain(dtype: np.dtype) -> bool:
 class RecordWriter:
     """The file object the pickler writes to; frames its bytes and arrays as records."""
 
-    def __init__(self, sink: IO[bytes]) -> None:
+    def __init__(self, sink: Sink) -> None:
         self._sink = sink
         self._position = 0
         self._records = 0
@@ -425,7 +426,7 @@ def rebuild_array(description: tuple[Any, ...], buffer: Any) -> np.ndarray:
 rebuild_array.__module__ = "cachelib._format"
 
 
-def write_stream(value: Any, sink: IO[bytes], protocol: int = 5) -> None:
+def write_stream(value: Any, sink: Sink, protocol: int = 5) -> None:
     """Write ``value`` to ``sink`` as one cachelib stream."""
     writer = RecordWriter(sink)
     pickler = pickle.Pickler(writer, protocol=protocol, buffer_callback=writer.buffer_callback)

@@ -155,7 +155,7 @@ class MemorizedFunc(MemoizedFunction[P, R]):
         if self.cache_validation_callback is None:
             return True
         try:
-            head = self.cache.entries.head(self.namespace, key)  # type: ignore[union-attr]
+            head = self._entries.head(self.namespace, key)
         except Missing:
             return False
         except (CacheError, OSError):
@@ -174,9 +174,7 @@ class MemorizedFunc(MemoizedFunction[P, R]):
     # -- joblib's methods --------------------------------------------------------------------
 
     def _shelved(self, key: str) -> MemorizedResult[R] | None:
-        stored = self.cache.entries.contains(  # type: ignore[union-attr]
-            self.namespace, key, self.expires_after
-        ) and self._is_valid(key)
+        stored = self._entries.contains(self.namespace, key, self.expires_after) and self._is_valid(key)
         if not stored:
             return None
         return MemorizedResult(

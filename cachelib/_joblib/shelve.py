@@ -8,7 +8,7 @@ cache, or storing failed) is shelved in memory as a ``NotMemorizedResult``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic
+from typing import TYPE_CHECKING, Generic, cast
 
 from .._entries.policy import Missing
 from .._errors import CacheError
@@ -58,7 +58,7 @@ class MemorizedResult(Generic[R]):
                 f"the result of {self.func} ({self.args_id}) in {self.location!r} cannot be read ({exc}); "
                 "call the function again to recompute it"
             ) from exc
-        return value  # type: ignore[no-any-return]
+        return cast(R, value)
 
     def clear(self) -> None:
         """Remove the result from the cache (nothing happens if it is already gone)."""
@@ -80,7 +80,7 @@ class NotMemorizedResult(Generic[R]):
         """Return the value; ``KeyError`` after ``clear()``."""
         if not self.valid:
             raise KeyError("no value stored: the result was cleared")
-        return self.value  # type: ignore[return-value]
+        return cast(R, self.value)
 
     def clear(self) -> None:
         """Forget the value."""

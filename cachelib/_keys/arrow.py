@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["ArrowUnsupported", "walk_stream"]
 
@@ -195,8 +195,10 @@ def _sized_buffers(
         yield _view(buffers[1], 16 * end)
         variadic = len(buffers) - 3
         sizes = buffers[-1]
+        if variadic and not sizes:
+            raise ArrowUnsupported("a view array without the sizes of its data buffers")
         for index in range(variadic):
-            yield _view(buffers[2 + index], _int_at(sizes, index, 8))  # type: ignore[arg-type]
+            yield _view(buffers[2 + index], _int_at(cast(int, sizes), index, 8))
         yield _view(sizes, 8 * variadic)
     else:
         raise ArrowUnsupported(f"the Arrow format {fmt!r}")

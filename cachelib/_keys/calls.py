@@ -19,7 +19,7 @@ import re
 import sys
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import xxhash
 
@@ -44,7 +44,7 @@ def unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
         elif isinstance(func, types.MethodType):
             func = func.__func__
         elif passes_through(func):
-            func = func.__wrapped__  # type: ignore[attr-defined]
+            func = cast(Any, func).__wrapped__
         else:
             break
     return func
@@ -104,7 +104,7 @@ def function_identity(func: Callable[..., Any]) -> tuple[str, str]:
 def _signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
     """The signature of what runs: a wrapper's own; through pass-through wrappers only."""
     while passes_through(func):
-        func = func.__wrapped__  # type: ignore[attr-defined]
+        func = cast(Any, func).__wrapped__
     try:
         return inspect.signature(func, follow_wrapped=False)
     except (TypeError, ValueError):
@@ -205,25 +205,26 @@ class CallKeyer:
 
     # -- the state at the call ----------------------------------------------------------------
 
-    def _callees(self) -> bytes:
-        """The digest of the helpers and constants the function reaches, checked cheaply."""
+    def _callees(self, root: types.FunctionType) -> Tracked:
+        """What the function reaches (helpers and constants), checked cheaply."""
         known = self._tracked
         if known is None or not known.is_current():
-            known = self._tracked = tracked(self._root)  # type: ignore[arg-type]
-        return known.digest
+            known = self._tracked = tracked(root)
+        return known
 
     def _state(self, hasher: Hasher | None) -> bytes:
         """What the function is at this call, beyond its code: closure, callees, or the whole callable."""
-        if self._root is None:
+        root = self._root
+        if root is None:
             whole = Hasher(self._follow)
             whole._digests = hasher._digests if hasher is not None else whole._digests
             try:
                 whole.update(self._func)
             except UnhashableError as exc:
-                where = getattr(exc, "path", "")
-                raise UnhashableError(f"the function's state{where}: {exc}") from exc.__cause__
+                message = f"the function's state{exc.path}: {exc}"
+                raise UnhashableError(message, path=exc.path) from exc.__cause__
             return whole.digest()
-        state = self._callees() if self._follow is not None else b""
+        state = self._callees(root).digest if self._follow is not None else b""
         if self._cells:
             contents = tuple(cell_value(cell) for _, cell in self._cells)
             flat = scalars_encoding(contents)
@@ -253,7 +254,8 @@ class CallKeyer:
         try:
             hasher.update(values)
         except UnhashableError as exc:
-            raise UnhashableError(f"argument {self._argument_name(exc)}: {exc}") from exc.__cause__
+            message = f"argument {self._argument_name(exc)}: {exc}"
+            raise UnhashableError(message, path=exc.path) from exc.__cause__
         return hasher.digest().hex()
 
     def key_parts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, str]:
@@ -273,21 +275,21 @@ class CallKeyer:
         """Return the parts of the key that are not arguments: code, closure, state, helpers, constants."""
         self._current()
         parts: dict[str, str] = {}
-        if self._root is None:
+        root = self._root
+        if root is None:
             parts["callable"] = self._state(None).hex()[:12]
         else:
-            parts["code"] = code_digest(self._root.__code__).hex()[:12]
+            parts["code"] = code_digest(root.__code__).hex()[:12]
             for name, cell in self._cells:
                 parts[f"closure {name}"] = short_digest(cell_value(cell), self._follow)
             if self._follow is not None:
-                self._callees()
-                for label, digest in sorted(self._tracked.parts.items()):  # type: ignore[union-attr]
+                for label, digest in sorted(self._callees(root).parts.items()):
                     parts[label] = digest.hex()[:12]
         return parts
 
     def _argument_name(self, exc: UnhashableError) -> str:
         """Turn the error's path, ``[i]...``, into the name of the argument it sits in."""
-        path = getattr(exc, "path", "")
+        path = exc.path
         match = re.match(r"\[(\d+)\](.*)", path)
         if not match or self._signature is None:
             return repr(path)
@@ -296,7 +298,7 @@ class CallKeyer:
         return f"{name!r}" + (f" at {name}{match.group(2)}" if match.group(2) else "")
 
     def _cell_name(self, exc: UnhashableError) -> str:
-        path = getattr(exc, "path", "")
+        path = exc.path
         match = re.match(r"\[(\d+)\](.*)", path)
         if not match or int(match.group(1)) >= len(self._cells):
             return repr(path)

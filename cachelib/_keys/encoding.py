@@ -39,13 +39,13 @@ import struct
 import sys
 import types
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol, TypeVar, cast
 
 import numpy as np
 import xxhash
 
 from .._errors import InvalidOptionError, UnhashableError
-from .._format.dtypes import dtype_identity, dtype_params, stores_values_inline, value_bytes
+from .._format.dtypes import byte_view, dtype_identity, dtype_params, stores_values_inline, value_bytes
 from .._format.tree import array_tree
 from .arrow import ArrowUnsupported, walk_stream
 from .code import EMPTY_CELL, cell_value, code_digest, full_name, module_name, passes_through
@@ -58,6 +58,7 @@ _MAX_DEPTH = 100_000  # containers open at once: deeper is a value that never en
 _FLUSH = 1 << 16  # small encodings are batched into one update
 TREE_MIN = 1 << 22  # arrays of at least this many bytes are hashed as a tree, on every core
 
+D = TypeVar("D", bytes, Optional[bytes])  # what ``Hasher._checked`` computes and keeps
 _pack_q = struct.Struct("<q").pack
 _pack_Q = struct.Struct("<Q").pack
 _pack_d = struct.Struct("<d").pack
@@ -112,7 +113,7 @@ class Hasher:
         self._follow = follow
         self._path: dict[int, int] = {}  # id -> depth, for containers being encoded
         self._stack: list[_Frame] = []
-        self._digests: dict[int, tuple[Any, bytes | None]] = {}  # per run: classes and codes already checked
+        self._digests: dict[int, tuple[Any, Any]] = {}  # per run: classes and codes already checked
 
     # -- output ------------------------------------------------------------------
 
@@ -168,14 +169,11 @@ class Hasher:
                 frame.current, value = item
                 self._encode(value)
         except UnhashableError as exc:
-            exc.path = self._where() + getattr(exc, "path", "")  # type: ignore[attr-defined]
-            raise
+            raise exc.inside(self._where()) from exc.__cause__
         except InvalidOptionError:
             raise  # cachelib's own configuration (CACHELIB_THREADS), not the value's fault
         except Exception as exc:  # a member that fails while being read: name it and where it sits
-            error = unhashable(value, exc)
-            error.path = self._where()  # type: ignore[attr-defined]
-            raise error from exc
+            raise unhashable(value, exc).inside(self._where()) from exc
         finally:
             for frame in stack:
                 if frame.owner is not None:
@@ -279,8 +277,7 @@ class Hasher:
             try:
                 digests.append(self._digest_of(item))
             except UnhashableError as exc:
-                exc.path = "{...}" + getattr(exc, "path", "")  # type: ignore[attr-defined]
-                raise
+                raise exc.inside("{...}") from exc.__cause__
         self._put(b"".join(sorted(digests)))
 
     def _range(self, obj: range) -> None:
@@ -360,7 +357,7 @@ class Hasher:
         if array.nbytes == 0:
             return
         if array.flags.c_contiguous:
-            self._state.update(memoryview(array.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+            self._state.update(byte_view(array.reshape(-1).view(np.uint8)))
             return
         iterator = np.nditer(
             array,
@@ -369,7 +366,7 @@ class Hasher:
             order="C",
         )
         for chunk in iterator:
-            self._state.update(memoryview(np.ascontiguousarray(chunk).view(np.uint8)))  # type: ignore[arg-type]
+            self._state.update(byte_view(np.ascontiguousarray(chunk).view(np.uint8)))
 
     # -- code and callables ----------------------------------------------------------
 
@@ -384,18 +381,19 @@ class Hasher:
             if digest is not None:
                 self._put(b"k" + digest)
 
-    def _checked(self, obj: Any, compute: Callable[[Any], bytes | None]) -> bytes | None:
+    def _checked(self, obj: Any, compute: Callable[[Any], D]) -> D:
         """``compute(obj)``, once per run for each object (a run may meet a class many times)."""
         known = self._digests.get(id(obj))
-        if known is None or known[0] is not obj:
-            known = (obj, compute(obj))
-            self._digests[id(obj)] = known
-        return known[1]
+        if known is not None and known[0] is obj:
+            return cast(D, known[1])
+        digest = compute(obj)
+        self._digests[id(obj)] = (obj, digest)
+        return digest
 
     def _function(self, obj: types.FunctionType) -> None:
         self._by_reference(obj)
         digest = self._checked(obj, self._follow.function_digest if self._follow else _own_code_digest)
-        self._put(b"K" + digest)  # type: ignore[operator]
+        self._put(b"K" + digest)
         if not self._enter(obj):
             return
         members: list[tuple[str, Any]] = [(".__defaults__", obj.__defaults__),
@@ -608,12 +606,10 @@ def unhashable(obj: Any, exc: BaseException | None = None) -> UnhashableError:
         reason = " (it recurses without end)"
     else:
         reason = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-    error = UnhashableError(
+    return UnhashableError(
         f"cannot hash a {kind.__module__}.{kind.__qualname__} object{reason}; "
         "pass it in `ignore=` or convert it to plain data"
     )
-    error.path = ""  # type: ignore[attr-defined]
-    return error
 
 
 def _own_code_digest(func: types.FunctionType) -> bytes:

@@ -26,9 +26,8 @@ def hash(obj: Any) -> str:
     try:
         hasher.update(obj)
     except UnhashableError as exc:
-        path = getattr(exc, "path", "")
-        if path:
-            raise UnhashableError(f"at obj{path}: {exc}") from exc.__cause__
+        if exc.path:
+            raise UnhashableError(f"at obj{exc.path}: {exc}", path=exc.path) from exc.__cause__
         raise
     return hasher.hexdigest()
 

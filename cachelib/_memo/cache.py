@@ -260,7 +260,8 @@ class Cache:
         limit = parse_size(bytes_limit) if bytes_limit is not None else self.bytes_limit
         max_age = seconds_of(age_limit, "age_limit")
         removed, left = evict(self.entries, bytes_limit=limit, items_limit=items_limit, max_age=max_age)
-        self._budget.record(left)  # type: ignore[union-attr]
+        if self._budget is not None:
+            self._budget.record(left)
         return removed
 
     def _after_store(self, size: int) -> None:

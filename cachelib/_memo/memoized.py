@@ -142,6 +142,14 @@ class MemoizedFunction(Generic[P, R]):
         return self if instance is None else types.MethodType(self, instance)
 
     @property
+    def _entries(self) -> Entries:
+        """The cache's entries (the call path runs only for a cache that has a location)."""
+        entries = self.cache.entries
+        if entries is None:
+            raise CacheError(f"{self.__qualname__}: its cache has no location")
+        return entries
+
+    @property
     def logger(self) -> logging.Logger:
         """Where this function reports its hits and misses (its cache's logger)."""
         return self.cache.logger
@@ -181,9 +189,12 @@ class MemoizedFunction(Generic[P, R]):
     def _lookup(self, key: str, warn: bool = True) -> tuple[bool, Any]:
         """Return (True, result) on a hit, (False, None) on a miss; damaged entries miss."""
         started = time.perf_counter()
+        entries = self.cache.entries
+        if entries is None:
+            return False, None
         try:
-            metadata, result = self.cache.entries.get(  # type: ignore[union-attr]
-                self.namespace, key, mmap_mode=self.mmap_mode, max_age=self.expires_after
+            metadata, result = entries.get(
+                self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after
             )
         except Missing:
             return False, None
@@ -207,7 +218,7 @@ class MemoizedFunction(Generic[P, R]):
     def _acquire(self, key: str) -> Any:
         """Return the held lock of ``key``, or None to compute without one."""
         try:
-            lock = self.cache.entries.lock(self.namespace, key, self._about)  # type: ignore[union-attr]
+            lock = self._entries.lock(self.namespace, key, self._about)
         except FileAccessError as exc:
             self._refuse(exc)
             return None
@@ -224,7 +235,8 @@ class MemoizedFunction(Generic[P, R]):
         if self.cache.on_lock_timeout == "raise":
             raise LockTimeout(
                 f"waited {self.cache.lock_timeout} s for the lock of a call of {self.__qualname__}, held by "
-                "another process computing it; raise lock_timeout or use on_lock_timeout='compute'"
+                "another process computing it; raise lock_timeout or use on_lock_timeout='compute'",
+                timeout=self.cache.lock_timeout,
             )
         return None
 
@@ -263,7 +275,7 @@ class MemoizedFunction(Generic[P, R]):
             metadata["call"] = call
         self._recorder.record(False, seconds)
         try:
-            size, returned = self.cache.entries.put(  # type: ignore[union-attr]
+            size, returned = self._entries.put(
                 self.namespace, key, result, metadata, self.compressor,
                 about=self._about, mmap_mode=self.mmap_mode,
             )

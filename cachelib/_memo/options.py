@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from .._codecs.registry import Compressor
 from .._errors import InvalidOptionError
@@ -84,7 +84,7 @@ def checked_mmap_mode(mmap_mode: Any) -> str | None:
         )
     if mmap_mode not in CACHE_MMAP_MODES:
         raise InvalidOptionError(f"mmap_mode must be one of {CACHE_MMAP_MODES}, got {mmap_mode!r}")
-    return mmap_mode  # type: ignore[no-any-return]
+    return cast("str | None", mmap_mode)
 
 
 def seconds_of(duration: Any, name: str) -> float | None:

@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .._errors import DeserializationError
 from .._keys.calls import script_of, unwrap
@@ -83,7 +83,7 @@ def _by_value(wrapper: Wrapper) -> bytes | None:
         return None
     active.add(id(wrapper))
     try:
-        return pickler.dumps(wrapper.__wrapped__)  # type: ignore[no-any-return]
+        return cast(bytes, pickler.dumps(wrapper.__wrapped__))
     except Exception:  # any error of pickling by value leaves pickling by name, which may still work
         return None
     finally:
@@ -127,11 +127,11 @@ def _from_main(
     if getattr(found, "namespace", None) == namespace and wrapped is not None and (
         _fingerprint(wrapped) == fingerprint
     ):
-        return found  # type: ignore[no-any-return]
+        return cast(Wrapper, found)
     building: dict[str, Any] = _state.__dict__.setdefault("building", {})
     if by_value is None:
         if namespace in building:
-            return building[namespace]  # type: ignore[no-any-return]
+            return cast(Wrapper, building[namespace])
         raise DeserializationError(
             f"the memoized function {qualname} of the main script cannot be rebuilt in this process, "
             "whose __main__ does not define it: install cloudpickle (pip install cloudpickle) so that "

@@ -34,9 +34,10 @@ import contextlib
 import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, Protocol
 
 from .._errors import CorruptFileError, InvalidOptionError
+from .._typing import Sink
 
 __all__ = ["ItemInfo", "KeyLock", "Probe", "Readable", "Store", "Unfinished", "Writer", "check_key"]
 
@@ -103,6 +104,12 @@ class Readable:
         self.close()
 
 
+class Output(Sink, Protocol):
+    """The file a ``Store.write`` block writes to: it counts what was written."""
+
+    def tell(self) -> int: ...
+
+
 class Writer:
     """The file a ``Store.write`` block writes to; after the block, optionally readable back.
 
@@ -110,7 +117,7 @@ class Writer:
     durable (a crash soon after can leave it torn); what is written may record it.
     """
 
-    def __init__(self, file: IO[bytes], *, deferred: bool = False) -> None:
+    def __init__(self, file: Output, *, deferred: bool = False) -> None:
         self.file = file
         self.deferred = deferred
         self._reader: Readable | None = None

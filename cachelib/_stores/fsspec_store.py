@@ -45,7 +45,8 @@ def _fsspec() -> Any:
         import fsspec
     except ImportError:
         raise MissingDependencyError(
-            "a cache on a URL needs fsspec: pip install 'cachelib[fsspec]' (or 'cachelib[s3]' for S3)"
+            "a cache on a URL needs fsspec: pip install 'cachelib[fsspec]' (or 'cachelib[s3]' for S3)",
+            package="fsspec",
         ) from None
     return fsspec
 
@@ -96,7 +97,7 @@ class FsspecStore(Store):
         except (ImportError, ValueError) as exc:
             hint = _INSTALL.get(protocol)
             fix = f": pip install '{hint}'" if hint else ""
-            raise MissingDependencyError(f"cannot open {url!r} ({exc}){fix}") from None
+            raise MissingDependencyError(f"cannot open {url!r} ({exc}){fix}", package=hint) from None
         protocol = protocol.lower()
         root = cls._strip_protocol(url).rstrip("/")
         if not root.strip("/"):
@@ -122,8 +123,8 @@ class FsspecStore(Store):
                 "conditional_writes": self.conditional_writes, "lease_ttl": self.lease_ttl}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(  # type: ignore[misc]
-            state["url"], state["storage_options"], conditional_writes=state["conditional_writes"],
+        FsspecStore.__init__(
+            self, state["url"], state["storage_options"], conditional_writes=state["conditional_writes"],
             lease_ttl=state["lease_ttl"],
         )
 
@@ -228,7 +229,8 @@ class FsspecStore(Store):
             return
         bucket = self._root.split("/", 1)[0]
         if not self.fs.exists(bucket):
-            raise FileAccessError(f"the bucket {bucket!r} of {self.url!r} does not exist; create it first")
+            raise FileAccessError(f"the bucket {bucket!r} of {self.url!r} does not exist; create it first",
+                                  path=self.url)
         self._checked = True
 
     @contextlib.contextmanager
@@ -239,7 +241,7 @@ class FsspecStore(Store):
             raise FileExistsError(f"{self.locate(key)} exists")
         upload = _Upload(self, path, exclusive and self.conditional_writes)
         try:
-            yield Writer(upload)  # type: ignore[arg-type]
+            yield Writer(upload)
             upload.commit()
         except BaseException:
             upload.abort()

@@ -93,7 +93,7 @@ class LocalStore(Store):
         return {"location": self.location, "share": self.share, "fsync": self.fsync}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["location"], share=state["share"], fsync=state["fsync"])  # type: ignore[misc]
+        LocalStore.__init__(self, state["location"], share=state["share"], fsync=state["fsync"])
 
     def __del__(self) -> None:
         if not hasattr(self, "_retired"):
@@ -128,15 +128,19 @@ class LocalStore(Store):
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
         except NotADirectoryError:
             raise FileAccessError(
-                f"cache location {path!r} exists and is not a directory; choose a directory"
+                f"cache location {path!r} exists and is not a directory; choose a directory", path=path
             ) from None
         except OSError as exc:
-            raise FileAccessError(f"cache location {path!r} cannot be opened: {exc.strerror or exc}") from exc
+            raise FileAccessError(
+                f"cache location {path!r} cannot be opened: {exc.strerror or exc}", path=path
+            ) from exc
         st = os.fstat(fd)
         verdict = judge_directory(st, self.share)
         if verdict.reason is not None:
             os.close(fd)
-            raise UnsafeLocationError(f"cache location {path!r} cannot be used safely: {verdict.reason}")
+            raise UnsafeLocationError(
+                f"cache location {path!r} cannot be used safely: {verdict.reason}", path=path
+            )
         self._group = st.st_gid
         return fd
 
@@ -210,14 +214,16 @@ class LocalStore(Store):
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafeLocationError(
-                    f"{where!r} in the cache is a symbolic link or not a directory; cachelib does not use it"
+                    f"{where!r} in the cache is a symbolic link or not a directory; cachelib does not use it",
+                    path=self.locate(where),
                 ) from None
             raise
         verdict = judge_directory(os.fstat(fd), self.share, self._group)
         if verdict.reason is not None:
             os.close(fd)
             raise UnsafeLocationError(
-                f"{where!r} in the cache at {self.url!r} cannot be used safely: {verdict.reason}"
+                f"{where!r} in the cache at {self.url!r} cannot be used safely: {verdict.reason}",
+                path=self.locate(where),
             )
         return fd
 
