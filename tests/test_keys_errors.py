@@ -145,13 +145,14 @@ def test_a_workers_errors_reach_the_parent_with_their_data():
     import multiprocessing
     import pickle
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        with pytest.raises(cachelib.UnhashableError) as caught:
-            pool.apply(_hash_a_lock_in_a_worker)
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(1) as pool, pytest.raises(cachelib.UnhashableError) as caught:
+        pool.apply(_hash_a_lock_in_a_worker)
     assert caught.value.path == "[1]['k']"
-    for error in (cachelib.FileAccessError("gone", path="/tmp/x"), cachelib.UnsafeLocationError("no", path="/d"),
-                  cachelib.CorruptFileError("torn", path="/f"), cachelib.LockTimeout("late", timeout=2.5),
-                  cachelib.UnknownCompressorError("which", name="zz"),
-                  cachelib.MissingDependencyError("pip", package="lz4")):
+    errors = (cachelib.FileAccessError("gone", path="/tmp/x"), cachelib.UnsafeLocationError("no", path="/d"),
+              cachelib.CorruptFileError("torn", path="/f"), cachelib.LockTimeout("late", timeout=2.5),
+              cachelib.UnknownCompressorError("which", name="zz"),
+              cachelib.MissingDependencyError("pip", package="lz4"))
+    for error in errors:
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error) and copy.__dict__ == error.__dict__
