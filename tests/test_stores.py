@@ -53,3 +53,39 @@ class TestGenericFsspecStore(StoreContract):
         store = fsspec_store.FsspecStore(f"file://{tmp_path}/generic")
         assert not store.conditional_writes
         return store
+
+
+def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
+    """The behaviour ``_stores.fsspec_compat`` takes from fsspec's private API, on the installed fsspec:
+    paths stripped of their protocol, parents, files that appear only at ``commit()`` (and never
+    after ``discard()``; memory:// is written in one piece instead, and S3's uploads are
+    checked against moto in test_remote), coroutines run on a filesystem's loop."""
+    import asyncio
+
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from cachelib._stores import fsspec_compat
+
+    assert fsspec_compat.strip_protocol(MemoryFileSystem, "memory://bucket/prefix/") == "/bucket/prefix"
+    assert fsspec_compat.strip_protocol(LocalFileSystem, f"file://{tmp_path}/a") == f"{tmp_path}/a"
+    local = fsspec.filesystem("file")
+    assert fsspec_compat.parent(local, f"{tmp_path}/a/b") == f"{tmp_path}/a"
+    for commit in (True, False):
+        target = f"{tmp_path}/kept-{commit}"
+        handle = fsspec_compat.open_uncommitted(local, target, "wb", 1 << 20)
+        handle.write(b"whole")
+        handle.close()
+        assert not local.exists(target), "visible before commit"
+        handle.commit() if commit else handle.discard()
+        assert local.exists(target) is commit
+        if commit:
+            assert local.cat_file(target) == b"whole"
+
+    async def answer(value: int) -> int:
+        await asyncio.sleep(0)
+        return value * 2
+
+    s3fs = pytest.importorskip("s3fs", reason="an async filesystem: pip install 'cachelib[s3]'")
+    assert fsspec_compat.run_on_loop(s3fs.S3FileSystem(anon=True, skip_instance_cache=True), answer, 21) == 42

@@ -16,7 +16,7 @@ import inspect
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, Union, cast, overload
+from typing import Any, Generic, cast, overload
 
 from .._codecs.registry import Compressor
 from .._entries.policy import Missing
@@ -30,7 +30,6 @@ from .shelve import MemorizedResult, NotMemorizedResult
 __all__ = ["AsyncMemorizedFunc", "MemorizedFunc", "Memory", "NotMemorizedFunc", "expires_after"]
 
 Validator = Callable[[dict[str, Any]], Any]
-Shelved = Union[MemorizedResult[Any], NotMemorizedResult[Any]]
 BACKENDS = ("local",)
 _JOBLIB_LEVELS = {"zlib": 3, "gzip": 3, "bz2": 9, "lzma": 6, "xz": 6}  # joblib's levels for a bare name
 # What backend_options may hold: the Cache options Memory has no parameter for.

@@ -34,7 +34,7 @@ import contextlib
 import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Optional, Protocol
+from typing import IO, Optional, Protocol
 
 from .._errors import CorruptFileError, InvalidOptionError
 from .._typing import Sink
@@ -127,6 +127,10 @@ class Writer:
         reader, self._reader = self._reader, None
         return reader
 
+    def hand_back(self, reader: Readable) -> None:
+        """For the store: once committed, the written object, for ``reader()`` to hand out."""
+        self._reader = reader
+
 
 class KeyLock(abc.ABC):
     """A lock held around computing one key, so that concurrent callers compute it once."""
@@ -186,9 +190,6 @@ class Store(abc.ABC):
         """For a temporary object a write left (or is writing): what it was to become; else None."""
         return None
 
-    def remove_dir(self, prefix: str) -> None:  # noqa: B027 - nothing to do where there are no directories
-        """Remove the now-empty "directory" ``prefix``, where directories exist."""
-
     def initialize(self) -> None:  # noqa: B027 - most stores need nothing before a first write
         """Prepare the store for its first write (create a directory, tag it)."""
 
@@ -210,7 +211,3 @@ class Store(abc.ABC):
     def locate(self, key: str) -> str:
         """Return where the object ``key`` lives, for messages (a path or a URL)."""
         return f"{self.url.rstrip('/')}/{key}"
-
-    def describe(self) -> dict[str, Any]:
-        """The settings that rebuild this store in another process."""
-        return {"url": self.url}

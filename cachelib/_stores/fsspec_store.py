@@ -28,6 +28,7 @@ from typing import Any
 
 from .._errors import CorruptFileError, FileAccessError, InvalidOptionError, MissingDependencyError
 from .base import ItemInfo, Probe, Readable, Store, Writer, check_key
+from .fsspec_compat import open_uncommitted, parent, run_on_loop, strip_protocol
 
 __all__ = ["FsspecStore"]
 
@@ -99,7 +100,7 @@ class FsspecStore(Store):
             fix = f": pip install '{hint}'" if hint else ""
             raise MissingDependencyError(f"cannot open {url!r} ({exc}){fix}", package=hint) from None
         protocol = protocol.lower()
-        root = cls._strip_protocol(url).rstrip("/")
+        root = strip_protocol(cls, url).rstrip("/")
         if not root.strip("/"):
             raise InvalidOptionError(f"{url!r} names no bucket or directory; give e.g. 's3://bucket/prefix'")
         self.protocol = protocol
@@ -127,9 +128,6 @@ class FsspecStore(Store):
             self, state["url"], state["storage_options"], conditional_writes=state["conditional_writes"],
             lease_ttl=state["lease_ttl"],
         )
-
-    def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "conditional_writes": self.conditional_writes}
 
     @property
     def fs(self) -> Any:
@@ -273,10 +271,8 @@ class FsspecStore(Store):
         mode = "xb" if exclusive else "wb"
         if not (self._s3 or self._memory):  # a filesystem with directories may need its parents made
             with contextlib.suppress(Exception):
-                self.fs.makedirs(self.fs._parent(path), exist_ok=True)
-        # ``_open`` is fsspec's own hook behind ``open``: ``open(autocommit=False)`` would also
-        # enlist the file in the filesystem's transaction, which keeps it until the process ends.
-        return self.fs._open(path, mode, block_size=PART_SIZE, autocommit=False)
+                self.fs.makedirs(parent(self.fs, path), exist_ok=True)
+        return open_uncommitted(self.fs, path, mode, PART_SIZE)
 
     def delete(self, key: str) -> bool:
         path = self._path(key)
@@ -409,15 +405,13 @@ class _S3Body(_Object):
 
     def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` up to the end of the object."""
-        from fsspec.asyn import sync
-
         view = memoryview(buffer).cast("B")
         wanted = min(view.nbytes, max(self._size - self._position, 0))
         got = 0
         while got < wanted:
             if self._body is None or self._body_at != self._position:
                 self._request()
-            data = sync(self._fs.loop, self._body.read, min(wanted - got, PART_SIZE))
+            data = run_on_loop(self._fs, self._body.read, min(wanted - got, PART_SIZE))
             if not data:
                 self._drop()
                 missing = self._size - self._position

@@ -102,9 +102,6 @@ class LocalStore(Store):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "share": self.share, "fsync": self.fsync}
-
     # -- directories ---------------------------------------------------------------------
 
     def _root_fd(self, create: bool) -> int:
@@ -364,7 +361,7 @@ class LocalStore(Store):
                     size = file.tell()
                     copy = open(os.dup(fd), "rb")  # noqa: SIM115 - the Readable closes it
                     copy.seek(0)  # a duplicate shares the offset, left at the end
-                    writer._reader = Readable(copy, size, own=True, mappable=True)
+                    writer.hand_back(Readable(copy, size, own=True, mappable=True))
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary, dir_fd=parent)
@@ -392,11 +389,6 @@ class LocalStore(Store):
                 return False
             raise
         return True
-
-    def remove_dir(self, prefix: str) -> None:
-        parts = check_key(prefix)
-        with contextlib.suppress(KeyError, OSError), self._parent(parts, False) as parent:
-            os.rmdir(parts[-1], dir_fd=parent)
 
     # -- listing -------------------------------------------------------------------------
 
