@@ -8,7 +8,10 @@ memory bounded by what the stream really holds. It is consumed three ways:
   arriving as out-of-band buffers just before the pickle bytes that use them;
 * parsed whole: ``parse_all`` reads every record to the end before anything is
   unpickled (what an authenticated read needs: unpickle only checked bytes);
-* skimmed: ``verify_stream`` checks every record and keeps nothing.
+* skimmed: ``skim`` checks every record and keeps nothing (``verify``).
+
+How a stream is read (mapped or not, bounded by a size, tapped) is one ``ReadPlan``,
+resolved by whoever opened the file.
 
 An optional ``tap`` sees every byte of the raw stream in order, mapped array
 bytes included: that is how a signature covers exactly the bytes that are used.

@@ -1,8 +1,9 @@
 """``Cache``: a location on disk and the defaults of the functions memoized in it.
 
-Rule: a ``Cache`` holds settings and hands out ``MemoizedFunction`` wrappers; what
-happens on a call lives in ``_memo.memoized``, where bytes go in ``_stores.base`` (a local
-directory, or any fsspec URL: ``_stores.locations`` decides which).
+Rule: a ``Cache`` resolves its options once (the store ``_stores.locations`` opens,
+the entries policy above it, the ``MemoizeOptions`` its functions start from, how
+long a caller waits for a lock) and hands out ``MemoizedFunction`` wrappers; what
+happens on a call lives in ``_memo.memoized``.
 """
 
 from __future__ import annotations

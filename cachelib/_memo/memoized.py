@@ -2,8 +2,11 @@
 
 Rule: a hit returns exactly what the function returned, or it is a miss. A hit
 takes no lock; a miss takes the key's lock, looks again (another process may have
-just stored it), computes, publishes, and lets go. The function's own exceptions
-are never cached, and a failure to store warns but still returns the result.
+just stored it), computes, publishes, and lets go: one path (``Miss``) for sync
+calls, ``async def`` calls and ``Memory.call``, with the function run by the caller
+so that one cachelib frame stands between a call and the function. The function's
+own exceptions are never cached, and a failure to store warns but still returns
+the result.
 """
 
 from __future__ import annotations
