@@ -12,3 +12,15 @@ def entry_path(memoized: Any, *args: Any, **kwargs: Any) -> Path:
 
     key = memoized._key(args, kwargs)
     return Path(memoized.cache.location) / names.entry(memoized.namespace, key)
+
+
+class Calls(list):  # type: ignore[type-arg]
+    """A test's record of the calls its memoized functions made.
+
+    Memoized functions append to it, a global they read: it pickles (and so hashes)
+    as an empty record whatever it holds, so that recording a call does not change
+    the function's key (as ``ignore=["CALLS"]`` would say for a plain list).
+    """
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (Calls, ())

@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import Calls
 
 import cachelib
 from cachelib._sizes import parse_size
@@ -42,7 +43,7 @@ SIGNATURE_BLOCK = 64  # bytes before the stream of a signed entry (see cachelib.
 
 # Real calls are counted in a module global, never in a closure: closure values are
 # part of every key (hashed when the function is memoized), globals are not.
-CALLS: list = []
+CALLS = Calls()
 _GUARD = threading.Lock()
 
 
@@ -948,7 +949,7 @@ def test_negative_expiry_raises(cache, location):
 
 # --- signed entries -------------------------------------------------------------------------
 
-UNPICKLED: list = []
+UNPICKLED = Calls()
 
 
 class Tracked:
@@ -1139,7 +1140,7 @@ def _run_threads(target, count):
 def test_threads_compute_a_slow_call_once(location, lock, calls):
     cache = cachelib.Cache(location, lock=lock)
 
-    @cache.memoize
+    @cache.memoize(ignore=["_GUARD"])  # a lock: not part of what the result depends on
     def slow(x):
         with _GUARD:
             CALLS.append(x)
@@ -1157,7 +1158,7 @@ def test_threads_compute_a_slow_call_once(location, lock, calls):
 def test_lock_none_works(location, calls):
     cache = cachelib.Cache(location, lock="none")
 
-    @cache.memoize
+    @cache.memoize(ignore=["_GUARD"])
     def slow(x):
         with _GUARD:
             CALLS.append(x)

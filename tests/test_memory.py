@@ -17,13 +17,13 @@ import zlib
 
 import numpy as np
 import pytest
-from helpers import entry_path
+from helpers import Calls, entry_path
 
 import cachelib
 
 pytestmark = pytest.mark.timeout(60)
 
-CALLS: list = []
+CALLS = Calls()
 ENTRY_MAGIC = b"\x89CLENT\r\n"
 
 
