@@ -3,7 +3,8 @@
 Rule: pure functions of code objects and callables, with no notion of values or
 keys above them (``_keys.encoding`` hashes values, ``_keys.reach`` follows what code
 reaches). A code digest changes whenever the behaviour of the code can change and
-never with line numbers or the file name; it is computed once per code object.
+never with line numbers or the file name (nor, where the source is at hand, with the
+Python version: ``_keys.source``); it is computed once per code object.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ import sys
 import sysconfig
 import types
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import xxhash
 
+from .source import source_digest
+
 __all__ = [
     "EMPTY_CELL",
+    "adopt_digests",
+    "bytecode_digest",
     "cell_value",
     "code_digest",
+    "code_digests",
     "full_name",
     "global_references",
     "imported_references",
@@ -175,7 +182,24 @@ def underlying(value: Any) -> Any:
 
 # -- what code does -------------------------------------------------------------------------
 
-_CODE_DIGESTS: weakref.WeakKeyDictionary[types.CodeType, bytes] = weakref.WeakKeyDictionary()
+class _ByIdentity:
+    """A value per code object, found by identity: equal code objects can have different sources
+    (a weak dictionary would find them by equality)."""
+
+    def __init__(self) -> None:
+        self._values: dict[int, tuple[weakref.ref[types.CodeType], bytes]] = {}
+
+    def get(self, code: types.CodeType) -> bytes | None:
+        known = self._values.get(id(code))
+        return known[1] if known is not None and known[0]() is code else None
+
+    def __setitem__(self, code: types.CodeType, value: bytes) -> None:
+        key = id(code)
+        self._values[key] = (weakref.ref(code, lambda _: self._values.pop(key, None)), value)
+
+
+_CODE_DIGESTS = _ByIdentity()
+_BYTECODE_DIGESTS: weakref.WeakKeyDictionary[types.CodeType, bytes] = weakref.WeakKeyDictionary()
 
 
 def _framed(tag: bytes, data: bytes) -> bytes:
@@ -185,7 +209,7 @@ def _framed(tag: bytes, data: bytes) -> bytes:
 def _constant(value: Any) -> bytes:
     """Encode one of the constants a code object can hold (nested code by its digest)."""
     if isinstance(value, types.CodeType):
-        return b"K" + code_digest(value)
+        return b"K" + bytecode_digest(value)
     if type(value) is tuple:
         return _framed(b"(", b"".join(_constant(item) for item in value))
     if type(value) is frozenset:  # sorted: the order of a frozenset depends on the hash seed
@@ -196,11 +220,52 @@ def _constant(value: Any) -> bytes:
 def code_digest(code: types.CodeType) -> bytes:
     """Return the 16-byte digest of what decides a code object's behaviour.
 
-    Bytecode, exception table (3.11+), argument counts, flags, names and constants
-    (nested code objects by their own digest); not line numbers or the file name,
-    so moving a function within its file keeps its entries.
+    Its normalized source where that is the source of the running code (``_keys.source``:
+    the same under every Python version), else its bytecode (``bytecode_digest``).
+    Never line numbers or the file name: moving a function within its file keeps its
+    entries.
     """
     known = _CODE_DIGESTS.get(code)
+    if known is None:
+        known = source_digest(code, bytecode_digest)
+        if known is None:
+            bytecode = bytecode_digest(code)
+            known = _ADOPTED.get(bytecode, bytecode)
+        _CODE_DIGESTS[code] = known
+    return known
+
+
+_ADOPTED: dict[bytes, bytes] = {}  # bytecode digest -> the code digest the process that sent it had
+
+
+def adopt_digests(digests: dict[bytes, bytes]) -> None:
+    """Take the code digests of code received by value from another process (``code_digests``).
+
+    cloudpickle sends a script's functions without their file name, so their source
+    cannot be read here: the sender's digest of the same bytecode stands for it, and
+    both processes key the code alike.
+    """
+    _ADOPTED.update(digests)
+
+
+def code_digests(codes: Iterable[types.CodeType]) -> dict[bytes, bytes]:
+    """The code digests of ``codes`` and of their nested code, by bytecode digest (``adopt_digests``)."""
+    table: dict[bytes, bytes] = {}
+    pending = list(codes)
+    while pending:
+        code = pending.pop()
+        table[bytecode_digest(code)] = code_digest(code)
+        pending += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return table
+
+
+def bytecode_digest(code: types.CodeType) -> bytes:
+    """Return the 16-byte digest of a code object's bytecode and what it refers to.
+
+    Bytecode, exception table (3.11+), argument counts, flags, names and constants
+    (nested code objects by their own digest); it changes between Python minor versions.
+    """
+    known = _BYTECODE_DIGESTS.get(code)
     if known is not None:
         return known
     counts = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)
@@ -211,7 +276,7 @@ def code_digest(code: types.CodeType) -> bytes:
         _framed(b"n", repr((counts, names)).encode()),
         _framed(b"c", b"".join(_constant(c) for c in code.co_consts)),
     ))
-    digest = _CODE_DIGESTS[code] = xxhash.xxh3_128_digest(encoded)
+    digest = _BYTECODE_DIGESTS[code] = xxhash.xxh3_128_digest(b"B" + encoded)
     return digest
 
 

@@ -51,6 +51,7 @@ from .code import (
     EMPTY_CELL,
     cell_value,
     code_digest,
+    code_digests,
     full_name,
     global_references,
     imported_references,
@@ -71,6 +72,7 @@ __all__ = [
     "Unkeyed",
     "reached",
     "reached_class",
+    "travelling_digests",
     "unkeyed_values",
     "values_digest",
 ]
@@ -124,16 +126,17 @@ class Reached:
     every resolved name still holds the object it held.
     """
 
-    __slots__ = ("__weakref__", "_checks", "digest", "parts", "unkeyed", "values")
+    __slots__ = ("__weakref__", "_checks", "codes", "digest", "parts", "unkeyed", "values")
 
     def __init__(
         self, digest: bytes, parts: dict[str, str], values: tuple[tuple[str, Any], ...],
-        unkeyed: tuple[Unkeyed, ...], checks: list[tuple[Any, Any, Any]],
+        unkeyed: tuple[Unkeyed, ...], checks: list[tuple[Any, Any, Any]], codes: tuple[types.CodeType, ...],
     ) -> None:
         self.digest = digest
         self.parts = parts
         self.values = values
         self.unkeyed = unkeyed
+        self.codes = codes  # the code of the user functions reached
         self._checks = checks
 
     def is_current(self) -> bool:
@@ -180,6 +183,7 @@ class _Walk:
         self.values: dict[str, Any] = {}
         self.unkeyed: dict[str, Unkeyed] = {}
         self.seen: set[int] = set()  # ids of functions and classes walked (each kept alive by a check)
+        self.codes: list[types.CodeType] = []
         self.reads: dict[int, tuple[Any, dict[str, Any], set[str]]] = {}  # namespace -> (ns, present, absent)
         self.checks: list[tuple[Any, Any, Any]] = []  # (getter, target, expected tuple or True)
         self.home: dict[str, Any] | None = None  # the root's globals
@@ -200,7 +204,8 @@ class _Walk:
         for label in sorted(self.values):
             digest.update(label.encode() + b"\0")
         values = tuple(sorted(self.values.items()))
-        return Reached(digest.digest(), self.parts, values, tuple(self.unkeyed.values()), self.checks)
+        return Reached(digest.digest(), self.parts, values, tuple(self.unkeyed.values()), self.checks,
+                       tuple(self.codes))
 
     def _read(self, namespace: Any, name: str) -> Any:
         """Look ``name`` up in a namespace and remember what it held (or that it was absent)."""
@@ -312,6 +317,7 @@ class _Walk:
             return
         self.seen.add(id(func))
         code = func.__code__
+        self.codes.append(code)
         name = self._name(func)
         if not root:
             self.checks.append((_FUNCTION_ATTRIBUTES, func, _FUNCTION_ATTRIBUTES(func)))
@@ -422,6 +428,11 @@ def reached_class(cls: type, ignore: frozenset[str] = _NOTHING) -> Reached | Non
 
 
 _reported: set[tuple[str, str]] = set()
+
+
+def travelling_digests(func: types.FunctionType) -> dict[bytes, bytes]:
+    """The code digests of ``func`` and of the user code it reaches, for a process it is sent to by value."""
+    return code_digests([func.__code__, *reached(func).codes])
 
 
 def unkeyed_values(where: str, missing: Iterable[Unkeyed], strict: bool) -> None:
