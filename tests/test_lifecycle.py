@@ -1,23 +1,134 @@
 """Processes that fork or exit while cachelib's work is in flight: real forks, real kills, real exits.
 
-A call made while the interpreter shuts down (a non-daemon thread still running
-after the main thread returned, an ``atexit`` handler) works as the plain function
-does, stored and counted.
+A forked child shares its parent's open file descriptions, so a key lock the parent
+holds must not outlive the parent in the child; a call made while the interpreter
+shuts down (a non-daemon thread still running after the main thread returned, an
+``atexit`` handler) works as the plain function does, stored and counted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from _system import TESTS, run_with_timeout
-from _victims import computations
+from _system import TESTS, run_with_timeout, start_child
+from _victims import computations, note
 
 import cachelib
 
+fork = multiprocessing.get_context("fork")
 pytestmark = pytest.mark.timeout(180)
+
+
+# --- key locks and forked children ---------------------------------------------------------
+
+
+def _sleep_forever(log: str) -> None:
+    note(log, f"child {os.getpid()}")
+    time.sleep(120)
+
+
+def _compute(x: int, hold: bool = False, log: str | None = None) -> int:
+    """Quick; or, holding the key, start a forked worker that outlives this process, then compute
+    for a minute (the holder is killed long before)."""
+    if hold:
+        assert log is not None
+        fork.Process(target=_sleep_forever, args=(log,), daemon=False).start()
+        note(log, f"parent {os.getpid()}")
+        time.sleep(60)
+    note(log, "computed")
+    return x
+
+
+def _keyed_on_x(location: str, lock: str, **options: Any) -> Any:
+    cache = cachelib.Cache(location, lock=lock, **options)
+    return cache.memoize(ignore=["hold", "log"])(_compute)
+
+
+def _hold_while_a_child_lives(location: str, log: str, lock: str) -> None:
+    _keyed_on_x(location, lock)(3, hold=True, log=log)
+
+
+def _waiting_caller(location: str, log: str, lock: str) -> tuple[int, float]:
+    f = _keyed_on_x(location, lock, lock_timeout=60, on_lock_timeout="raise")
+    started = time.monotonic()
+    result = f(3, log=log)
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize("lock", ["file", "soft"])
+def test_a_forked_child_does_not_keep_its_killed_parents_key_lock(tmp_path: Path, lock: str) -> None:
+    """A holder computing a key starts a 'fork' worker, then is killed: the next caller takes the
+    key at once, not after lock_timeout (60 s here), though the child still runs."""
+    location, log = str(tmp_path / "cache"), str(tmp_path / "log")
+    holder = start_child(_hold_while_a_child_lives, location, log, lock)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (lines := computations(log)) or not any(line.startswith("parent") for line in lines) \
+                or not any(line.startswith("child") for line in lines):
+            assert time.monotonic() < deadline, f"the holder did not start its child: {computations(log)}"
+            time.sleep(0.02)
+        children = [int(line.split()[1]) for line in computations(log) if line.startswith("child")]
+        os.kill(holder.pid, signal.SIGKILL)
+        _, status = os.waitpid(holder.pid, 0)
+        assert os.WIFSIGNALED(status)
+        os.kill(children[0], 0)  # the child lives on, holding whatever it inherited
+        result, waited = run_with_timeout(_waiting_caller, location, log, lock, timeout=90).result()
+    finally:
+        holder.kill()
+        os.close(holder.pipe)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert result == 3
+    assert waited < 30, f"the caller waited {waited:.1f} s for a lock its killed holder's child kept"
+    assert computations(log)[-1] == "computed"
+
+
+def _take_fork_and_let_the_child_release(location: str, lock_kind: str) -> bool:
+    """Hold a key lock, fork a child that releases its copy and exits; say if the lock is still ours."""
+    entries = cachelib.Cache(location, lock=lock_kind).entries
+    assert entries is not None
+    lock = entries.lock("f-000000000000", "ab" * 16, {"function": "f"})
+    assert lock is not None and lock.acquire(5.0)
+    pid = os.fork()
+    if pid == 0:  # the child: leave through the lock's release, as a call path forked inside would
+        try:
+            lock.release()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    other = run_with_timeout(_try_lock, location, lock_kind, timeout=30).result()
+    lock.release()
+    return other
+
+
+def _try_lock(location: str, lock_kind: str) -> bool:
+    entries = cachelib.Cache(location, lock=lock_kind).entries
+    assert entries is not None
+    lock = entries.lock("f-000000000000", "ab" * 16, {"function": "f"})
+    assert lock is not None
+    taken = lock.acquire(0.5)
+    if taken:
+        lock.release()
+    return taken
+
+
+@pytest.mark.parametrize("lock", ["file", "soft"])
+def test_a_forked_child_releasing_its_copy_leaves_the_parents_lock_held(tmp_path: Path, lock: str) -> None:
+    """A child that unwinds through an inherited lock's release neither unlocks nor removes it."""
+    location = str(tmp_path / "cache")
+    assert run_with_timeout(_take_fork_and_let_the_child_release, location, lock).result() is False
+    assert run_with_timeout(_try_lock, location, lock).result() is True  # released by its holder
 
 
 # --- interpreter shutdown ----------------------------------------------------------------------

@@ -12,10 +12,11 @@ renews it every ``ttl / 3`` seconds while it computes. A waiter breaks it when
   lease left long ago), or the record is not a lease at all.
 
 A record that cannot be read for a moment (a network error) is never taken for
-stale. Two waiters that break the same stale lease at the same moment may both
-compute, and so may a holder that was paused past its ttl and the waiter that broke
-its lease: wasteful, never wrong, since entries are published atomically whoever
-writes them.
+stale. A lease belongs to the process that took it: a forked child copies the
+object but never renews, releases or removes it. Two waiters that break the same
+stale lease at the same moment may both compute, and so may a holder that was paused
+past its ttl and the waiter that broke its lease: wasteful, never wrong, since entries
+are published atomically whoever writes them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Lease(KeyLock):
         self._token = uuid.uuid4().hex
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
+        self._holder: int | None = None  # the pid that holds it: a forked child never does
 
     def _record(self) -> bytes:
         holder = {"host": HOST_ID, "scope": PID_SCOPE, "pid": os.getpid(), "token": self._token,
@@ -98,6 +100,7 @@ class Lease(KeyLock):
         seen: tuple[bytes, float] | None = None  # the record as first seen, and when
         while True:
             if self._try_create():
+                self._holder = os.getpid()
                 self._start_renewing()
                 return True
             raw = self._read()
@@ -140,8 +143,12 @@ class Lease(KeyLock):
 
     def _start_renewing(self) -> None:
         self._stop.clear()
-        self._renewer = threading.Thread(target=self._renew, name="cachelib-lease", daemon=True)
-        self._renewer.start()
+        renewer = threading.Thread(target=self._renew, name="cachelib-lease", daemon=True)
+        try:
+            renewer.start()
+        except RuntimeError:  # interpreter finalization: no new threads (a long call may be broken)
+            return
+        self._renewer = renewer
 
     def _renew(self) -> None:
         while not self._stop.wait(self._ttl / 3):
@@ -154,6 +161,9 @@ class Lease(KeyLock):
                 writer.file.write(self._record())
 
     def release(self) -> None:
+        holder, self._holder = self._holder, None
+        if holder != os.getpid():
+            return  # never taken, or taken by the parent of this forked child: the parent's to release
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()

@@ -457,17 +457,22 @@ class _FileLock(KeyLock):
 
     The kernel releases it when its holder dies. The file is removed on release;
     a waiter that wins a file already removed opens the new one and waits again,
-    so two holders never overlap.
+    so two holders never overlap. A ``flock`` belongs to the open file description,
+    which a forked child shares: the child closes its copies of the descriptors of
+    every lock file open in the parent, held or waited for (``_forget_open_locks``),
+    so that a lock goes with the process that took it, and the child never
+    releases or removes it.
     """
 
     def __init__(self, store: LocalStore, key: str) -> None:
         self._store = store
         self._parts = check_key(key)
-        self._fd: int | None = None
+        self._fd: int | None = None  # the lock file, while open (held or waited for)
+        self._held = False
         self._parent: contextlib.ExitStack | None = None
         self._parent_fd = -1
 
-    def _open(self) -> tuple[int, os.stat_result]:
+    def _open(self) -> os.stat_result:
         stack = contextlib.ExitStack()
         parent = stack.enter_context(self._store._parent(self._parts, True))
         flags = os.O_RDONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
@@ -476,15 +481,18 @@ class _FileLock(KeyLock):
         except OSError as exc:
             stack.close()
             raise _not_followed("/".join(self._parts), exc) from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            stack.close()
-            raise CorruptFileError(f"lock file {'/'.join(self._parts)!r} is not a regular file")
-        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != self._store._file_mode:
-            os.fchmod(fd, self._store._file_mode)
-        self._parent, self._parent_fd = stack, parent
-        return fd, st
+        self._fd, self._parent, self._parent_fd = fd, stack, parent
+        _open_locks.add(self)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptFileError(f"lock file {'/'.join(self._parts)!r} is not a regular file")
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != self._store._file_mode:
+                os.fchmod(fd, self._store._file_mode)
+        except BaseException:
+            self._drop()
+            raise
+        return st
 
     def _still_named(self, st: os.stat_result) -> bool:
         try:
@@ -493,39 +501,69 @@ class _FileLock(KeyLock):
             return False
         return (current.st_ino, current.st_dev) == (st.st_ino, st.st_dev)
 
-    def _drop(self, fd: int) -> None:
-        os.close(fd)
-        if self._parent is not None:
-            self._parent.close()
-            self._parent = None
+    def _drop(self) -> None:
+        """Close the lock file and its directory (releasing the lock, if this process holds it)."""
+        _open_locks.discard(self)
+        fd, self._fd = self._fd, None
+        self._held = False
+        if fd is not None:
+            os.close(fd)
+        parent, self._parent = self._parent, None
+        if parent is not None:
+            parent.close()
 
     def acquire(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
-            fd, st = self._open()
+            st = self._open()
+            fd = self._fd
+            assert fd is not None
             while not lock_descriptor(fd, blocking=False):
                 if time.monotonic() >= deadline:
-                    self._drop(fd)
+                    self._drop()
                     return False
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
             if self._still_named(st):
-                self._fd = fd
+                self._held = True
                 return True
             unlock_descriptor(fd)
-            self._drop(fd)  # it was removed by the holder we waited for: take the new one
+            self._drop()  # it was removed by the holder we waited for: take the new one
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
+        fd = self._fd
+        if fd is None or not self._held:
             return
         with contextlib.suppress(OSError):
             if self._still_named(os.fstat(fd)):
                 os.unlink(self._parts[-1], dir_fd=self._parent_fd)
         with contextlib.suppress(OSError):
             unlock_descriptor(fd)
-        self._drop(fd)
+        self._drop()
+
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the lock's descriptors, nothing else.
+
+        Closing a copy never releases a ``flock`` (the parent's descriptor keeps the
+        description alive); unlocking would, and so would removing the file.
+        """
+        with contextlib.suppress(OSError):
+            self._drop()
+
+
+_open_locks: set[_FileLock] = set()  # lock files open in this process (set.add/discard are atomic)
+
+
+def _forget_open_locks() -> None:
+    """In a forked child: close every lock file the parent had open, held or waited for."""
+    for lock in list(_open_locks):
+        lock.forget()
+    _open_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_open_locks)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
