@@ -368,10 +368,10 @@ class Entries:
 
         A temporary object (of a write of one of cachelib's names) is unused once its
         writer is gone, or when it is older than ``older_than``; a lock when nobody
-        holds it (a lease: when its holder is gone or its record expired).
+        holds it (a lease: when its holder is gone, or the store dated it long ago).
         """
         if names.is_ours(item.key):
-            return names.is_lock(item.key) and self._remove_unheld_lock(item.key)
+            return names.is_lock(item.key) and self._remove_unheld_lock(item.key, now - item.stored)
         unfinished = self.store.unfinished(item.key)
         if unfinished is None or not names.is_namespace(item.key.partition("/")[0]):
             return False
@@ -385,10 +385,10 @@ class Entries:
         except KeyError:
             return False
 
-    def _remove_unheld_lock(self, key: str) -> bool:
+    def _remove_unheld_lock(self, key: str, age: float) -> bool:
         native = self.store.lock(key)
         if native is None:
-            return Lease(self.store, key).break_if_stale()
+            return Lease(self.store, key).break_if_stale(age)
         if not native.acquire(0.0):
             return False
         native.release()  # releasing an unheld lock file removes it

@@ -3,20 +3,24 @@
 Rule: a lease is an object created with ``write(exclusive=True)`` (``O_EXCL`` and
 ``link`` on a filesystem, a conditional put, ``If-None-Match: *``, on an object
 store) holding its holder's host, process scope, pid, token and expiry. The holder
-renews it every ``ttl / 3`` seconds while it computes. A waiter breaks it when
+renews it (rewrites it, with a new expiry) every ``ttl / 3`` seconds while it
+computes. Liveness is judged by renewal alone, on the waiter's own monotonic clock,
+never by comparing two machines' clocks (a holder whose clock is minutes slow or
+fast, or one that jumps, keeps its lease as long as it renews): a waiter breaks a
+lease when
 
 * its holder ran in this very host and pid namespace and is gone (at once), or
-* the waiter has seen the same record, unrenewed, for ``ttl`` seconds by its own
-  clock (so that clocks that disagree between machines never break a live lease), or
-* the record's expiry is more than ``ttl`` in the past by the waiter's clock (a
-  lease left long ago), or the record is not a lease at all.
+* the waiter has seen the same record, unrenewed and readable, for ``ttl`` seconds
+  (a record that keeps changing is alive; one that cannot be read for a while
+  restarts the watch), or the record is not a lease at all.
 
-A record that cannot be read for a moment (a network error) is never taken for
-stale. A lease belongs to the process that took it: a forked child copies the
-object but never renews, releases or removes it. Two waiters that break the same
-stale lease at the same moment may both compute, and so may a holder that was paused
-past its ttl and the waiter that broke its lease: wasteful, never wrong, since entries
-are published atomically whoever writes them.
+A lease the store dated ``ABANDONED`` seconds ago (an hour: its holder would have
+renewed it 180 times) is left behind: ``break_if_stale`` removes it for ``prune``.
+A lease belongs to the process that took it: a forked child copies the object but
+never renews, releases or removes it. Two waiters that break the same stale lease
+at the same moment may both compute, and so may a holder that was paused past its
+ttl and the waiter that broke its lease: wasteful, never wrong, since entries are
+published atomically whoever writes them.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from .._errors import CacheError, FileAccessError
 from .base import KeyLock, Store
 from .processes import HOST_ID, PID_SCOPE, process_alive
 
-__all__ = ["Lease"]
+__all__ = ["ABANDONED", "Lease"]
 
+ABANDONED = 3600.0
+"""Seconds after which a lease its store dated that long ago is taken as left behind."""
 _RECORD_LIMIT = 4096
 _UNREADABLE = object()  # the record could not be read just now: judge it later
 
@@ -77,10 +83,10 @@ class Lease(KeyLock):
         return record if isinstance(record, dict) else {}
 
     def _is_stale(self, holder: dict[str, Any], unchanged_for: float) -> bool:
-        expires = holder.get("expires")
-        if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+        """Whether a holder is gone: not a lease, unrenewed for ``unchanged_for`` > ttl, or dead here."""
+        if not isinstance(holder.get("token"), str):
             return True
-        if unchanged_for > self._ttl or time.time() > expires + self._ttl:
+        if unchanged_for > self._ttl:
             return True
         pid = holder.get("pid")
         here = holder.get("host") == HOST_ID and holder.get("scope", PID_SCOPE) == PID_SCOPE
@@ -104,7 +110,9 @@ class Lease(KeyLock):
                 self._start_renewing()
                 return True
             raw = self._read()
-            if isinstance(raw, bytes):
+            if raw is _UNREADABLE:
+                seen = None  # renewal cannot be watched just now: watch afresh once it can
+            elif isinstance(raw, bytes):
                 if seen is None or seen[0] != raw:
                     seen = (raw, time.monotonic())
                 if self._is_stale(self._parse(raw), time.monotonic() - seen[1]):
@@ -133,10 +141,12 @@ class Lease(KeyLock):
                 return False
         return True
 
-    def break_if_stale(self) -> bool:
-        """Delete the lease if its holder is gone or its record expired; True if it did."""
+    def break_if_stale(self, age: float = 0.0) -> bool:
+        """Delete the lease if its holder is gone (or ``age``, how long ago the store dated it,
+        is past ``ABANDONED``); True if it did."""
         raw = self._read()
-        if not isinstance(raw, bytes) or not self._is_stale(self._parse(raw), 0.0):
+        unchanged_for = self._ttl + 1.0 if age > max(ABANDONED, self._ttl) else 0.0
+        if not isinstance(raw, bytes) or not self._is_stale(self._parse(raw), unchanged_for):
             return False
         self.break_if_unchanged(raw)
         return True
