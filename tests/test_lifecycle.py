@@ -3,7 +3,8 @@
 A forked child shares its parent's open file descriptions, so a key lock the parent
 holds must not outlive the parent in the child; a call made while the interpreter
 shuts down (a non-daemon thread still running after the main thread returned, an
-``atexit`` handler) works as the plain function does, stored and counted.
+``atexit`` handler) works as the plain function does, stored and counted; and a job
+of many short processes leaves a bounded number of statistics files behind.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _system import TESTS, run_with_timeout, start_child
-from _victims import computations, note
+from _system import TESTS, files_under, run_with_timeout, start_child
+from _victims import computations, digest, memoized, note, square
 
 import cachelib
+from cachelib._entries.stats import FOLD_AT_EXIT
 
 fork = multiprocessing.get_context("fork")
 pytestmark = pytest.mark.timeout(180)
@@ -189,3 +191,32 @@ def test_a_call_during_interpreter_shutdown_works_and_is_stored(tmp_path: Path, 
 def _info_counts(location: str) -> tuple[int, int]:
     info = cachelib.Cache(location).info()
     return info.hits, info.misses
+
+
+# --- statistics of many short processes -----------------------------------------------------------
+
+
+def _one_call(args: tuple[str, int]) -> str:
+    location, x = args
+    return digest(memoized(location, square)(x % 7))
+
+
+def _statistics_files(location: Path) -> list[Path]:
+    return [p for p in files_under(location) if "stats" in p.relative_to(location).parts[:-1]]
+
+
+@pytest.mark.slow
+def test_statistics_files_of_many_short_processes_stay_few(tmp_path: Path) -> None:
+    """200 worker processes of one call each (``maxtasksperchild=1``) leave a bounded number of
+    statistics files, without anyone running info or prune; every call is still counted."""
+    location = tmp_path / "cache"
+    pool = fork.Pool(4, maxtasksperchild=1)
+    results = pool.map(_one_call, [(str(location), x) for x in range(200)], chunksize=1)
+    pool.close()  # not terminate(), which would kill the last workers as they write their counts
+    pool.join()
+    assert results == [digest(square(x % 7)) for x in range(200)]
+    files = _statistics_files(location)
+    bound = FOLD_AT_EXIT + 4 + 2  # + the processes exiting together, + a merged object and its lock
+    assert len(files) <= bound, f"{len(files)} statistics files left by 200 processes"
+    hits, misses = run_with_timeout(_info_counts, str(location)).result()
+    assert hits + misses == 200 and misses >= 7, (hits, misses)
