@@ -31,6 +31,7 @@ from ._memo.cache import Cache, CacheInfo, FunctionInfo
 from ._memo.memoized import MemoizedFunction
 from ._stores.base import Store
 from ._stores.fsspec_store import FsspecStore
+from ._stores.group import GroupStore
 from ._stores.local import LocalStore
 from ._version import __version__
 
@@ -45,6 +46,7 @@ __all__ = [
     "FileAccessError",
     "FsspecStore",
     "FunctionInfo",
+    "GroupStore",
     "InvalidOptionError",
     "LocalStore",
     "LockTimeout",

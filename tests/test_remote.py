@@ -263,7 +263,7 @@ def test_a_group_store_needs_a_secret_however_it_is_given(tmp_path: Path) -> Non
     with pytest.raises(cachelib.InvalidOptionError, match="needs secret"):
         cachelib.Cache(tmp_path / "a", share="group")
     with pytest.raises(cachelib.InvalidOptionError, match="needs secret"):
-        cachelib.Cache(store=cachelib.LocalStore(tmp_path / "b", share="group"))
+        cachelib.Cache(store=cachelib.GroupStore(tmp_path / "b"))
 
 
 def test_a_missing_bucket_warns_once_and_computes(s3_bucket: tuple[str, dict[str, Any]]) -> None:

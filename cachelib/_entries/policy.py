@@ -290,7 +290,7 @@ class Entries:
         native = self.store.lock(name) if self.lock_kind == "file" else None
         if native is not None:
             return native
-        return Lease(self.store, name) if self.store.conditional_writes else None
+        return Lease(self.store.shared, name) if self.store.conditional_writes else None
 
     # -- listing, clearing, checking ---------------------------------------------------------
 
@@ -353,10 +353,13 @@ class Entries:
                 with contextlib.suppress(CacheError, OSError):
                     self.remove_if_unused(item, now)
                 continue
+            if not item.own:
+                report.left += 1  # another member's, in a shared location: never theirs to lose
+                continue
             try:
                 self.store.delete(item.key)
             except PermissionError:
-                report.left += 1  # another member's, in a shared location
+                report.left += 1
                 continue
             except OSError as exc:
                 report.failures.append(f"{item.key}: {exc.strerror or exc}")
@@ -388,7 +391,7 @@ class Entries:
     def _remove_unheld_lock(self, key: str, age: float) -> bool:
         native = self.store.lock(key)
         if native is None:
-            return Lease(self.store, key).break_if_stale(age)
+            return Lease(self.store.shared, key).break_if_stale(age)
         if not native.acquire(0.0):
             return False
         native.release()  # releasing an unheld lock file removes it

@@ -312,7 +312,7 @@ def compact_stats(entries: Entries, namespace: str, wait: float = 5.0) -> int:
     """Fold this user's counts objects into its merged object; return how many were folded."""
     merged_key = names.merged(namespace, _owner_tag())
     lock_key = names.merge_lock(namespace, _owner_tag())
-    lock = entries.store.lock(lock_key) or Lease(entries.store, lock_key)
+    lock = entries.store.lock(lock_key) or Lease(entries.store.shared, lock_key)
     if not lock.acquire(wait):
         return 0
     try:

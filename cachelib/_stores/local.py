@@ -9,7 +9,8 @@ over it: readers see the old object, the new one, or none; ``fsync`` decides whe
 reaches the disk (``_stores.durability``). Layout: a key ``a/b/c`` is the file
 ``<location>/a/b/c``. The descriptors of the location and of its top-level
 directories are borrowed from the process's bounded table (``_stores.descriptors``)
-for one operation at a time, never kept per store.
+for one operation at a time, never kept per store. A location a group shares is a
+``GroupStore`` (``_stores.group``), whose trees are local stores under other rules.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .._errors import CorruptFileError, FileAccessError, UnsafeLocationError
+from .._errors import CorruptFileError, FileAccessError, InvalidOptionError, UnsafeLocationError
 from .base import ItemInfo, KeyLock, Probe, Readable, Store, Unfinished, Writer, check_key
 from .descriptors import DIRECTORIES, Handle, give_back
 from .durability import can_defer, checked_fsync_mode, defer
@@ -62,9 +63,9 @@ def temporary_name(name: str, pid: int | None = None) -> str:
     return f"{name}.{writer_id(pid)}-{uuid.uuid4().hex[:12]}.tmp"
 
 
-def _reopened(location: Path, share: str | None, fsync: str) -> LocalStore:
+def _reopened(kind: type[LocalStore], location: Path, fsync: str) -> LocalStore:
     """Unpickle a local store (settings only: descriptors are opened afresh)."""
-    return LocalStore(location, share=share, fsync=fsync)
+    return kind(location, fsync=fsync)
 
 
 class LocalStore(Store):
@@ -73,6 +74,11 @@ class LocalStore(Store):
     def __init__(
         self, location: str | os.PathLike[str], *, share: str | None = None, fsync: bool | str = "background"
     ) -> None:
+        if share is not None and type(self) is LocalStore:
+            raise InvalidOptionError(
+                f"LocalStore takes share=None; a location a group shares is GroupStore({str(location)!r}) "
+                "(or Cache(location, share='group', secret=...))"
+            )
         rules = SHARED if share == "group" else PRIVATE
         self._setup(Path(location).expanduser().absolute(), rules, share, checked_fsync_mode(fsync), None)
 
@@ -90,11 +96,18 @@ class LocalStore(Store):
         self._group: int | None = None  # the location's group, once it is opened
         self._dirs: dict[str, Handle] = {}  # open directories: "" the top, else top-level names
 
+    @classmethod
+    def tree(cls, parent: LocalStore, name: str, rules: Rules) -> LocalStore:
+        """The top-level directory ``name`` of ``parent`` as a store of its own, under ``rules``."""
+        store = super().__new__(cls)
+        store._setup(parent.location / name, rules, parent.share, parent.fsync, parent)
+        return store
+
     def __repr__(self) -> str:
         return f"LocalStore({self.url!r})"
 
     def __reduce__(self) -> Any:
-        return _reopened, (self.location, self.share, self.fsync)
+        return _reopened, (type(self), self.location, self.fsync)
 
     # -- directories ---------------------------------------------------------------------
 
