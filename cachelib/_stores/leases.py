@@ -33,7 +33,7 @@ import time
 import uuid
 from typing import Any
 
-from .._errors import CacheError, FileAccessError
+from .._errors import CacheError, FileAccessError, StoreUnavailable
 from .base import KeyLock, Store
 from .processes import HOST_ID, PID_SCOPE, process_alive
 
@@ -68,6 +68,8 @@ class Lease(KeyLock):
             return self._store.read_bytes(self._key, _RECORD_LIMIT)
         except KeyError:
             return None
+        except StoreUnavailable:
+            return _UNREADABLE  # a stalled or unreachable store says nothing of the holder
         except CacheError:
             return b""  # too large, or not a regular file: not a lease
         except OSError:
