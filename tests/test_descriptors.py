@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 _SCRIPT = """
 import json, os, resource, sys, warnings
@@ -67,7 +67,6 @@ print(json.dumps({"failures": failures[:5], "wrong": wrong, "most": most, "store
 """
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("limit", [64, 256])
 def test_300_functions_under_a_low_descriptor_limit(tmp_path: Path, limit: int) -> None:
     """Under RLIMIT_NOFILE of 64 or 256, 300 memoized functions store, hit, clear and sync in the

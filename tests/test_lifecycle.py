@@ -169,7 +169,7 @@ else:
 """
 
 
-@pytest.mark.parametrize("how", ["thread", "atexit"])
+@pytest.mark.parametrize("how", ["thread", pytest.param("atexit", marks=pytest.mark.slow)])
 def test_a_call_during_interpreter_shutdown_works_and_is_stored(tmp_path: Path, how: str) -> None:
     """A memoized call with a large argument from a non-daemon thread outliving the main thread, or
     from an atexit handler, returns the right result, stores it and counts it; a second run hits."""

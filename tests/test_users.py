@@ -713,10 +713,9 @@ def _entries_of(location: Path, user: User) -> dict[Path, Any]:
 _CLEARS = ("cache.clear", "f.clear", "reduce_size", "cli clear", "cli prune")
 
 
-@pytest.mark.parametrize(("first", "how"), [
-    pytest.param(first, how, marks=[] if (first, how) == ("bob", "cache.clear") else [pytest.mark.slow])
-    for first in ("bob", "alice") for how in _CLEARS
-])
+@pytest.mark.slow
+@pytest.mark.parametrize("how", _CLEARS)
+@pytest.mark.parametrize("first", ["bob", "alice"])
 def test_clearing_and_evicting_remove_only_the_members_own_files(
     arena: Path, users: Users, lab: Path, logs: Path, how: str, first: str
 ) -> None:

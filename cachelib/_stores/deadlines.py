@@ -78,7 +78,8 @@ def _kind(exc: BaseException) -> str | None:
     if botocore is not None:
         if isinstance(exc, (botocore.ConnectTimeoutError, botocore.ReadTimeoutError)):
             return "timeout"
-        if isinstance(exc, (botocore.EndpointConnectionError, botocore.ConnectionClosedError)):
+        if isinstance(exc, (botocore.EndpointConnectionError, botocore.ConnectionClosedError,
+                            botocore.HTTPClientError)):  # the last: whatever broke a request underway
             return "unreachable"
         if isinstance(exc, botocore.BotoCoreError):
             return "client"
