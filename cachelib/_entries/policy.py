@@ -3,9 +3,11 @@
 Rule: callers above name a function's namespace and a key; this module decides
 how their entries are read, written, framed (``envelope``), signed, trusted,
 expired, locked, listed and cleared, under the names ``names`` gives them. Only
-what carries cachelib's names inside marked directories is ever deleted, and never
-what another process is using: a temporary object is removed once its writer is
-gone (or after ``LEFTOVER_AGE``), a lock only while nobody holds it.
+what carries cachelib's names inside marked directories is ever deleted, never
+another user's (an object the store says is not the user's own is left, and
+counted), and never what another process is using: a temporary object is removed
+once its writer is gone (or after ``LEFTOVER_AGE``), a lock only while nobody holds
+it. Leases are taken in the store's ``shared`` store.
 """
 
 from __future__ import annotations
