@@ -119,6 +119,16 @@ _lock = threading.Lock()
 _open: tuple[Recording, ...] = ()
 
 
+def _forget_in_child() -> None:
+    """A forked child's calls are not the recordings its parent had open."""
+    global _open, _lock
+    _open, _lock = (), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def recording_now() -> bool:
     """True while any call in this process records (one test on the hit path)."""
     return bool(_open)
