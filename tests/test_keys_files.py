@@ -438,3 +438,28 @@ def test_ls_names_what_each_entry_depends_on(tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, "-m", "cachelib", "--location", str(tmp_path / "cache"), "ls"],
                           capture_output=True, text=True, timeout=60, check=True)
     assert "[depends on: files inputs.bin; declared environment CACHELIB_TEST_MODE]" in done.stdout
+
+
+def test_a_file_that_grows_while_it_is_hashed_is_a_problem_not_a_digest(tmp_path):
+    """Another writer appends while the content is hashed: never a digest of bytes that were not there."""
+    path = tmp_path / "growing.bin"
+    path.write_bytes(os.urandom(1 << 20) * 256)  # 256 MiB
+    stop = threading.Event()
+
+    def append():
+        with open(path, "ab") as handle:
+            while not stop.is_set():
+                handle.write(b"x" * 4096)
+                handle.flush()
+                time.sleep(0.0005)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        time.sleep(0.01)
+        outcomes = [files.describe_path(str(path)) for _ in range(3)]
+    finally:
+        stop.set()
+        writer.join(10)
+    for item, problem in outcomes:
+        assert item is None and "changed while it was hashed" in problem, (item, problem)

@@ -282,3 +282,36 @@ def test_code_replaced_in_a_session_is_released(tmp_path, plugins):
         assert _agrees(work, 1) == 1 + version
     gc.collect()
     assert sum(ref() is not None for ref in old) == 1  # the current one
+
+
+def _square_file(path: str) -> int:
+    with open(path) as handle:
+        return int(handle.read()) ** 2
+
+
+def test_a_forked_worker_started_inside_a_miss_records_for_itself(tmp_path):
+    """A fork pool inside a miss: the workers' own misses store and record what they read.
+
+    What another process reads is not seen by the outer call (a documented limit):
+    ``depends_on`` declares it.
+    """
+    import multiprocessing
+
+    cache = cachelib.Cache(tmp_path / "cache")
+    inner = cache.memoize(_square_file)
+    data = tmp_path / "n.txt"
+    data.write_text("3")
+
+    @cache.memoize(depends_on=[str(data)])
+    def outer(path):
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            return pool.apply(inner, (path,)) + 1
+
+    assert outer(str(data)) == 10
+    assert inner.check_call_in_cache(str(data))  # stored by the worker, with the file it read
+    (_, metadata), = [(k, m) for k, m in _metadata(tmp_path / "cache") if m["function"] == "_square_file"]
+    assert [item[1] for item in metadata["depends"]] == [str(data)]
+    assert outer(str(data)) == 10
+    data.write_text("4")
+    assert not inner.check_call_in_cache(str(data))
+    assert outer(str(data)) == 17

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import importlib.metadata
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -157,6 +156,8 @@ def _version(name: str) -> str:
     normalized = re.sub(r"[-_.]+", "-", name).lower()
     known = _versions.get(normalized)
     if known is None:
+        import importlib.metadata  # on first use: it takes milliseconds to import
+
         try:
             known = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

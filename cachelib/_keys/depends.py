@@ -33,13 +33,14 @@ from typing import Any
 
 from .code import code_digest, is_user_class, is_user_function, is_user_module, underlying
 from .encoding import Hasher
-from .files import FileRecording, check_file_item, describe_files, describe_path
+from .files import FileRecording, check_file_item, describe_files, describe_path, unchanged_file
 from .reach import Reacher, reached, reached_class
 from .runtime import CodeRecording
 
 __all__ = ["Recorded", "Recording", "Validator", "note_hit", "recording_now"]
 
 _LOCALS = "<locals>"
+_FILE_KINDS = frozenset({"file", "dir", "absent"})
 _ABSENT = object()
 
 
@@ -116,6 +117,16 @@ class Recording:
 
 _lock = threading.Lock()
 _open: tuple[Recording, ...] = ()
+
+
+def _forget_in_child() -> None:
+    """A forked child's calls are not the recordings its parent had open."""
+    global _open, _lock
+    _open, _lock = (), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def recording_now() -> bool:
@@ -357,9 +368,12 @@ class Validator:
         """Return None if every item holds, else what changed (the first item that does not)."""
         if not isinstance(items, list):
             return "its recorded dependencies cannot be read"
+        uid = os.geteuid()
         for item in items:
             try:
-                reason = self._check(item)
+                if item[0] == "file" and unchanged_file(item, uid):
+                    continue
+                reason = check_file_item(item) if item[0] in _FILE_KINDS else self._check(item)
             except Exception as exc:  # a hostile or damaged item is stale, never an error
                 reason = f"a recorded dependency cannot be checked ({type(exc).__name__})"
             if reason is not None:
@@ -377,8 +391,6 @@ class Validator:
             if source is None:
                 return f"`{item[1]}.{item[2]}` is not defined in this process"
             return check_file_item(source)
-        if kind in ("file", "dir", "absent"):
-            return check_file_item(item)
         return f"a recorded dependency of an unknown kind ({kind!r})"
 
     def _check_code(self, item: list[Any]) -> str | None:

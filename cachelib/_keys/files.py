@@ -29,7 +29,6 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import xxhash
@@ -49,6 +48,7 @@ __all__ = [
     "describe_path",
     "ignore_files_under",
     "racy_at",
+    "unchanged_file",
 ]
 
 MAX_FILES = 10_000
@@ -352,6 +352,19 @@ def _content(path: str, info: os.stat_result) -> str | None:
 # -- checking on a hit --------------------------------------------------------------------------
 
 
+def unchanged_file(item: list[Any], uid: int) -> bool:
+    """The hit path: True if a file item recorded settled has the same identity and owner ``uid``.
+
+    One ``stat``; False sends the item to ``check_file_item``, which says why or looks closer.
+    """
+    try:
+        info = os.stat(item[1])
+    except OSError:
+        return False
+    return (info.st_mtime_ns == item[3] and info.st_ctime_ns == item[4] and info.st_size == item[2]
+            and info.st_ino == item[5] and info.st_dev == item[6] and info.st_uid == uid and not item[8])
+
+
 def check_file_item(item: list[Any]) -> str | None:
     """Return None if a recorded file, directory or absence is as recorded, else what changed.
 
@@ -365,10 +378,10 @@ def check_file_item(item: list[Any]) -> str | None:
         return None if kind == "absent" else f"file `{path}` is gone"
     except OSError as exc:
         return f"file `{path}` cannot be checked ({exc.strerror or exc})"
-    if kind == "absent":
-        return f"file `{path}` appeared"
     if info.st_uid != os.geteuid() and not os.access(path, os.R_OK):
         return f"file `{path}` cannot be read here"
+    if kind == "absent":
+        return f"file `{path}` appeared"
     identity = list(_identity(info))
     if kind == "dir":
         if not stat.S_ISDIR(info.st_mode):
@@ -391,7 +404,3 @@ def check_file_item(item: list[Any]) -> str | None:
         return f"file `{path}` cannot be read ({exc.strerror or exc})"
     return None if digest == item[7] else f"file `{path}` changed"
 
-
-def paths_of(items: Iterable[list[Any]]) -> list[str]:
-    """The paths of recorded items (for listings)."""
-    return [item[1] for item in items]
