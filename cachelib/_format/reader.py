@@ -187,6 +187,20 @@ class RecordReader:
 
     def _read(self, size: int, hasher: Any = None) -> bytearray:
         buffer = bytearray(size)
+        if hasher is None and self._tap is None and size <= self._read_size:
+            # The common small read (a record header, a small array) in one call.
+            try:
+                got = self._source.readinto(buffer)
+            except CorruptFileError:
+                raise
+            except Exception as exc:
+                raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
+            if got == size:
+                self._position += size
+                return buffer
+            self._position += got or 0
+            self._fill(memoryview(buffer)[got or 0 :])
+            return buffer
         self._fill(memoryview(buffer), hasher)
         return buffer
 

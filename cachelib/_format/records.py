@@ -13,8 +13,8 @@ the payload and an xxh3-64 checksum of record header and payload:
 * one ``E`` record ends the stream and counts what came before it.
 
 The pickle names each array by ``rebuild_array((dtype, shape, order, subclass),
-buffer)``. Small contiguous arrays (under ``INBAND_MAX`` bytes, the first
-``INBAND_ARRAYS`` of them) carry their bytes in the pickle itself, which the C pickler
+buffer)``. Small contiguous arrays (under ``INBAND_MAX`` bytes, while the pickler's
+bookkeeping of them fits in ``INBAND_ROOM``) carry their bytes in the pickle itself, which the C pickler
 and unpickler handle at their own speed; every other array's bytes are a protocol-5
 out-of-band buffer (``NEXT_BUFFER``), and the reader feeds the unpickler the ``A``
 records in the order they appear. An ``A`` record is always written before the pickle
@@ -77,11 +77,13 @@ DECOMPRESSED_CHUNK = 1 << 18  # reads from a codec: its per-read buffer stays in
 SMALL_ARRAY = 1 << 12  # below this, a loaded array is copied off its record buffer
 INBAND_MAX = 1 << 12
 """Contiguous arrays of fewer bytes than this are written inside the pickle (never mapped)..."""
-INBAND_ARRAYS = 8192
-"""... the first this many of them in a stream. The pickler keeps every buffer it writes in
-band alive until the end, with numpy's export of it (a few hundred bytes an array): past
-this count, small arrays are records too, so a value of millions of them dumps with
-flat extra memory."""
+INBAND_COST = 192
+"""... while there is room: the pickler keeps every buffer it writes in band alive until
+the end, with numpy's export of it, about this many bytes an array (measured)."""
+INBAND_ROOM = 24 << 20
+"""The room for that bookkeeping, to which every array adds a twentieth of its bytes (the
+memory bound's 5%): past it, small arrays are records too, so a value of millions of
+them dumps with flat extra memory."""
 TREE_CHECKSUM_MIN = 1 << 22
 """Array records of at least this many bytes are checksummed over their payload's tree digest."""
 
@@ -187,7 +189,7 @@ class RecordWriter:
         self._records = 0
         self._pending = bytearray()
         self._descriptions: dict[tuple[Any, ...], tuple[np.dtype, tuple[Any, ...] | None, bool]] = {}
-        self._in_band_left = INBAND_ARRAYS
+        self._in_band_room = INBAND_ROOM
         self._emit(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
 
     def _emit(self, data: Any) -> None:
@@ -236,7 +238,8 @@ class RecordWriter:
 
     def reduce_array(self, array: np.ndarray) -> Any:
         """Reduce an array for the pickler: in the pickle if small, else as an ``A`` record written now."""
-        if array.nbytes < INBAND_MAX and self._in_band_left:
+        self._in_band_room += array.nbytes // 20
+        if array.nbytes < INBAND_MAX and self._in_band_room >= INBAND_COST:
             flags = array.flags
             order = "C" if flags.c_contiguous else "F" if flags.f_contiguous else None
             if order is not None:
@@ -247,7 +250,7 @@ class RecordWriter:
                 if description is not None:
                     # The pickle holds the bytes, memoized by the pickler through this
                     # PickleBuffer of the array itself: nothing is copied.
-                    self._in_band_left -= 1
+                    self._in_band_room -= INBAND_COST
                     if not direct:
                         array = (array.reshape(-1) if order == "C" else array.T.reshape(-1)).view(np.uint8)
                     return rebuild_array, (description, pickle.PickleBuffer(cast(Any, array)))
