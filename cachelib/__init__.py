@@ -18,6 +18,8 @@ from ._errors import (
     MissingDependencyError,
     NotACacheError,
     SerializationError,
+    StoreTimeout,
+    StoreUnavailable,
     UnhashableError,
     UnknownCompressorError,
     UnsafeLocationError,
@@ -31,6 +33,7 @@ from ._memo.cache import Cache, CacheInfo, FunctionInfo
 from ._memo.memoized import MemoizedFunction
 from ._stores.base import Store
 from ._stores.fsspec_store import FsspecStore
+from ._stores.group import GroupStore
 from ._stores.local import LocalStore
 from ._version import __version__
 
@@ -45,6 +48,7 @@ __all__ = [
     "FileAccessError",
     "FsspecStore",
     "FunctionInfo",
+    "GroupStore",
     "InvalidOptionError",
     "LocalStore",
     "LockTimeout",
@@ -58,6 +62,8 @@ __all__ = [
     "NotMemorizedResult",
     "SerializationError",
     "Store",
+    "StoreTimeout",
+    "StoreUnavailable",
     "UnhashableError",
     "UnknownCompressorError",
     "UnsafeLocationError",

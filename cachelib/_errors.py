@@ -109,6 +109,26 @@ class LockTimeout(CacheError, TimeoutError):
         self.timeout = timeout
 
 
+class StoreUnavailable(CacheError, ConnectionError):
+    """A remote store cannot be reached, or is passed over for a while after it did not answer.
+
+    ``location`` is the store's URL. A hit then misses and computes, a store warns:
+    nothing waits for the store longer than its timeouts.
+    """
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class StoreTimeout(StoreUnavailable, TimeoutError):
+    """A remote store did not answer within ``timeout`` seconds (``location`` is its URL)."""
+
+    def __init__(self, message: str, *, location: str | None = None, timeout: float | None = None) -> None:
+        super().__init__(message, location=location)
+        self.timeout = timeout
+
+
 class CacheWarning(UserWarning):
     """Something went wrong in the cache, but the call still returns a correct result."""
 

@@ -6,11 +6,18 @@ level ranges) from the codecs' own specifications instead of reading them from c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
 import math
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from typing import Any
 
 import numpy as np
@@ -209,29 +216,99 @@ def same():
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Any:
-    """The URL of moto's S3 server on 127.0.0.1, started for the session (skips without moto/s3fs)."""
-    import logging
+class MotoProcess:
+    """moto's S3 server as a process of its own on 127.0.0.1: ``frozen()`` stops it (SIGSTOP) for a
+    block, during which the kernel still accepts connections and nothing ever answers."""
 
-    server_module = pytest.importorskip(
-        "moto.server", reason="S3 tests need moto's server: pip install 'cachelib[test]'"
-    )
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:  # ready once it answers
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    pytest.fail("moto's S3 server did not start")
+                time.sleep(0.1)
+
+    def freeze(self) -> None:
+        """Stop the server: it accepts connections and answers nothing."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let the server run again."""
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Any:
+        """The server stopped for the block, continued after it (also when the block fails)."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
+
+    def bucket(self) -> tuple[str, dict[str, Any]]:
+        """A fresh, empty bucket: ``(name, storage_options)``."""
+        import uuid
+
+        import s3fs
+
+        name = f"test-{uuid.uuid4().hex[:16]}"
+        options = s3_options(self.url)
+        s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(name)
+        return name, options
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.thaw()  # a stopped process does not act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _moto() -> Any:
+    pytest.importorskip("moto.server", reason="S3 tests need moto's server: pip install 'cachelib[test]'")
     pytest.importorskip("s3fs", reason="S3 tests need s3fs: pip install 'cachelib[s3]'")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never look for credentials off-host
-    port = _free_port()
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    return MotoProcess()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Any:
+    """moto's S3 server for the session (skips without moto/s3fs); never frozen."""
+    server = _moto()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: MotoProcess) -> str:
+    """The URL of the session's S3 server on 127.0.0.1."""
+    return s3_server.url
+
+
+@pytest.fixture(scope="module")
+def freezable_s3() -> Any:
+    """An S3 server of the test module's own, which its tests may freeze (``MotoProcess``)."""
+    server = _moto()
+    yield server
+    server.close()
 
 
 def s3_options(endpoint: str) -> dict[str, Any]:
@@ -241,13 +318,6 @@ def s3_options(endpoint: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint: str) -> Any:
-    """A fresh, empty bucket on the test server: ``(bucket name, storage_options)``."""
-    import uuid
-
-    import s3fs
-
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    options = s3_options(s3_endpoint)
-    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(name)
-    return name, options
+def s3_bucket(s3_server: MotoProcess) -> Any:
+    """A fresh, empty bucket on the session's server: ``(bucket name, storage_options)``."""
+    return s3_server.bucket()

@@ -9,6 +9,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -219,3 +220,68 @@ def test_stress_random_calls_clears_and_evictions(tmp_path: Path) -> None:
     assert totals["calls"] > 1000
     assert totals["errors"] == 0
     assert totals["wrong"] == 0
+
+
+class _Stall:
+    """Pickles only after a long pause: a writer pickling it is stopped mid-store, its file half written."""
+
+    def __init__(self, ready: str) -> None:
+        self.ready = ready
+
+    def __reduce__(self) -> Any:
+        Path(self.ready).touch()
+        time.sleep(120)
+        return (_Stall, (self.ready,))
+
+
+def _write_big_then_stall(location: str, ready: str, seed: int) -> None:
+    cache = cachelib.Cache(location, bytes_limit="30M")
+
+    @cache.memoize(ignore=["ready"])
+    def big_and_stalling(seed: int, ready: str) -> tuple[np.ndarray, _Stall]:
+        return np.random.default_rng(seed).integers(0, 2**63, 25 << 17, dtype=np.uint64), _Stall(ready)
+
+    big_and_stalling(seed, ready)
+
+
+def _store_under_a_limit(location: str, count: int) -> None:
+    cache = cachelib.Cache(location, bytes_limit="30M")
+
+    @cache.memoize
+    def block(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 2**63, 1 << 17, dtype=np.uint64)  # 1 MiB
+
+    for seed in range(count):
+        block(seed)
+
+
+def _bytes_under(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_writers_killed_mid_store_do_not_escape_bytes_limit(tmp_path: Path) -> None:
+    """8 writers killed (SIGTERM, SIGKILL) halfway through a 25 MB store leave temporary files;
+    the next stores under bytes_limit="30M" remove them with the entries they evict."""
+    location = tmp_path / "cache"
+    for writer in range(8):
+        ready = tmp_path / f"ready-{writer}"
+        process = fork.Process(target=_write_big_then_stall, args=(str(location), str(ready), writer))
+        process.start()
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline and process.is_alive(), "the writer never reached its pause"
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGTERM if writer % 2 else signal.SIGKILL)
+        process.join(30)
+    leftovers = list(location.rglob("*.tmp"))
+    assert len(leftovers) == 8, "the killed writers left no half-written files"
+    assert _bytes_under(location) > (160 << 20), "the writers were killed before writing 20 MB each"
+    writer = fork.Process(target=_store_under_a_limit, args=(str(location), 40))
+    writer.start()
+    writer.join(120)
+    assert writer.exitcode == 0
+    assert not list(location.rglob("*.tmp")), "temporary files of killed writers outlived the limit's scans"
+    used = _bytes_under(location)
+    assert used <= (30 << 20) + (2 << 20), f"{used >> 20} MiB under a 30 MiB limit"

@@ -263,7 +263,7 @@ def test_a_group_store_needs_a_secret_however_it_is_given(tmp_path: Path) -> Non
     with pytest.raises(cachelib.InvalidOptionError, match="needs secret"):
         cachelib.Cache(tmp_path / "a", share="group")
     with pytest.raises(cachelib.InvalidOptionError, match="needs secret"):
-        cachelib.Cache(store=cachelib.LocalStore(tmp_path / "b", share="group"))
+        cachelib.Cache(store=cachelib.GroupStore(tmp_path / "b"))
 
 
 def test_a_missing_bucket_warns_once_and_computes(s3_bucket: tuple[str, dict[str, Any]]) -> None:
@@ -325,3 +325,28 @@ def test_the_command_line_reaches_s3_through_fsspec_configuration(
     run = subprocess.run([sys.executable, "-m", "cachelib", "verify", url], env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0 and "2 entries checked, 0 damaged" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("timeouts", [
+    {"operation": -1}, {"attempts": 0}, {"attempts": 1.5}, {"read": "5"}, {"forever": 1}, [1, 2],
+    {"pause": True},
+])
+def test_remote_timeouts_out_of_range_are_refused(timeouts: Any) -> None:
+    """``storage_options["timeouts"]`` takes non-negative seconds (attempts: a whole number, at least 1)."""
+    with pytest.raises(cachelib.InvalidOptionError, match="timeouts"):
+        cachelib.Cache("memory://timeouts", storage_options={"timeouts": timeouts})
+
+
+def test_remote_timeouts_go_to_the_store_and_config_kwargs_win(s3_bucket: tuple[str, dict[str, Any]]) -> None:
+    """The bounds are the store's resolved settings, carried by pickles; an S3 filesystem's requests
+    get the connect/read/attempts bounds unless the options' own config_kwargs set them."""
+    import pickle
+
+    bucket, options = s3_bucket
+    given = {**options, "timeouts": {"operation": 7, "read": 3}, "config_kwargs": {"read_timeout": 9}}
+    cache = cachelib.Cache(f"s3://{bucket}/c", storage_options=given)
+    store = pickle.loads(pickle.dumps(cache)).store
+    assert (store.timeouts.operation, store.timeouts.read, store.timeouts.pause) == (7, 3, 30)
+    config = store.fs.config_kwargs
+    assert config["read_timeout"] == 9 and config["connect_timeout"] == 5
+    assert config["retries"] == {"mode": "standard", "total_max_attempts": 3}

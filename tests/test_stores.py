@@ -59,7 +59,7 @@ def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
     """The behaviour ``_stores.fsspec_compat`` takes from fsspec's private API, on the installed fsspec:
     paths stripped of their protocol, parents, files that appear only at ``commit()`` (and never
     after ``discard()``; memory:// is written in one piece instead, and S3's uploads are
-    checked against moto in test_remote), coroutines run on a filesystem's loop."""
+    checked against moto in test_remote), coroutines run on a filesystem's loop, within a timeout."""
     import asyncio
 
     import fsspec
@@ -87,5 +87,13 @@ def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         return value * 2
 
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
     s3fs = pytest.importorskip("s3fs", reason="an async filesystem: pip install 'cachelib[s3]'")
-    assert fsspec_compat.run_on_loop(s3fs.S3FileSystem(anon=True, skip_instance_cache=True), answer, 21) == 42
+    remote = s3fs.S3FileSystem(anon=True, skip_instance_cache=True)
+    assert fsspec_compat.run_on_loop(remote, answer, 21) == 42
+    with pytest.raises(TimeoutError):  # fsspec's FSTimeoutError, the coroutine cancelled
+        fsspec_compat.run_on_loop(remote, forever, timeout=0.2)
+    assert fsspec_compat.bounded(remote, 5.0) == {"timeout": 5.0}  # its blocking methods take it
+    assert fsspec_compat.bounded(local, 5.0) == {}  # a synchronous filesystem would take it as its own

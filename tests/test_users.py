@@ -12,6 +12,7 @@ it was broken.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from _system import (
     IN_OPEN,
@@ -44,6 +46,7 @@ from _system import (
 from _victims import computations, digest, large, memoized, plain, slow, square
 
 import cachelib
+from cachelib._entries.names import entry as entry_name
 
 __all__ = ["arena", "users"]  # the fixtures, imported so that the tests here can use them
 
@@ -102,8 +105,8 @@ def _makedirs(path: Path, mode: int) -> None:
 
 
 def _publish(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Put ``data`` at ``path`` as this user's own file, by rename."""
-    _makedirs(path.parent, 0o3770)
+    """Put ``data`` at ``path`` (in this user's own files of a group location) as its own file, by rename."""
+    _makedirs(path.parent, 0o2750)
     temporary = path.parent / f".{path.name}.planted"
     temporary.write_bytes(data)
     os.chmod(temporary, mode)
@@ -124,6 +127,17 @@ def logs(arena: Path) -> Path:
 
 def log_of(logs: Path, user: User) -> str:
     return str(logs / f"{user.name}.log")
+
+
+def files_of(location: Path, user: User) -> Path:
+    """The tree of ``user``'s own files in a location a group shares."""
+    return location / f".member-{user.uid}"
+
+
+def as_member(location: Path, user: User, path: Path) -> Path:
+    """Where the file at ``path`` (in any member's tree of ``location``) sits in ``user``'s tree."""
+    relative = path.relative_to(location)
+    return files_of(location, user).joinpath(*relative.parts[1:])
 
 
 # --- a squatted location ----------------------------------------------------------------------
@@ -262,7 +276,10 @@ def _swap_by_rename(entry: str, forgery: bytes, seconds: float) -> int:
     return attempts
 
 
-def _hit_repeatedly(location: str, log: str, seconds: float, mmap_mode: str | None) -> tuple[int, int]:
+def _hit_repeatedly(location: str, log: str, seconds: float, mmap_mode: str | None,
+                    own_entry: str) -> tuple[int, int]:
+    """Hit ``large(1)`` again and again; drop the victim's own copy each time it recomputes and
+    stores one, so that every call reads the attacker's file (her own copy would be read first)."""
     f = memoized(location, large, mmap_mode=mmap_mode, **GROUP)
     expected = digest(large(1))
     calls = forged = 0
@@ -270,6 +287,8 @@ def _hit_repeatedly(location: str, log: str, seconds: float, mmap_mode: str | No
     while time.monotonic() < deadline:
         forged += digest(f(1, log=log)) != expected
         calls += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(own_entry)
     return calls, forged
 
 
@@ -313,13 +332,15 @@ def test_a_member_without_the_secret_racing_signed_hits_gets_nothing_through(
         assert run_with_timeout(_load, str(copy)).result()["values"][0] == 666
     run_as(users.alice, _clear, str(lab), **GROUP).result()
     assert not entry.exists()
-    # Bob then stores first in that key directory, as if he had made it: under the
-    # sticky rule alice cannot replace his file there, so his attack can go on.
-    run_as(users.alice, os.rmdir, str(entry.parent)).result()
-    run_as(users.bob, _publish, entry, data, umask=0o002).result()  # a replay: validly signed
+    # Bob then publishes the entry as his own (a replay: validly signed), in his own
+    # files, where alice finds it when she has none: he owns that file and may
+    # rewrite or replace it at will, so his attack can go on.
+    alice_entry, entry = entry, as_member(lab, users.bob, entry)
+    run_as(users.bob, _publish, entry, data, umask=0o002).result()
 
     seconds = 5.0
-    victim = start_child(_hit_repeatedly, str(lab), alice_log, seconds, mmap_mode, user=users.alice)
+    victim = start_child(_hit_repeatedly, str(lab), alice_log, seconds, mmap_mode, str(alice_entry),
+                         user=users.alice)
     if attack == "pwrite":
         attacker = start_child(_rewrite_in_place, str(entry), forged, seconds, user=users.bob)
     else:
@@ -361,7 +382,7 @@ def test_a_lock_link_a_member_plants_leaves_the_victims_file_alone(
     log = log_of(logs, users.alice)
     run_as(users.alice, _call, str(lab), "square", 1, log, umask=0o002, **GROUP).result()
     relative = run_as(users.alice, _path_of, str(arena / "scratch"), 2).result()
-    lock_path = (lab / relative).with_suffix(".lock")
+    lock_path = (lab / ".shared" / relative).with_suffix(".lock")
     run_as(users.bob, _link, str(lock_path), str(thesis), umask=0o002).result()
     outcome = run_as(users.alice, _call, str(lab), "square", 2, log, lock=lock, lock_timeout=600,
                      umask=0o002, timeout=60, **GROUP)
@@ -447,7 +468,8 @@ def test_everything_created_in_private_mode_is_private(arena: Path, users: Users
 def test_everything_created_in_group_mode_is_shared_and_never_group_writable(
     arena: Path, users: Users, logs: Path, made_by: str
 ) -> None:
-    """Group mode, umask 002: directories cachelib creates are 3770, files 0640, in the location's group."""
+    """Group mode, umask 002: a member's own directories are 2750 and hold only that member's files,
+    the shared ones (the location, locks) 3770; files are 0640; all in the location's group."""
     if made_by == "admin":
         location = owned_dir(arena / "lab", 0o3770, 0, users.lab)
         members = [users.alice, users.bob]
@@ -460,9 +482,15 @@ def test_everything_created_in_group_mode_is_shared_and_never_group_writable(
     found = _modes(location, below_only=made_by == "admin")
     assert len(found) > 8, found
     group = os.stat(location).st_gid
-    wrong = {path: (kind, oct(mode), gid) for path, (kind, mode, _, gid) in found.items()
-             if (kind, mode) not in (("dir", 0o3770), ("file", 0o640)) or gid != group}
+    owners = {f"{location.name}/.member-{member.uid}": member.uid for member in members}
+    wrong = {}
+    for path, (kind, mode, uid, gid) in found.items():
+        tree = "/".join(path.split("/")[:2])
+        expected = ("dir", 0o2750 if tree in owners else 0o3770)
+        if (kind, mode) not in (expected, ("file", 0o640)) or gid != group or uid != owners.get(tree, uid):
+            wrong[path] = (kind, oct(mode), uid, gid)
     assert not wrong, wrong
+    assert {tree for tree in owners if (location.parent / tree).is_dir()} == set(owners)
 
 
 # --- expiry against replay --------------------------------------------------------------------
@@ -509,7 +537,7 @@ def test_a_member_replaying_an_expired_entry_does_not_revive_it(arena: Path, use
     saved = entry.read_bytes()
     time.sleep(1.6)
     run_as(users.alice, _clear, str(lab), **GROUP).result()
-    run_as(users.bob, _publish, entry, saved, umask=0o002).result()
+    run_as(users.bob, _publish, as_member(lab, users.bob, entry), saved, umask=0o002).result()
     outcome = run_as(users.alice, _call, str(lab), "square", 1, log, umask=0o002, **options)
     assert outcome.result() == digest(square(1))
     outcome.cache_warnings()
@@ -519,16 +547,20 @@ def test_a_member_replaying_an_expired_entry_does_not_revive_it(arena: Path, use
 # --- the positive case: a group that shares --------------------------------------------------------
 
 
-def _meddle(alice_entry: str) -> list[str]:
-    """As bob: try to delete, replace and write alice's entry; say what was refused."""
+def _meddle(alice_entry: str, scratch: str) -> list[str]:
+    """As bob: try to delete, replace, rename away and write alice's entry and its directories;
+    say what was refused."""
     refused = []
     path = Path(alice_entry)
-    mine = path.with_name(".bob")
+    mine = Path(scratch) / ".bob"
     mine.write_bytes(b"bob's")
+    tree = path.parents[2]  # alice's own files: .member-<uid>
     for name, attempt in (
         ("unlink", lambda: os.unlink(path)),
         ("rename over", lambda: os.replace(mine, path)),
         ("write", lambda: open(path, "r+b").close()),
+        ("rename its directory", lambda: os.rename(path.parent, Path(scratch) / "moved")),
+        ("rename her files", lambda: os.rename(tree, tree.with_name(".moved"))),
     ):
         try:
             attempt()
@@ -563,7 +595,8 @@ def test_members_share_hits_and_keep_their_own_files(
     assert os.stat(alice_entry).st_uid == users.alice.uid and os.stat(bob_entry).st_uid == users.bob.uid
 
     before = file_state(alice_entry)
-    assert run_as(users.bob, _meddle, str(alice_entry)).result() == ["unlink", "rename over", "write"]
+    refused = run_as(users.bob, _meddle, str(alice_entry), str(logs)).result()
+    assert refused == ["unlink", "rename over", "write", "rename its directory", "rename her files"]
     run_as(users.bob, _clear_and_evict, str(lab), umask=0o002).result()
     assert file_state(alice_entry) == before, "bob's clear or eviction touched alice's entry"
     assert not bob_entry.exists(), "bob's clear left his own entry"
@@ -576,3 +609,140 @@ def test_members_share_hits_and_keep_their_own_files(
     outcome.cache_warnings()
     assert computations(mallory) == ["plain 1"]
     assert file_state(alice_entry) == before
+
+
+# --- a member who made the directories first -----------------------------------------------------
+
+FORGED = {"x": -1, "name": "forged", "values": np.zeros(100, dtype=np.int32), "pairs": []}
+
+
+def _forge(victim_entry: str, scratch: str) -> bytes:
+    """As a member holding the secret: a correctly signed entry for the victim's key, of a forged value."""
+    path = Path(victim_entry)
+    namespace, key = path.parents[1].name, path.name[: -len(".cl")]
+    entries = cachelib.Cache(scratch, secret=SECRET).entries
+    assert entries is not None
+    entries.put(namespace, key, FORGED, {"function": "plain"}, None, about={"function": "plain"})
+    return (Path(scratch) / entry_name(namespace, key)).read_bytes()
+
+
+def _swap(victim_entry: str, forged: bytes, own_copy: str, scratch: str) -> list[str]:
+    """As the attacker: try every way of putting ``forged`` where the victim's own entry is; say what
+    worked. Then publish it in the attacker's own files, under the victim's key (that is allowed)."""
+    path = Path(victim_entry)
+    tree = path.parents[2]
+    planted = Path(scratch) / "forged.cl"
+    planted.write_bytes(forged)
+    os.chmod(planted, 0o640)
+    worked = []
+    for name, attempt in (
+        ("replace the entry", lambda: os.replace(planted, path)),
+        ("remove the entry", lambda: os.unlink(path)),
+        ("write into the entry", lambda: open(path, "r+b").close()),
+        ("add a file beside it", lambda: (path.parent / "x.cl").write_bytes(forged)),
+        ("move its directory away", lambda: os.rename(path.parent, Path(scratch) / "moved-key")),
+        ("move the function's directory", lambda: os.rename(path.parents[1], Path(scratch) / "moved-fn")),
+        ("move the member's files away", lambda: os.rename(tree, tree.with_name(".member-moved"))),
+        ("remove the member's files", lambda: shutil.rmtree(tree)),
+    ):
+        try:
+            attempt()
+            worked.append(name)
+        except OSError:
+            pass
+    _publish(Path(own_copy), forged, 0o640)
+    return worked
+
+
+@pytest.mark.parametrize("attacker", ["bob", pytest.param("alice", marks=pytest.mark.slow)])
+def test_a_member_who_made_the_directories_cannot_swap_another_members_entry(
+    arena: Path, users: Users, lab: Path, logs: Path, attacker: str
+) -> None:
+    """The attacker stores first (every directory of the function is made by them), holds the secret
+    and forges a correctly signed entry for a key the victim computed: it cannot take the place of
+    the victim's own entry, whose next call returns the victim's own result."""
+    attacking = getattr(users, attacker)
+    victim = users.alice if attacker == "bob" else users.bob
+    share = {"umask": 0o002, **GROUP}
+    attacker_log, victim_log = log_of(logs, attacking), log_of(logs, victim)
+    run_as(attacking, _call, str(lab), "plain", 1, attacker_log, **share).result()
+    before = entry_files(lab)
+    assert run_as(victim, _call, str(lab), "plain", 2, victim_log, **share).result() == digest(plain(2))
+    victim_entry = new_entry(lab, before)
+    assert victim_entry.is_relative_to(files_of(lab, victim)) and victim_entry.stat().st_uid == victim.uid
+    scratch = owned_dir(arena / "scratch", 0o700, attacking.uid, attacking.gid)
+    forged = run_as(attacking, _forge, str(victim_entry), str(scratch / "cache")).result()
+    state = file_state(victim_entry)
+    worked = run_as(attacking, _swap, str(victim_entry), forged, str(as_member(lab, attacking, victim_entry)),
+                    str(scratch), umask=0o002).result()
+    assert worked == [], f"the attacker could {worked}"
+    assert file_state(victim_entry) == state
+    outcome = run_as(victim, _call, str(lab), "plain", 2, victim_log, **share)
+    assert outcome.result() == digest(plain(2)), "the victim got the attacker's forgery for its own key"
+    assert outcome.cache_warnings() == []
+    assert computations(victim_log) == ["plain 2"], "the victim's own entry was not hit"
+    # The control: the forgery is a valid entry. Once the victim has no entry of its own for that
+    # key, it takes the attacker's (a member who computes a key first is trusted for its result).
+    run_as(victim, _clear, str(lab), **GROUP).result()
+    outcome = run_as(victim, _call, str(lab), "plain", 2, victim_log, **share)
+    assert outcome.result() == digest(FORGED), "the forgery was not a valid entry: the test proves nothing"
+
+
+def _store_many(location: str, log: str, start: int, count: int) -> None:
+    f = memoized(location, plain, **GROUP)
+    for x in range(start, start + count):
+        f(x, log=log)
+
+
+def _clear_as(location: str, how: str) -> None:
+    if how == "cache.clear":
+        cachelib.Cache(location, **GROUP).clear()
+    elif how == "f.clear":
+        memoized(location, plain, **GROUP).clear()
+    elif how == "reduce_size":
+        cachelib.Cache(location, **GROUP).reduce_size(bytes_limit=0)
+    else:
+        command = ["clear"] if how == "cli clear" else ["prune", "--max-size", "0"]
+        assert cli_here("--location", location, *command, "--share", "group") == 0
+
+
+def _entries_of(location: Path, user: User) -> dict[Path, Any]:
+    return {p: file_state(p) for p in location.rglob("*.cl") if p.stat().st_uid == user.uid}
+
+
+_CLEARS = ("cache.clear", "f.clear", "reduce_size", "cli clear", "cli prune")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", _CLEARS)
+@pytest.mark.parametrize("first", ["bob", "alice"])
+def test_clearing_and_evicting_remove_only_the_members_own_files(
+    arena: Path, users: Users, lab: Path, logs: Path, how: str, first: str
+) -> None:
+    """One member stores 300 entries first (making the function's directories, most key
+    directories among them), the other 40; the first's clear or eviction removes its own 300
+    and none of the other's 40, wherever they sit."""
+    making = getattr(users, first)
+    other = users.alice if first == "bob" else users.bob
+    run_as(making, _store_many, str(lab), log_of(logs, making), 0, 300, umask=0o002, timeout=120).result()
+    run_as(other, _store_many, str(lab), log_of(logs, other), 300, 40, umask=0o002).result()
+    others = _entries_of(lab, other)
+    assert len(others) == 40 and len(_entries_of(lab, making)) == 300
+    run_as(making, _clear_as, str(lab), how, umask=0o002, timeout=60).result()
+    assert _entries_of(lab, making) == {}, f"{how} left the member's own entries"
+    kept = {path: state for path, state in others.items() if file_state(path) == state}
+    assert len(kept) == 40, f"{how} by one member removed or changed {40 - len(kept)} of another's 40 entries"
+
+
+def test_a_member_tree_squatted_by_another_member_is_not_used(arena: Path, users: Users, lab: Path,
+                                                              logs: Path) -> None:
+    """Bob makes alice's tree before she first stores: her calls compute right, without the cache,
+    saying which directory is not hers; nothing of bob's is read as hers."""
+    run_as(users.bob, _makedirs, files_of(lab, users.alice), 0o2750).result()
+    log = log_of(logs, users.alice)
+    for _ in range(2):
+        outcome = run_as(users.alice, _call, str(lab), "plain", 1, log, umask=0o002, **GROUP)
+        assert outcome.result() == digest(plain(1))
+        assert any(f".member-{users.alice.uid}" in message for message in outcome.cache_warnings())
+    assert computations(log) == ["plain 1", "plain 1"]
+    assert entry_files(lab) == []

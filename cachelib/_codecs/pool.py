@@ -4,8 +4,11 @@ Rule: one small pool per process, shared by every layer, made on first use and
 forgotten in a forked child (whose copy has no threads). What runs on it is leaf
 work that releases the GIL (xxh3 over a buffer, a codec over a frame, a copy) and
 never waits for other pool work, so the pool cannot deadlock; a task that asks for
-parallel work from a worker thread runs it inline. Results never depend on the
-number of threads: callers split work at fixed boundaries, not per thread.
+parallel work from a worker thread runs it inline, and so does every task once the
+interpreter is shutting down (``_lifecycle``: a call from a thread still running
+after the main thread returned, or from an ``atexit`` handler, when
+``concurrent.futures`` takes no new work). Results never depend on the number of
+threads: callers split work at fixed boundaries, not per thread.
 
 ``CACHELIB_THREADS`` sets the number of threads (1 turns parallel work off); by
 default it is the number of cores this process may use, at most ``MAX_THREADS``.
@@ -20,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .._errors import InvalidOptionError
+from .._lifecycle import shutting_down
 
 __all__ = ["MAX_THREADS", "THREADS_VARIABLE", "run_all", "submit", "thread_count"]
 
@@ -91,11 +95,19 @@ def _in_worker() -> bool:
     return getattr(_local, "worker", False)
 
 
+def _inline() -> bool:
+    """True where parallel work runs in the calling thread: on the pool, or at shutdown."""
+    return _in_worker() or shutting_down()
+
+
 def submit(function: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-    """Run ``function(*args)`` on the pool (inline when called from the pool, or with one thread)."""
+    """Run ``function(*args)`` on the pool (inline from the pool, with one thread, or at shutdown)."""
     threads = thread_count()
-    if threads > 1 and not _in_worker():
-        return _executor(threads).submit(function, *args)
+    if threads > 1 and not _inline():
+        try:
+            return _executor(threads).submit(function, *args)
+        except RuntimeError:  # the interpreter began shutting down just now: no new pool work
+            pass
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
     try:
         future.set_result(function(*args))
@@ -109,7 +121,7 @@ def run_all(tasks: Sequence[Callable[[], T]]) -> list[T]:
 
     Every task has finished when this returns or raises (the first failure is raised).
     """
-    if len(tasks) <= 1 or thread_count() == 1 or _in_worker():
+    if len(tasks) <= 1 or thread_count() == 1 or _inline():
         return [task() for task in tasks]
     pending = [submit(task) for task in tasks[1:]]
     try:

@@ -1,9 +1,13 @@
 """Keeping a location within bounds: size limits, eviction, and leftovers of dead writers.
 
 Rule: policy over ``Entries`` and the store's listing, with memory flat at any
-number of entries (``_entries.eviction`` plans in bins). The size a scan found is left in
-the location's size record (``names.SIZE_RECORD``) for other processes' estimates; it is a hint,
-read with a size cap and validated, never trusted for anything but when to scan.
+number of entries (``_entries.eviction`` plans in bins). Everything of the user's that
+takes room counts against a limit: entries, and the temporary files of writes. A
+scan for a limit removes, as it goes, the temporary files whose writers are gone
+(killed mid-store), as ``prune`` does, and counts those of live writers as room that
+cannot be freed. The size a scan found is left in the location's size record
+(``names.SIZE_RECORD``) for other processes' estimates; it is a hint, read with a
+size cap and validated, never trusted for anything but when to scan.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Optional
 
 from .._errors import CacheError, CacheWarning, FileAccessError
 from .._sizes import format_size
@@ -27,10 +31,33 @@ logger = logging.getLogger("cachelib")
 Progress = Callable[[Iterable[Any], str], Iterable[Any]]
 
 
-def _entry_times(entries: Entries, own_only: bool) -> Iterator[tuple[str, str, float, float, int]]:
-    for namespace, key, item in entries.all_entries():
-        if item.own or not own_only:
-            yield namespace, key, item.used, item.stored, item.size
+Row = tuple[str, str, Optional[float], float, int]
+"""namespace, key, last use (None: a temporary file, unevictable), stored, size."""
+
+
+def _entry_times(entries: Entries, sweep: bool) -> Iterator[Row]:
+    """Yield the user's own entries; with ``sweep``, also remove leftovers of gone writers and
+    yield the live temporary files as unevictable rows (key "")."""
+    if not sweep:
+        for namespace, key, item in entries.all_entries():
+            if item.own:
+                yield namespace, key, item.used, item.stored, item.size
+        return
+    now = time.time()
+    for namespace in entries.namespaces():
+        for item in entries.store.list(namespace):
+            if not item.own:
+                continue
+            entry = names.entry_key(namespace, item.key)
+            if entry is not None:
+                yield namespace, entry, item.used, item.stored, item.size
+            elif entries.store.unfinished(item.key) is not None:
+                try:
+                    removed = entries.remove_if_unused(item, now)
+                except (CacheError, OSError):
+                    removed = False
+                if not removed:
+                    yield namespace, "", None, item.stored, item.size
 
 
 def evict(
@@ -40,23 +67,26 @@ def evict(
     max_age: float | None = None,
     progress: Progress | None = None,
     low_water: float = 1.0,
+    sweep: bool = True,
 ) -> tuple[int, int]:
     """Delete least recently used entries until the limits hold; return (removed, total bytes left).
 
     ``max_age`` removes entries stored longer ago than that many seconds; the size
     and count limits remove the entries whose last use is oldest, down to
     ``low_water`` times the limit. Only the user's own entries are candidates.
+    ``sweep`` removes the temporary files of gone writers on the way and counts
+    those of live ones in the total.
     """
     show = progress or (lambda items, label: items)
     plan = plan_eviction(
-        (times[2:] for times in show(_entry_times(entries, True), "scanned")),
+        (times[2:] for times in show(_entry_times(entries, sweep), "scanned")),
         time.time(), bytes_limit, items_limit, max_age, low_water,
     )
     removed = freed = 0
     failures: list[str] = []
     if plan.needed:
-        for namespace, key, used, stored, size in show(_entry_times(entries, True), "checked"):
-            if not plan.should_delete(used, stored, size):
+        for namespace, key, used, stored, size in show(_entry_times(entries, False), "checked"):
+            if used is None or not plan.should_delete(used, stored, size):
                 continue
             try:
                 if entries.delete(namespace, key):

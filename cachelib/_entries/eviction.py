@@ -6,6 +6,8 @@ age, so an age is known within about 1%), keeping only the bytes and count of
 each bin. It then finds the bin where deleting stops. Pass two, if anything must
 go, deletes the entries in older bins and, from that boundary bin, just enough
 to meet the limits. Least recently used goes first, to within that resolution.
+Bytes that count against the limits but cannot be evicted (a write in progress)
+are in the totals and in no bin.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class EvictionPlan:
 
 
 def plan_eviction(
-    entries: Iterable[tuple[float, float, int]],
+    entries: Iterable[tuple[float | None, float, int]],
     now: float,
     bytes_limit: int | None = None,
     items_limit: int | None = None,
@@ -68,12 +70,18 @@ def plan_eviction(
 
     When a limit is exceeded, entries go until the total is ``low_water`` times the
     limit (below 1 leaves headroom, so that the next eviction is not the next write).
+    A row whose last use is None is bytes that count but cannot be evicted (a write in
+    progress): in the totals, never deleted.
     """
     plan = EvictionPlan(now=now, max_age=max_age)
     bin_bytes = [0] * _BINS
     bin_count = [0] * _BINS
-    kept_bytes = kept_count = 0
+    kept_bytes = kept_count = pinned = 0
     for used, stored, size in entries:
+        if used is None:  # bytes that count but cannot be evicted
+            plan.bytes += size
+            pinned += size
+            continue
         plan.entries += 1
         plan.bytes += size
         if max_age is not None and now - stored > max_age:
@@ -85,8 +93,8 @@ def plan_eviction(
         kept_bytes += size
         kept_count += 1
     need_bytes = need_count = 0
-    if bytes_limit is not None and kept_bytes > bytes_limit:
-        need_bytes = kept_bytes - int(bytes_limit * low_water)
+    if bytes_limit is not None and kept_bytes + pinned > bytes_limit:
+        need_bytes = min(kept_bytes, kept_bytes + pinned - int(bytes_limit * low_water))
     if items_limit is not None and kept_count > items_limit:
         need_count = kept_count - int(items_limit * low_water)
     if need_bytes <= 0 and need_count <= 0:

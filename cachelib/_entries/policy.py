@@ -3,9 +3,11 @@
 Rule: callers above name a function's namespace and a key; this module decides
 how their entries are read, written, framed (``envelope``), signed, trusted,
 expired, locked, listed and cleared, under the names ``names`` gives them. Only
-what carries cachelib's names inside marked directories is ever deleted, and never
-what another process is using: a temporary object is removed once its writer is
-gone (or after ``LEFTOVER_AGE``), a lock only while nobody holds it.
+what carries cachelib's names inside marked directories is ever deleted, never
+another user's (an object the store says is not the user's own is left, and
+counted), and never what another process is using: a temporary object is removed
+once its writer is gone (or after ``LEFTOVER_AGE``), a lock only while nobody holds
+it. Leases are taken in the store's ``shared`` store.
 """
 
 from __future__ import annotations
@@ -315,7 +317,7 @@ class Entries:
         native = self.store.lock(name) if self.lock_kind == "file" else None
         if native is not None:
             return native
-        return Lease(self.store, name) if self.store.conditional_writes else None
+        return Lease(self.store.shared, name) if self.store.conditional_writes else None
 
     # -- listing, clearing, checking ---------------------------------------------------------
 
@@ -378,10 +380,13 @@ class Entries:
                 with contextlib.suppress(CacheError, OSError):
                     self.remove_if_unused(item, now)
                 continue
+            if not item.own:
+                report.left += 1  # another member's, in a shared location: never theirs to lose
+                continue
             try:
                 self.store.delete(item.key)
             except PermissionError:
-                report.left += 1  # another member's, in a shared location
+                report.left += 1
                 continue
             except OSError as exc:
                 report.failures.append(f"{item.key}: {exc.strerror or exc}")
@@ -393,10 +398,10 @@ class Entries:
 
         A temporary object (of a write of one of cachelib's names) is unused once its
         writer is gone, or when it is older than ``older_than``; a lock when nobody
-        holds it (a lease: when its holder is gone or its record expired).
+        holds it (a lease: when its holder is gone, or the store dated it long ago).
         """
         if names.is_ours(item.key):
-            return names.is_lock(item.key) and self._remove_unheld_lock(item.key)
+            return names.is_lock(item.key) and self._remove_unheld_lock(item.key, now - item.stored)
         unfinished = self.store.unfinished(item.key)
         if unfinished is None or not names.is_namespace(item.key.partition("/")[0]):
             return False
@@ -410,10 +415,10 @@ class Entries:
         except KeyError:
             return False
 
-    def _remove_unheld_lock(self, key: str) -> bool:
+    def _remove_unheld_lock(self, key: str, age: float) -> bool:
         native = self.store.lock(key)
         if native is None:
-            return Lease(self.store, key).break_if_stale()
+            return Lease(self.store.shared, key).break_if_stale(age)
         if not native.acquire(0.0):
             return False
         native.release()  # releasing an unheld lock file removes it

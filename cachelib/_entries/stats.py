@@ -11,8 +11,12 @@ waits for the store. A killed process loses at most its last second.
 A reader sums every merged object (``names.merged``) and the counts objects none of them
 has absorbed. ``compact`` (run by ``info``, ``prune`` and now and then by writers)
 folds counts objects into its owner's merged object under a lock, naming them as
-absorbed before deleting them, so that a crash never counts one twice; their
-number stays bounded by the processes active since the last fold, on any host.
+absorbed before deleting them, so that a crash never counts one twice. Writers fold
+every ``_COMPACT_EVERY`` flushes, and a process that wrote counts looks at exit: if
+more than ``FOLD_AT_EXIT`` of its user's counts objects wait in a function's
+statistics, it folds them. So a job of many short processes (a SLURM array, a pool
+with one task per child) leaves at most about ``FOLD_AT_EXIT`` plus the processes
+exiting at that moment, without a reader.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ from . import names
 if TYPE_CHECKING:
     from .policy import Entries
 
-__all__ = ["CallStats", "StatsRecorder", "compact_stats", "read_stats"]
+__all__ = ["FOLD_AT_EXIT", "CallStats", "StatsRecorder", "compact_stats", "read_stats"]
 
+FOLD_AT_EXIT = 16
+"""Counts objects of one user and function past which an exiting process folds them."""
 _FLUSH_EVERY = 1.0  # seconds
 _COMPACT_EVERY = 64  # flushes between two attempts to fold
 _COUNTS_LIMIT = 4096
@@ -120,6 +126,7 @@ class StatsRecorder:
         self._token = uuid.uuid4().hex[:12]
         self._pid = os.getpid()
         self._sequence = 0
+        self._wrote = False  # a counts object was written since the exit's last look
 
     def __reduce__(self) -> Any:
         return (StatsRecorder, (self._entries, self._namespace))
@@ -176,6 +183,7 @@ class StatsRecorder:
             _warn_once(f"write {self._entries.store.url}", f"cachelib could not record call statistics in "
                        f"{self._entries.store.url!r} ({exc}); those counts are lost")
             return
+        self._wrote = True
         if self._sequence % _COMPACT_EVERY == 0:
             with contextlib.suppress(Exception):
                 compact_stats(self._entries, self._namespace, wait=0.0)
@@ -220,7 +228,22 @@ def _after_fork() -> None:
         recorder._reset()
 
 
-worker.at_exit(_flush_all)
+def _flush_and_fold() -> None:
+    """At exit: write what is pending, then fold where this user's counts objects pile up."""
+    _flush_all()
+    for recorder in list(_live):
+        entries = recorder._entries
+        if entries is None or not recorder._wrote:
+            continue  # wrote nothing since the last look
+        recorder._wrote = False
+        with contextlib.suppress(Exception):
+            waiting = sum(1 for item in entries.store.list(names.stats(recorder._namespace))
+                          if item.own and names.is_counts(item.key.rsplit("/", 1)[-1]))
+            if waiting > FOLD_AT_EXIT:
+                compact_stats(entries, recorder._namespace, wait=0.0)
+
+
+worker.at_exit(_flush_and_fold)
 worker.on_fork(_after_fork)
 
 
@@ -289,7 +312,7 @@ def compact_stats(entries: Entries, namespace: str, wait: float = 5.0) -> int:
     """Fold this user's counts objects into its merged object; return how many were folded."""
     merged_key = names.merged(namespace, _owner_tag())
     lock_key = names.merge_lock(namespace, _owner_tag())
-    lock = entries.store.lock(lock_key) or Lease(entries.store, lock_key)
+    lock = entries.store.lock(lock_key) or Lease(entries.store.shared, lock_key)
     if not lock.acquire(wait):
         return 0
     try:

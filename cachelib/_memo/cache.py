@@ -294,7 +294,8 @@ def _check_no_store_options(location: Any, share: Any, fsync: Any, storage_optio
     if given:
         raise InvalidOptionError(
             f"Cache(store=...) takes no {', '.join(given)}: the store is opened already; give them to "
-            "the store itself (LocalStore(path, share=..., fsync=...), FsspecStore(url, storage_options))"
+            "the store itself (LocalStore(path, fsync=...), GroupStore(path, fsync=...), "
+            "FsspecStore(url, storage_options))"
         )
 
 

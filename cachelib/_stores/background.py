@@ -6,16 +6,21 @@ and jobs named to run a little later (the statistics a second after a call,
 ``_entries.stats``), plus the jobs registered to run at exit. One fork rule: a
 forked child forgets the work its parent queued (releasing what those jobs hold;
 the parent finishes them) and makes its own thread when it needs one. One exit
-rule: an exiting process runs its exit jobs, then waits for the queue for at most
-``EXIT_WAIT`` seconds, whether it leaves through ``atexit`` or, as multiprocessing
-and loky workers do, by ``os._exit`` after multiprocessing's finalizers. Where no
-thread can be started (at interpreter shutdown), work runs in the caller.
+rule: an exiting process runs its exit jobs and the delayed calls on the thread and
+waits for them and the queue for at most ``EXIT_WAIT`` seconds in all, then
+abandons what is left; it does so as soon as the main thread returns (``threading``'s
+exit callbacks, which run before ``concurrent.futures`` and fsspec's executors shut
+down), again at ``atexit`` for what came later, and, as multiprocessing and loky
+workers leave by ``os._exit``, after multiprocessing's finalizers. Once the
+interpreter is shutting down (``_lifecycle``) nothing is queued or delayed: work
+handed over runs in the caller, so a call made by a thread that outlives the main
+thread, or by an ``atexit`` handler, is synced and counted before it returns.
 """
-
 from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures.thread  # noqa: F401 - its exit callback must be registered before ours
 import contextlib
 import multiprocessing.util
 import os
@@ -23,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from .._lifecycle import shutting_down
 
 __all__ = ["EXIT_WAIT", "Job", "Worker", "worker"]
 
@@ -55,14 +62,18 @@ class Worker:
         self._busy = 0  # jobs taken off the queue and not finished yet
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._exit_deadline: float | None = None  # set by the first exit: later ones share its time
 
     # -- handing work over ------------------------------------------------------------------
 
     def submit(self, job: Job, limit: int | None = None) -> bool:
         """Queue ``job``; False (the job not taken) if ``limit`` jobs are pending already.
 
-        Where no thread can run it (interpreter shutdown), the job runs here and now.
+        Where no thread should run it (interpreter shutdown), the job runs here and now.
         """
+        if shutting_down():
+            _quietly(job.run)
+            return True
         with self._changed:
             if limit is not None and len(self._queue) + self._busy >= limit:
                 return False
@@ -74,7 +85,13 @@ class Worker:
         return True
 
     def later(self, name: str, delay: float, call: Callable[[], None]) -> None:
-        """Run ``call`` in about ``delay`` seconds, once, however often it is asked for meanwhile."""
+        """Run ``call`` in about ``delay`` seconds, once, however often it is asked for meanwhile.
+
+        Once the interpreter is shutting down, nothing is left for later: ``call`` runs now.
+        """
+        if shutting_down():
+            _quietly(call)
+            return
         with self._changed:
             if name in self._due:
                 return
@@ -181,15 +198,38 @@ class Worker:
             _quietly(call)
 
     def exit(self) -> None:
-        """At exit: run the exit jobs and the delayed calls now, then wait for the queue (bounded)."""
+        """At exit: run the exit jobs and the delayed calls, and wait for the queue: ``EXIT_WAIT`` s in all.
+
+        They run on the thread, so that a job stuck on a stalled store is abandoned
+        when the time is up; where no thread can start (finalization), they run here.
+        """
         if self._pid != os.getpid():
             self._reset()
+        if self._exit_deadline is None:
+            self._exit_deadline = time.monotonic() + EXIT_WAIT
         with self._changed:
             delayed = [call for _, call in self._due.values()]
             self._due.clear()
-        for call in [*self._exit_jobs, *delayed]:
+            self._queue.append(_Calls([*self._exit_jobs, *delayed]))
+            started = self._ensure_thread()
+            self._changed.notify_all()
+        if not started:
+            self._run_queued_here()
+        self.drain(max(0.0, self._exit_deadline - time.monotonic()))
+
+
+class _Calls:
+    """Calls run one after another as one job (the exit jobs)."""
+
+    def __init__(self, calls: list[Callable[[], None]]) -> None:
+        self._calls = calls
+
+    def run(self) -> None:
+        for call in self._calls:
             _quietly(call)
-        self.drain(EXIT_WAIT)
+
+    def forget(self) -> None:
+        """In a forked child: the parent runs them."""
 
 
 def _quietly(call: Callable[[], None]) -> None:
@@ -216,6 +256,9 @@ class _ExitHook:
 _exit_hook = _ExitHook()
 _exit_hook.register()
 multiprocessing.util.register_after_fork(_exit_hook, _ExitHook.register)
-atexit.register(worker.exit)
+_register_threading_exit = getattr(threading, "_register_atexit", None)
+if _register_threading_exit is not None:
+    _register_threading_exit(worker.exit)  # when the main thread returns, before executors shut down
+atexit.register(worker.exit)  # and for what threads still running then did afterwards
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=worker.after_fork)

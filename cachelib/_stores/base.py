@@ -18,7 +18,8 @@ Optional capabilities have defaults: ``probe`` (a cheap identity check, so that
 unchanged small objects need not be read again), ``touch`` (record a use),
 ``unfinished`` (what a temporary object that a write left behind was to become),
 ``lock`` (a native per-key lock; without one the policy uses leases built on
-exclusive writes) and ``read_bytes`` (a bounded read of a small state object).
+exclusive writes in ``shared``, the store every process sharing the location writes)
+and ``read_bytes`` (a bounded read of a small state object).
 ``conditional_writes`` is False for a store whose exclusive writes are only a
 check before the write (not atomic): the policy then takes no leases on it, and
 concurrent callers of one key may each compute it (never a wrong result, since
@@ -211,3 +212,9 @@ class Store(abc.ABC):
     def locate(self, key: str) -> str:
         """Return where the object ``key`` lives, for messages (a path or a URL)."""
         return f"{self.url.rstrip('/')}/{key}"
+
+    @property
+    def shared(self) -> Store:
+        """The store leases are taken in: one that every process sharing the location writes
+        (the store itself, but for a location a group shares, ``_stores.group``)."""
+        return self

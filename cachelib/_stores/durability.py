@@ -4,9 +4,10 @@ Rule: a file is published (written, then renamed into place) at page-cache speed
 what may follow is only making it durable, which never changes what readers see.
 ``fsync="always"`` syncs the file before its rename and the directory after it;
 ``"background"`` (the default) hands both syncs to the process's background worker
-(``background``), at most ``QUEUE_LIMIT`` files at a time (past that the writer syncs
-its own file), finished at exit for up to ``background.EXIT_WAIT`` seconds and
-abandoned after that;
+(``background``), at most ``queue_limit()`` files at a time (two descriptors each: at
+most ``QUEUE_LIMIT``, and a thirty-second of the descriptor limit, ``descriptors``;
+past that the writer syncs its own file), finished at exit for up to
+``background.EXIT_WAIT`` seconds and abandoned after that;
 ``"never"`` leaves it to the kernel. An entry that did not reach the disk before a
 crash is torn or missing afterwards, which its checksums detect: a recomputation,
 never a wrong result (a mapped read of such an entry checks its arrays, see
@@ -24,12 +25,20 @@ from typing import Any
 
 from .._errors import InvalidOptionError
 from .background import worker
+from .descriptors import share_of_limit
 
-__all__ = ["FSYNC_MODES", "QUEUE_LIMIT", "can_defer", "checked_fsync_mode", "defer", "written_since_boot"]
+__all__ = ["FSYNC_MODES", "QUEUE_LIMIT", "can_defer", "checked_fsync_mode", "defer", "queue_limit",
+           "written_since_boot"]
 
 FSYNC_MODES = ("always", "background", "never")
 QUEUE_LIMIT = 64
 """Files waiting for their background sync, at most (each holds two descriptors)."""
+
+
+def queue_limit() -> int:
+    """Files that may wait for their background sync now: ``QUEUE_LIMIT``, less under a low
+    descriptor limit (8 under 256, 2 under 64)."""
+    return min(QUEUE_LIMIT, share_of_limit(32, 1, QUEUE_LIMIT))
 _BOOT_SLACK = 1.0  # seconds: a file this close to the boot may predate it
 
 # Filesystems on which other machines read what this one writes: a rename can be
@@ -126,8 +135,8 @@ class _Sync:
 def defer(file_fd: int, dir_fd: int) -> None:
     """Sync ``file_fd`` and then ``dir_fd`` soon, and close them; takes both descriptors.
 
-    When ``QUEUE_LIMIT`` files already wait, the caller syncs them itself, now.
+    When ``queue_limit()`` files already wait, the caller syncs them itself, now.
     """
     job = _Sync(file_fd, dir_fd)
-    if not worker.submit(job, limit=QUEUE_LIMIT):
+    if not worker.submit(job, limit=queue_limit()):
         job.run()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["open_uncommitted", "parent", "run_on_loop", "strip_protocol"]
+__all__ = ["bounded", "open_uncommitted", "parent", "run_on_loop", "strip_protocol"]
 
 
 def strip_protocol(filesystem_class: Any, url: str) -> str:
@@ -39,11 +39,19 @@ def open_uncommitted(fs: Any, path: str, mode: str, block_size: int) -> Any:
     return fs._open(path, mode, block_size=block_size, autocommit=False)
 
 
-def run_on_loop(fs: Any, function: Callable[..., Any], *args: Any) -> Any:
+def run_on_loop(fs: Any, function: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
     """Run the coroutine function ``function(*args)`` on an async filesystem's event loop, and wait.
 
-    ``fsspec.asyn.sync``, as fsspec's own blocking methods do (``fs.loop`` is that loop).
+    ``fsspec.asyn.sync``, as fsspec's own blocking methods do (``fs.loop`` is that loop);
+    after ``timeout`` seconds the coroutine is cancelled and ``FSTimeoutError`` raised.
     """
     from fsspec.asyn import sync
 
-    return sync(fs.loop, function, *args)
+    return sync(fs.loop, function, *args, timeout=timeout)
+
+
+def bounded(fs: Any, timeout: float) -> dict[str, Any]:
+    """The keyword that bounds a blocking call of ``fs`` to ``timeout`` seconds: ``{"timeout": ...}``
+    for an asynchronous filesystem (its blocking methods take it, through ``fsspec.asyn.sync``),
+    ``{}`` for the others, which would take it for an argument of their own."""
+    return {"timeout": timeout} if getattr(fs, "async_impl", False) and timeout > 0 else {}

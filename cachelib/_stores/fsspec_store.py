@@ -7,12 +7,15 @@ exception (aborted otherwise), so memory stays at a few parts whatever its size.
 On S3 a read streams the object from the position read, by GET requests bound to
 the version opened (``If-Match`` its ETag: a replaced object fails the read, it
 never mixes two versions); elsewhere it fetches ranges of at most a part, large
-reads straight into the caller's buffer either way. Exclusive writes are conditional creates
-(``If-None-Match: *``, fsspec's ``mode="create"``/``"xb"``) where the backend is
-known to make them atomic (S3; memory:// within one process); elsewhere they are a
-check before the write and ``conditional_writes`` is False. Object stores keep no
-owners (every object is "own") and no access time (``used`` is when an object was
-stored), and nothing is mapped from them.
+reads straight into the caller's buffer either way (``remote_files``). Exclusive
+writes are conditional creates (``If-None-Match: *``, fsspec's ``mode="create"``/
+``"xb"``) where the backend is known to make them atomic (S3; memory:// within one
+process); elsewhere they are a check before the write and ``conditional_writes`` is
+False. Every remote operation runs under the store's ``Stalls`` guard and, on an
+asynchronous filesystem, within its ``operation`` timeout (``deadlines``): a stalled
+endpoint costs one bounded wait, then the store is passed over for a ``pause``.
+Object stores keep no owners (every object is "own") and no access time (``used``
+is when an object was stored), and nothing is mapped from them.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from typing import Any
 
 from .._errors import CorruptFileError, FileAccessError, InvalidOptionError, MissingDependencyError
 from .base import ItemInfo, Probe, Readable, Store, Writer, check_key
-from .fsspec_compat import open_uncommitted, parent, run_on_loop, strip_protocol
+from .deadlines import RemoteTimeouts, Stalls
+from .fsspec_compat import bounded, open_uncommitted, parent, strip_protocol
+from .remote_files import PART_SIZE, Ranges, S3Body, S3Parts
 
 __all__ = ["FsspecStore"]
 
-PART_SIZE = 8 << 20  # bytes per uploaded part and per ranged read (S3's minimum part is 5 MiB)
 _READ_BUFFER = 1 << 20  # small reads (headers, records) share one ranged read of this size
 _CONDITIONAL = frozenset({"s3", "s3a", "memory"})  # backends whose exclusive creates are atomic
 _INSTALL = {"s3": "cachelib[s3]", "s3a": "cachelib[s3]", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
@@ -79,6 +83,9 @@ class FsspecStore(Store):
     atomic (True for S3 and memory://; pass False for an S3-compatible server that
     ignores ``If-None-Match``, so that no lease relies on it). s3fs's listings cache
     is always off: a stale listing would hide a lease or an entry.
+    ``storage_options["timeouts"]`` sets the bounds of remote operations
+    (``deadlines.RemoteTimeouts``: ``connect``, ``read``, ``attempts``, ``operation``,
+    ``pause``); the rest of ``storage_options`` goes to the filesystem.
     """
 
     def __init__(
@@ -106,6 +113,8 @@ class FsspecStore(Store):
         self.protocol = protocol
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
+        self.timeouts, self._fs_options = RemoteTimeouts.split(self.storage_options)
+        self._stalls = Stalls(self.url, self.timeouts)
         known = protocol in _CONDITIONAL
         self.conditional_writes = known if conditional_writes is None else bool(conditional_writes)
         self.lease_ttl = float(lease_ttl)
@@ -133,10 +142,17 @@ class FsspecStore(Store):
     def fs(self) -> Any:
         """The filesystem, made afresh in each process (async clients do not survive a fork)."""
         if self._fs is None or self._pid != os.getpid():
-            options = {**self.storage_options, **_FORCED_OPTIONS.get(self.protocol, {})}
+            options = {**self._fs_options, **_FORCED_OPTIONS.get(self.protocol, {})}
+            if self._s3:  # each request bounded, unless the options' own config_kwargs say otherwise
+                own = options.get("config_kwargs", {})
+                options["config_kwargs"] = {**self.timeouts.botocore_config(), **own}
             self._fs = _fsspec().filesystem(self.protocol, **options)
             self._pid = os.getpid()
         return self._fs
+
+    def _bound(self) -> dict[str, Any]:
+        """The keyword that bounds one blocking call of the filesystem (``{}`` where it takes none)."""
+        return bounded(self.fs, self.timeouts.operation)
 
     def _path(self, key: str) -> str:
         check_key(key)
@@ -150,12 +166,13 @@ class FsspecStore(Store):
     def _info(self, key: str) -> dict[str, Any]:
         path = self._path(key)
         try:
-            if self._s3:  # one HEAD (s3fs's info also lists, to tell a missing key from a prefix)
-                bucket, _, name = path.partition("/")
-                head = self.fs.call_s3("head_object", Bucket=bucket, Key=name)
-                return {"type": "file", "size": head["ContentLength"], "ETag": head.get("ETag"),
-                        "LastModified": head.get("LastModified")}
-            info: dict[str, Any] = self.fs.info(path)
+            with self._stalls.guard():
+                if self._s3:  # one HEAD (s3fs's info also lists, to tell a missing key from a prefix)
+                    bucket, _, name = path.partition("/")
+                    head = self.fs.call_s3("head_object", Bucket=bucket, Key=name, **self._bound())
+                    return {"type": "file", "size": head["ContentLength"], "ETag": head.get("ETag"),
+                            "LastModified": head.get("LastModified")}
+                info: dict[str, Any] = self.fs.info(path, **self._bound())
         except FileNotFoundError:
             raise KeyError(key) from None
         if info.get("type") != "file":
@@ -190,25 +207,27 @@ class FsspecStore(Store):
             info = self._info(key)
             bucket, _, name = path.partition("/")
             size = int(info["size"])
-            body = _S3Body(self.fs, bucket, name, info["ETag"], size)
+            body = S3Body(self.fs, bucket, name, info["ETag"], size, self._stalls)
             stream = io.BufferedReader(body, buffer_size=_READ_BUFFER)
             return Readable(stream, size, own=True, mappable=False, identity=_identity(info))
         try:
-            remote = self.fs.open(path, "rb", cache_type="none", block_size=PART_SIZE)
+            with self._stalls.guard():
+                remote = self.fs.open(path, "rb", cache_type="none", block_size=PART_SIZE)
+                details = getattr(remote, "details", None) or self.fs.info(path, **self._bound())
         except (FileNotFoundError, IsADirectoryError):
             raise KeyError(key) from None
-        details = getattr(remote, "details", None) or self.fs.info(path)
         if details.get("type", "file") != "file":
             remote.close()
             raise KeyError(key)
         size = int(details["size"])
-        file = io.BufferedReader(_Ranges(remote, size), buffer_size=_READ_BUFFER)
+        file = io.BufferedReader(Ranges(remote, size, self._stalls), buffer_size=_READ_BUFFER)
         return Readable(file, size, own=True, mappable=False, identity=_identity(details))
 
     def read_bytes(self, key: str, limit: int) -> bytes:
         path = self._path(key)
         try:
-            data: bytes = self.fs.cat_file(path, start=0, end=limit + 1)
+            with self._stalls.guard():
+                data: bytes = self.fs.cat_file(path, start=0, end=limit + 1, **self._bound())
         except FileNotFoundError:
             raise KeyError(key) from None
         except OSError:
@@ -226,9 +245,15 @@ class FsspecStore(Store):
         if self._checked or self.protocol not in ("s3", "s3a"):
             return
         bucket = self._root.split("/", 1)[0]
-        if not self.fs.exists(bucket):
+        try:  # not fs.exists, which takes a timeout for an absent bucket
+            with self._stalls.guard():
+                self.fs.call_s3("head_bucket", Bucket=bucket, **self._bound())
+        except FileNotFoundError:
             raise FileAccessError(f"the bucket {bucket!r} of {self.url!r} does not exist; create it first",
-                                  path=self.url)
+                                  path=self.url) from None
+        except PermissionError as exc:
+            raise FileAccessError(f"the bucket {bucket!r} of {self.url!r} cannot be used: {exc}",
+                                  path=self.url) from None
         self._checked = True
 
     @contextlib.contextmanager
@@ -258,27 +283,33 @@ class FsspecStore(Store):
                     remote.discard()
                 raise
             return
-        if not exclusive:
-            self.fs.pipe_file(path, data)
-        elif self._memory:
-            with _memory_lock:
-                self.fs.pipe_file(path, data, mode="create")
-        else:
-            self.fs.pipe_file(path, data, mode="create")
+        with self._stalls.guard():
+            if not exclusive:
+                self.fs.pipe_file(path, data, **self._bound())
+            elif self._memory:
+                with _memory_lock:
+                    self.fs.pipe_file(path, data, mode="create")
+            else:
+                self.fs.pipe_file(path, data, mode="create", **self._bound())
 
     def _start_upload(self, path: str, exclusive: bool) -> Any:
         """Open a streamed upload, published only by its ``commit()``."""
+        if self._s3:
+            bucket, _, name = path.partition("/")
+            return S3Parts(self.fs, bucket, name, exclusive, self._stalls)
         mode = "xb" if exclusive else "wb"
-        if not (self._s3 or self._memory):  # a filesystem with directories may need its parents made
-            with contextlib.suppress(Exception):
-                self.fs.makedirs(parent(self.fs, path), exist_ok=True)
-        return open_uncommitted(self.fs, path, mode, PART_SIZE)
+        with self._stalls.guard():
+            if not self._memory:  # a filesystem with directories may need its parents made
+                with contextlib.suppress(Exception):
+                    self.fs.makedirs(parent(self.fs, path), exist_ok=True)
+            return open_uncommitted(self.fs, path, mode, PART_SIZE)
 
     def delete(self, key: str) -> bool:
         path = self._path(key)
         try:
             self._info(key)
-            self.fs.rm_file(path)
+            with self._stalls.guard():
+                self.fs.rm_file(path, **self._bound())
         except (KeyError, FileNotFoundError):
             return False
         return True
@@ -288,7 +319,8 @@ class FsspecStore(Store):
     def _ls(self, prefix: str) -> list[dict[str, Any]]:
         path = f"{self._root}/{prefix}" if prefix else self._root
         try:
-            return list(self.fs.ls(path, detail=True))
+            with self._stalls.guard():
+                return list(self.fs.ls(path, detail=True, **self._bound()))
         except (FileNotFoundError, NotADirectoryError):
             return []
 
@@ -315,116 +347,6 @@ class FsspecStore(Store):
             elif info.get("type") == "file":
                 stored = _timestamp(info)
                 yield ItemInfo(key, int(info.get("size") or 0), stored, stored)
-
-
-class _Object(io.RawIOBase):
-    """A seekable, read-only view of one remote object of a known size; subclasses read."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(base + offset, 0)
-        return self._position
-
-    def readall(self) -> bytes:
-        """Read to the end in bounded pieces (the default reads 8 KiB per request)."""
-        buffer = bytearray(max(self._size - self._position, 0))
-        return bytes(buffer[: self.readinto(buffer)])
-
-
-class _Ranges(_Object):
-    """The bytes of one opened fsspec file, read by ranges of at most ``PART_SIZE``."""
-
-    def __init__(self, remote: Any, size: int) -> None:
-        super().__init__(size)
-        self._remote = remote
-
-    def readinto(self, buffer: Any) -> int:
-        """Fill ``buffer`` up to the end of the object, one bounded range at a time."""
-        view = memoryview(buffer).cast("B")
-        wanted = min(view.nbytes, max(self._size - self._position, 0))
-        got = 0
-        while got < wanted:
-            self._remote.seek(self._position)
-            data = self._remote.read(min(wanted - got, PART_SIZE))
-            if not data:
-                break
-            view[got : got + len(data)] = data
-            got += len(data)
-            self._position += len(data)
-        return got
-
-    def close(self) -> None:
-        if not self.closed:
-            self._remote.close()
-        super().close()
-
-
-class _S3Body(_Object):
-    """One version of an S3 object, streamed by GET requests from the position read.
-
-    A request covers the rest of the object and is read a part at a time; a seek
-    elsewhere drops it and the next read starts another. ``If-Match`` binds every
-    request to the ETag opened.
-    """
-
-    def __init__(self, fs: Any, bucket: str, key: str, etag: str, size: int) -> None:
-        super().__init__(size)
-        self._fs = fs
-        self._bucket = bucket
-        self._key = key
-        self._etag = etag
-        self._body: Any = None
-        self._body_at = -1
-
-    def _request(self) -> None:
-        self._drop()
-        response = self._fs.call_s3(
-            "get_object", Bucket=self._bucket, Key=self._key, IfMatch=self._etag,
-            Range=f"bytes={self._position}-",
-        )
-        self._body, self._body_at = response["Body"], self._position
-
-    def _drop(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            with contextlib.suppress(Exception):
-                body.close()
-
-    def readinto(self, buffer: Any) -> int:
-        """Fill ``buffer`` up to the end of the object."""
-        view = memoryview(buffer).cast("B")
-        wanted = min(view.nbytes, max(self._size - self._position, 0))
-        got = 0
-        while got < wanted:
-            if self._body is None or self._body_at != self._position:
-                self._request()
-            data = run_on_loop(self._fs, self._body.read, min(wanted - got, PART_SIZE))
-            if not data:
-                self._drop()
-                missing = self._size - self._position
-                raise OSError(f"s3://{self._bucket}/{self._key} ended {missing} bytes early")
-            view[got : got + len(data)] = data
-            got += len(data)
-            self._position += len(data)
-            self._body_at = self._position
-        return got
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
 
 
 class _Upload:
@@ -466,7 +388,8 @@ class _Upload:
 
     def _send(self, view: memoryview) -> None:
         for start in range(0, view.nbytes, PART_SIZE):
-            self._remote.write(view[start : start + PART_SIZE])
+            with self._store._stalls.guard():
+                self._remote.write(view[start : start + PART_SIZE])
 
     def commit(self) -> None:
         """Publish the object: one request, or the completion of the multipart upload."""
@@ -477,8 +400,9 @@ class _Upload:
             return
         remote, self._remote = self._remote, None
         try:
-            remote.close()  # sends the last part; autocommit=False keeps the upload open
-            remote.commit()
+            with self._store._stalls.guard():
+                remote.close()  # sends the last part; autocommit=False keeps the upload open
+                remote.commit()
         except BaseException:
             with contextlib.suppress(Exception):
                 remote.discard()

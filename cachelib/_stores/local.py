@@ -1,12 +1,16 @@
 """The local store: objects as files under a directory on a local (or NFS) filesystem.
 
 Rule: every file and directory is reached through descriptors that were opened
-without following symbolic links and judged by ``_stores.trust`` (owner and mode) before
-use; nothing is opened that could block (FIFOs, devices) or read without bound.
-Everything created gets an explicit mode, whatever the umask. A write goes to a
-temporary file beside its key, then is renamed over it: readers see the old
-object, the new one, or none; ``fsync`` decides when it reaches the disk
-(``_stores.durability``). Layout: a key ``a/b/c`` is the file ``<location>/a/b/c``.
+without following symbolic links and judged by ``_stores.trust`` (owner and mode,
+under the ``Rules`` of the tree) before use; nothing is opened that could block
+(FIFOs, devices) or read without bound. Everything created gets an explicit mode,
+whatever the umask. A write goes to a temporary file beside its key, then is renamed
+over it: readers see the old object, the new one, or none; ``fsync`` decides when it
+reaches the disk (``_stores.durability``). Layout: a key ``a/b/c`` is the file
+``<location>/a/b/c``. The descriptors of the location and of its top-level
+directories are borrowed from the process's bounded table (``_stores.descriptors``)
+for one operation at a time, never kept per store. A location a group shares is a
+``GroupStore`` (``_stores.group``), whose trees are local stores under other rules.
 """
 
 from __future__ import annotations
@@ -17,20 +21,19 @@ import errno
 import os
 import re
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import lock_descriptor, unlock_descriptor
-
-from .._errors import CorruptFileError, FileAccessError, UnsafeLocationError
+from .._errors import CorruptFileError, FileAccessError, InvalidOptionError, UnsafeLocationError
 from .base import ItemInfo, KeyLock, Probe, Readable, Store, Unfinished, Writer, check_key
+from .descriptors import DIRECTORIES, Handle, give_back
 from .durability import can_defer, checked_fsync_mode, defer
+from .filelock import FileLock
 from .processes import writer_gone, writer_id
-from .trust import DIRECTORY_MODES, FILE_MODES, judge_directory, judge_file
+from .trust import PRIVATE, SHARED, Rules, judge_directory, judge_file, not_followed
 
 __all__ = ["LocalStore", "temporary_name"]
 
@@ -41,7 +44,6 @@ _O_DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXE
 _O_READ = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
 _O_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 _ABSENT = (errno.ENOENT, errno.ENOTDIR)
-_RETIRED_MAX = 256  # replaced directory descriptors kept open (see _retire)
 _CREATE_ATTEMPTS = 8  # a directory made and removed again by a concurrent clear is made again
 _CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -61,10 +63,9 @@ def temporary_name(name: str, pid: int | None = None) -> str:
     return f"{name}.{writer_id(pid)}-{uuid.uuid4().hex[:12]}.tmp"
 
 
-def _not_followed(path: str, exc: OSError) -> CorruptFileError:
-    if exc.errno == errno.ELOOP:
-        return CorruptFileError(f"{path!r} is a symbolic link; cachelib never follows links inside a cache")
-    return CorruptFileError(f"{path!r} cannot be opened: {exc.strerror or exc}")
+def _reopened(kind: type[LocalStore], location: Path, fsync: str) -> LocalStore:
+    """Unpickle a local store (settings only: descriptors are opened afresh)."""
+    return kind(location, fsync=fsync)
 
 
 class LocalStore(Store):
@@ -73,46 +74,65 @@ class LocalStore(Store):
     def __init__(
         self, location: str | os.PathLike[str], *, share: str | None = None, fsync: bool | str = "background"
     ) -> None:
-        self.location = Path(location).expanduser().absolute()
-        self.url = str(self.location)
+        if share is not None and type(self) is LocalStore:
+            raise InvalidOptionError(
+                f"LocalStore takes share=None; a location a group shares is GroupStore({str(location)!r}) "
+                "(or Cache(location, share='group', secret=...))"
+            )
+        rules = SHARED if share == "group" else PRIVATE
+        self._setup(Path(location).expanduser().absolute(), rules, share, checked_fsync_mode(fsync), None)
+
+    def _setup(self, location: Path, rules: Rules, share: str | None, fsync: str,
+               parent: LocalStore | None) -> None:
+        """Make this store the tree at ``location`` under ``rules``: the location itself, or for
+        ``parent``, its top-level directory ``location.name`` (opened below the parent's descriptor)."""
+        self.location = location
+        self.url = str(location)
         self.share = share
-        self.fsync = checked_fsync_mode(fsync)
+        self.fsync = fsync
+        self.rules = rules
+        self._parent_store = parent
         self._deferred: bool | None = None  # whether syncs may follow renames here: known at the first write
-        self._dir_mode = DIRECTORY_MODES[share]
-        self._file_mode = FILE_MODES[share]
-        self._lock = threading.Lock()
-        self._root: int | None = None
-        self._group: int | None = None
-        self._dirs: dict[str, int] = {}  # top-level directory -> descriptor, never closed early
-        self._retired: list[int] = []
+        self._group: int | None = None  # the location's group, once it is opened
+        self._dirs: dict[str, Handle] = {}  # open directories: "" the top, else top-level names
+
+    @classmethod
+    def tree(cls, parent: LocalStore, name: str, rules: Rules) -> LocalStore:
+        """The top-level directory ``name`` of ``parent`` as a store of its own, under ``rules``."""
+        store = super().__new__(cls)
+        store._setup(parent.location / name, rules, parent.share, parent.fsync, parent)
+        return store
 
     def __repr__(self) -> str:
         return f"LocalStore({self.url!r})"
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "share": self.share, "fsync": self.fsync}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        LocalStore.__init__(self, state["location"], share=state["share"], fsync=state["fsync"])
-
-    def __del__(self) -> None:
-        if not hasattr(self, "_retired"):
-            return  # __init__ refused its arguments
-        for fd in [*self._dirs.values(), *self._retired, *([self._root] if self._root is not None else [])]:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def __reduce__(self) -> Any:
+        return _reopened, (type(self), self.location, self.fsync)
 
     # -- directories ---------------------------------------------------------------------
 
-    def _root_fd(self, create: bool) -> int:
-        """Return the location's descriptor, opened and judged once (created if asked)."""
-        root = self._root
-        if root is not None:
-            return root
-        with self._lock:
-            if self._root is None:
-                self._root = self._open_location(create)
-            return self._root
+    def _root(self, create: bool) -> Handle:
+        """Borrow the descriptor of the tree's top (the location), opened and judged when it is not open."""
+        handle = self._dirs.get("")
+        if handle is not None and handle.borrow():
+            return handle
+        return DIRECTORIES.add(self._dirs, "", self._open_root(create))
+
+    @contextlib.contextmanager
+    def _root_fd(self, create: bool) -> Iterator[int]:
+        handle = self._root(create)
+        try:
+            yield handle.fd
+        finally:
+            give_back(handle)
+
+    def _open_root(self, create: bool) -> int:
+        parent = self._parent_store
+        if parent is None:
+            return self._open_location(create)
+        with parent._root_fd(create) as top:
+            self._group = parent._group
+            return self._open_dir(top, self.location.name, create, self.location.name)
 
     def _open_location(self, create: bool) -> int:
         path = str(self.location)
@@ -132,7 +152,7 @@ class LocalStore(Store):
                 f"cache location {path!r} cannot be opened: {exc.strerror or exc}", path=path
             ) from exc
         st = os.fstat(fd)
-        verdict = judge_directory(st, self.share)
+        verdict = judge_directory(st, self.rules)
         if verdict.reason is not None:
             os.close(fd)
             raise UnsafeLocationError(
@@ -143,15 +163,15 @@ class LocalStore(Store):
 
     def initialize(self) -> None:
         """Create the location, with the tags that keep backup and version-control tools out."""
-        root = self._root_fd(True)
-        for name, text in (("CACHEDIR.TAG", _CACHEDIR_TAG), (".gitignore", _GITIGNORE)):
-            with contextlib.suppress(OSError):
-                self._create_small(root, name, text.encode())
+        with self._root_fd(True) as root:
+            for name, text in (("CACHEDIR.TAG", _CACHEDIR_TAG), (".gitignore", _GITIGNORE)):
+                with contextlib.suppress(OSError):
+                    self._create_small(root, name, text.encode())
 
     def exists(self, key: str) -> bool:
         parts = check_key(key)
         try:
-            with self._parent(parts, False) as parent:
+            with self.directory_of(parts, False) as parent:
                 st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
         except (KeyError, FileNotFoundError, NotADirectoryError):
             return False
@@ -164,24 +184,26 @@ class LocalStore(Store):
         while not path.exists() and path != path.parent:
             missing.append(path)
             path = path.parent
+        mode = self.rules.directory_mode
         for directory in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, self._dir_mode)
+                os.mkdir(directory, mode)
                 fd = os.open(directory, _O_DIRECTORY)
                 try:
-                    os.fchmod(fd, self._dir_mode)
+                    os.fchmod(fd, mode)
                 finally:
                     os.close(fd)
 
     def _create_small(self, parent: int, name: str, data: bytes) -> None:
         """Create a small file if it does not exist yet (never replacing one)."""
+        mode = self.rules.file_mode
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, self._file_mode,
-                         dir_fd=parent)
+            fd = os.open(name, flags, mode, dir_fd=parent)
         except FileExistsError:
             return
         try:
-            os.fchmod(fd, self._file_mode)
+            os.fchmod(fd, mode)
             os.write(fd, data)
         finally:
             os.close(fd)
@@ -193,9 +215,10 @@ class LocalStore(Store):
         except FileNotFoundError:
             if not create:
                 raise KeyError(where) from None
+            mode = self.rules.directory_mode
             for attempt in range(_CREATE_ATTEMPTS):
                 try:
-                    os.mkdir(name, self._dir_mode, dir_fd=parent)
+                    os.mkdir(name, mode, dir_fd=parent)
                     created = True
                 except FileExistsError:
                     created = False
@@ -206,7 +229,7 @@ class LocalStore(Store):
                         raise
                     continue
                 if created:
-                    os.fchmod(fd, self._dir_mode)
+                    os.fchmod(fd, mode)
                 return fd
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -215,7 +238,7 @@ class LocalStore(Store):
                     path=self.locate(where),
                 ) from None
             raise
-        verdict = judge_directory(os.fstat(fd), self.share, self._group)
+        verdict = judge_directory(os.fstat(fd), self.rules, self._group)
         if verdict.reason is not None:
             os.close(fd)
             raise UnsafeLocationError(
@@ -224,51 +247,44 @@ class LocalStore(Store):
             )
         return fd
 
-    def _top(self, name: str, create: bool, fresh: bool = False) -> int:
-        """Return the descriptor of a top-level directory, kept open for this store's life.
+    def _top(self, name: str, create: bool, fresh: bool = False) -> Handle:
+        """Borrow the descriptor of a top-level directory (give it back with ``give_back``).
 
         ``fresh`` checks that the directory at that name is still the one held, and
         reopens it if another process removed (and maybe recreated) it.
         """
-        fd = self._dirs.get(name)
-        if fd is not None and not (fresh and self._replaced(name, fd)):
-            return fd
-        root = self._root_fd(create)
-        with self._lock:
-            current = self._dirs.get(name)
-            if current is not None and current != fd:
-                return current
-            opened = self._open_dir(root, name, create, name)
-            if fd is not None:
-                self._retire(fd)
-            self._dirs[name] = opened
-            return opened
+        handle = self._dirs.get(name)
+        if handle is not None and handle.borrow():
+            if not (fresh and self._replaced(name, handle.fd)):
+                return handle
+            DIRECTORIES.replace(handle)
+            give_back(handle)
+        return DIRECTORIES.add(self._dirs, name, self._open_top(name, create))
+
+    def _open_top(self, name: str, create: bool) -> int:
+        with self._root_fd(create) as root:
+            return self._open_dir(root, name, create, name)
 
     def _replaced(self, name: str, fd: int) -> bool:
         try:
             held = os.fstat(fd)
-            current = os.stat(name, dir_fd=self._root_fd(False), follow_symlinks=False)
+            with self._root_fd(False) as root:
+                current = os.stat(name, dir_fd=root, follow_symlinks=False)
         except (OSError, KeyError):
             return True
         return held.st_nlink == 0 or (held.st_ino, held.st_dev) != (current.st_ino, current.st_dev)
 
-    def _retire(self, fd: int) -> None:
-        """Keep a replaced descriptor open a while: another thread may still be using its number."""
-        self._retired.append(fd)
-        if len(self._retired) > _RETIRED_MAX:
-            with contextlib.suppress(OSError):
-                os.close(self._retired.pop(0))
-
     @contextlib.contextmanager
-    def _parent(self, parts: list[str], create: bool) -> Iterator[int]:
+    def directory_of(self, parts: list[str], create: bool) -> Iterator[int]:
         """Yield a descriptor of the directory holding the key ``parts``, every level judged."""
         if len(parts) == 1:
-            yield self._root_fd(create)
+            with self._root_fd(create) as root:
+                yield root
             return
         top = self._top(parts[0], create, fresh=create)
         opened: list[int] = []
         try:
-            current = top
+            current = top.fd
             for depth, name in enumerate(parts[1:-1], 2):
                 current = self._open_dir(current, name, create, "/".join(parts[:depth]))
                 opened.append(current)
@@ -276,16 +292,29 @@ class LocalStore(Store):
         finally:
             for fd in opened:
                 os.close(fd)
+            give_back(top)
 
     # -- reading -------------------------------------------------------------------------
 
     def probe(self, key: str) -> Probe | None:
         top, _, rest = key.partition("/")
         try:
-            fd = self._dirs.get(top) if rest else self._root_fd(False)
-            if fd is None:
-                fd = self._top(top, False)
-            st = os.stat(rest or top, dir_fd=fd, follow_symlinks=False)
+            handle = self._dirs.get(top) if rest else None  # the hit path: borrowed inline
+            if handle is not None:
+                handle.users.append(None)
+                if handle.retired:
+                    give_back(handle)
+                    handle = None
+                else:
+                    handle.used = True
+            if handle is None:
+                handle = self._top(top, False) if rest else self._root(False)
+            try:
+                st = os.stat(rest or top, dir_fd=handle.fd, follow_symlinks=False)
+            finally:
+                handle.users.pop()
+                if handle.retired and not handle.users:
+                    DIRECTORIES.close_unused(handle)
         except FileNotFoundError:
             raise KeyError(key) from None
         except OSError as exc:
@@ -296,16 +325,16 @@ class LocalStore(Store):
 
     def open(self, key: str) -> Readable:
         parts = check_key(key)
-        with self._parent(parts, False) as parent:
+        with self.directory_of(parts, False) as parent:
             try:
                 fd = os.open(parts[-1], _O_READ, dir_fd=parent)
             except OSError as exc:
                 if exc.errno in _ABSENT:
                     raise KeyError(key) from None
-                raise _not_followed(key, exc) from None
+                raise not_followed(key, exc) from None
         try:
             st = os.fstat(fd)
-            verdict = judge_file(st, self.share)
+            verdict = judge_file(st, self.rules)
             if verdict.reason is not None:  # a damaged entry: recomputed and replaced
                 raise CorruptFileError(f"{key!r} in the cache at {self.url!r} is not used: {verdict.reason}")
             file = open(fd, "rb", closefd=True)  # noqa: SIM115 - the Readable closes it
@@ -324,11 +353,12 @@ class LocalStore(Store):
     def touch(self, key: str) -> None:
         top, _, rest = key.partition("/")
         with contextlib.suppress(OSError, KeyError, NotImplementedError):
-            fd = self._dirs.get(top)
-            if fd is None:
-                fd = self._top(top, False)
-            st = os.stat(rest, dir_fd=fd, follow_symlinks=False)
-            os.utime(rest, ns=(time.time_ns(), st.st_mtime_ns), dir_fd=fd, follow_symlinks=False)
+            handle = self._top(top, False)
+            try:
+                st = os.stat(rest, dir_fd=handle.fd, follow_symlinks=False)
+                os.utime(rest, ns=(time.time_ns(), st.st_mtime_ns), dir_fd=handle.fd, follow_symlinks=False)
+            finally:
+                give_back(handle)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -336,12 +366,13 @@ class LocalStore(Store):
     def write(self, key: str, *, exclusive: bool = False, keep: bool = False) -> Iterator[Writer]:
         parts = check_key(key)
         name = parts[-1]
-        with self._parent(parts, True) as parent:
+        mode = self.rules.file_mode
+        with self.directory_of(parts, True) as parent:
             temporary = temporary_name(name)
-            fd = os.open(temporary, _O_CREATE, self._file_mode, dir_fd=parent)
+            fd = os.open(temporary, _O_CREATE, mode, dir_fd=parent)
             file = open(fd, "wb+", buffering=_BUFFER_SIZE)  # noqa: SIM115 - closed below
             try:
-                os.fchmod(fd, self._file_mode)
+                os.fchmod(fd, mode)
                 sync = self._sync_mode()
                 writer = Writer(file, deferred=sync != "always")
                 yield writer
@@ -380,7 +411,7 @@ class LocalStore(Store):
     def delete(self, key: str) -> bool:
         parts = check_key(key)
         try:
-            with self._parent(parts, False) as parent:
+            with self.directory_of(parts, False) as parent:
                 os.unlink(parts[-1], dir_fd=parent)
         except KeyError:
             return False
@@ -396,10 +427,11 @@ class LocalStore(Store):
     def _opened(self, prefix: str) -> Iterator[int]:
         """Yield a fresh descriptor of the directory ``prefix`` (the location for "")."""
         if not prefix:
-            fd = os.open(".", _O_DIRECTORY, dir_fd=self._root_fd(False))
+            with self._root_fd(False) as root:
+                fd = os.open(".", _O_DIRECTORY, dir_fd=root)
         else:
             parts = check_key(prefix)
-            with self._parent(parts, False) as parent:
+            with self.directory_of(parts, False) as parent:
                 fd = self._open_dir(parent, parts[-1], False, prefix)
         try:
             yield fd
@@ -443,89 +475,13 @@ class LocalStore(Store):
     # -- locks ---------------------------------------------------------------------------
 
     def lock(self, key: str) -> KeyLock | None:
-        return _FileLock(self, key)
+        return FileLock(self, key)
 
     def unfinished(self, key: str) -> Unfinished | None:
         match = _TEMPORARY.match(key)
         if match is not None:
             return match.group("target"), writer_gone(match.group("tag"), int(match.group("pid")))
         return (None, False) if _EARLIER_TEMPORARY.search(key) else None
-
-
-class _FileLock(KeyLock):
-    """A ``flock`` on a lock file opened without following links, never truncated.
-
-    The kernel releases it when its holder dies. The file is removed on release;
-    a waiter that wins a file already removed opens the new one and waits again,
-    so two holders never overlap.
-    """
-
-    def __init__(self, store: LocalStore, key: str) -> None:
-        self._store = store
-        self._parts = check_key(key)
-        self._fd: int | None = None
-        self._parent: contextlib.ExitStack | None = None
-        self._parent_fd = -1
-
-    def _open(self) -> tuple[int, os.stat_result]:
-        stack = contextlib.ExitStack()
-        parent = stack.enter_context(self._store._parent(self._parts, True))
-        flags = os.O_RDONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
-        try:
-            fd = os.open(self._parts[-1], flags, self._store._file_mode, dir_fd=parent)
-        except OSError as exc:
-            stack.close()
-            raise _not_followed("/".join(self._parts), exc) from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            stack.close()
-            raise CorruptFileError(f"lock file {'/'.join(self._parts)!r} is not a regular file")
-        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != self._store._file_mode:
-            os.fchmod(fd, self._store._file_mode)
-        self._parent, self._parent_fd = stack, parent
-        return fd, st
-
-    def _still_named(self, st: os.stat_result) -> bool:
-        try:
-            current = os.stat(self._parts[-1], dir_fd=self._parent_fd, follow_symlinks=False)
-        except OSError:
-            return False
-        return (current.st_ino, current.st_dev) == (st.st_ino, st.st_dev)
-
-    def _drop(self, fd: int) -> None:
-        os.close(fd)
-        if self._parent is not None:
-            self._parent.close()
-            self._parent = None
-
-    def acquire(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            fd, st = self._open()
-            while not lock_descriptor(fd, blocking=False):
-                if time.monotonic() >= deadline:
-                    self._drop(fd)
-                    return False
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            if self._still_named(st):
-                self._fd = fd
-                return True
-            unlock_descriptor(fd)
-            self._drop(fd)  # it was removed by the holder we waited for: take the new one
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            if self._still_named(os.fstat(fd)):
-                os.unlink(self._parts[-1], dir_fd=self._parent_fd)
-        with contextlib.suppress(OSError):
-            unlock_descriptor(fd)
-        self._drop(fd)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -537,4 +493,3 @@ def _fsync_quietly(fd: int) -> None:
     """Make a rename durable where the filesystem lets a directory be fsynced."""
     with contextlib.suppress(OSError):
         os.fsync(fd)
-

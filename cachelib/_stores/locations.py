@@ -2,7 +2,7 @@
 
 Rule: one decision, used by ``Cache`` and the command line alike. A path, or a
 ``file://`` URL, is a local directory (``LocalStore``: descriptors, trust rules,
-group sharing, mmap); any other ``protocol://`` is an object on an fsspec
+mmap; ``GroupStore`` for a group's); any other ``protocol://`` is an object on an fsspec
 filesystem (``FsspecStore``), with its ``storage_options``. How to open it travels
 as one resolved ``StoreOptions``; group mode is what the caller says, never guessed.
 """
@@ -18,6 +18,7 @@ from typing import Any
 from .._errors import InvalidOptionError
 from .base import Store
 from .durability import checked_fsync_mode
+from .group import GroupStore
 from .local import LocalStore
 
 __all__ = ["SHARE_MODES", "StoreOptions", "is_url", "open_store"]
@@ -66,4 +67,6 @@ def open_store(location: str | os.PathLike[str], options: StoreOptions = StoreOp
     path = os.fspath(location)
     if isinstance(path, str) and _URL.match(path):
         path = path[len("file://"):]
-    return LocalStore(path, share=options.share, fsync=options.fsync)
+    if options.share == "group":
+        return GroupStore(path, fsync=options.fsync)
+    return LocalStore(path, fsync=options.fsync)

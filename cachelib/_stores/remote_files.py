@@ -1,0 +1,204 @@
+"""The file objects of a remote store: objects read in bounded pieces, uploads sent in parts.
+
+Rule: every request these objects make runs under the store's ``Stalls`` guard and,
+on an asynchronous filesystem, within its ``operation`` timeout (``_stores.deadlines``),
+so that a read or an upload of any size never waits on a stalled endpoint for longer
+than one bound per request. On S3 they make their own requests: a read streams one
+version (GET bound to the ETag opened by ``If-Match``), and an upload is cachelib's
+own multipart upload, completed (``If-None-Match: *`` when exclusive) only by
+``commit`` and aborted by ``discard``. Elsewhere a read goes through the
+filesystem's file object by ranges of at most a part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+from .deadlines import Stalls
+from .fsspec_compat import bounded, run_on_loop
+
+__all__ = ["PART_SIZE", "Ranges", "RemoteObject", "S3Body", "S3Parts"]
+
+PART_SIZE = 8 << 20  # bytes per uploaded part and per ranged read (S3's minimum part is 5 MiB)
+
+
+class RemoteObject(io.RawIOBase):
+    """A seekable, read-only view of one remote object of a known size; subclasses read."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(base + offset, 0)
+        return self._position
+
+    def readall(self) -> bytes:
+        """Read to the end in bounded pieces (the default reads 8 KiB per request)."""
+        buffer = bytearray(max(self._size - self._position, 0))
+        return bytes(buffer[: self.readinto(buffer)])
+
+
+class Ranges(RemoteObject):
+    """The bytes of one opened fsspec file, read by ranges of at most ``PART_SIZE``."""
+
+    def __init__(self, remote: Any, size: int, stalls: Stalls) -> None:
+        super().__init__(size)
+        self._remote = remote
+        self._stalls = stalls
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` up to the end of the object, one bounded range at a time."""
+        view = memoryview(buffer).cast("B")
+        wanted = min(view.nbytes, max(self._size - self._position, 0))
+        got = 0
+        while got < wanted:
+            with self._stalls.guard():
+                self._remote.seek(self._position)
+                data = self._remote.read(min(wanted - got, PART_SIZE))
+            if not data:
+                break
+            view[got : got + len(data)] = data
+            got += len(data)
+            self._position += len(data)
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._remote.close()
+        super().close()
+
+
+class S3Body(RemoteObject):
+    """One version of an S3 object, streamed by GET requests from the position read.
+
+    A request covers the rest of the object and is read a part at a time; a seek
+    elsewhere drops it and the next read starts another. ``If-Match`` binds every
+    request to the ETag opened.
+    """
+
+    def __init__(self, fs: Any, bucket: str, key: str, etag: str, size: int, stalls: Stalls) -> None:
+        super().__init__(size)
+        self._fs = fs
+        self._bucket = bucket
+        self._key = key
+        self._etag = etag
+        self._stalls = stalls
+        self._body: Any = None
+        self._body_at = -1
+
+    def _request(self) -> None:
+        self._drop()
+        with self._stalls.guard():
+            response = self._fs.call_s3(
+                "get_object", Bucket=self._bucket, Key=self._key, IfMatch=self._etag,
+                Range=f"bytes={self._position}-", **bounded(self._fs, self._stalls.timeouts.operation),
+            )
+        self._body, self._body_at = response["Body"], self._position
+
+    def _drop(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` up to the end of the object."""
+        view = memoryview(buffer).cast("B")
+        wanted = min(view.nbytes, max(self._size - self._position, 0))
+        got = 0
+        while got < wanted:
+            if self._body is None or self._body_at != self._position:
+                self._request()
+            try:
+                with self._stalls.guard():
+                    data = run_on_loop(self._fs, self._body.read, min(wanted - got, PART_SIZE),
+                                       timeout=self._stalls.timeouts.operation)
+            except BaseException:
+                self._drop()  # a read cut short leaves the response unusable
+                raise
+            if not data:
+                self._drop()
+                missing = self._size - self._position
+                raise OSError(f"s3://{self._bucket}/{self._key} ended {missing} bytes early")
+            view[got : got + len(data)] = data
+            got += len(data)
+            self._position += len(data)
+            self._body_at = self._position
+        return got
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class S3Parts:
+    """A multipart upload of one S3 object: parts sent as they fill, published by ``commit``.
+
+    It has the interface of an uncommitted fsspec file (``write``, ``close``,
+    ``commit``, ``discard``), with every request bounded.
+    """
+
+    def __init__(self, fs: Any, bucket: str, key: str, exclusive: bool, stalls: Stalls) -> None:
+        self._fs = fs
+        self._bucket = bucket
+        self._key = key
+        self._exclusive = exclusive
+        self._stalls = stalls
+        self._pending = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload_id: str | None = None
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        with self._stalls.guard():
+            return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs,
+                                    **bounded(self._fs, self._stalls.timeouts.operation))
+
+    def write(self, data: Any) -> int:
+        """Add ``data``; send every whole part."""
+        view = memoryview(data).cast("B")
+        self._pending += view
+        while len(self._pending) >= PART_SIZE:
+            self._send(bytes(self._pending[:PART_SIZE]))
+            del self._pending[:PART_SIZE]
+        return view.nbytes
+
+    def _send(self, part: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._call("create_multipart_upload")["UploadId"]
+        number = len(self._parts) + 1
+        response = self._call("upload_part", UploadId=self._upload_id, PartNumber=number, Body=part)
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    def close(self) -> None:
+        """Send the last part (shorter than the others); the upload stays open until ``commit``."""
+        if self._pending or not self._parts:
+            self._send(bytes(self._pending))
+            self._pending = bytearray()
+
+    def commit(self) -> None:
+        """Publish the object; ``FileExistsError`` if exclusive and one exists."""
+        condition = {"IfNoneMatch": "*"} if self._exclusive else {}
+        self._call("complete_multipart_upload", UploadId=self._upload_id,
+                   MultipartUpload={"Parts": self._parts}, **condition)
+        self._upload_id = None
+
+    def discard(self) -> None:
+        """Abort the upload: S3 drops the parts sent."""
+        upload_id, self._upload_id = self._upload_id, None
+        self._pending = bytearray()
+        if upload_id is not None:
+            self._call("abort_multipart_upload", UploadId=upload_id)
