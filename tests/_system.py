@@ -47,6 +47,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from helpers import files_under
 
 import cachelib
 
@@ -188,27 +189,6 @@ def used_bytes(mount: Path) -> int:
 
 
 # --- what is on disk ------------------------------------------------------------------
-
-
-def files_under(root: Path) -> list[Path]:
-    """Every non-directory under ``root`` (symlinks not followed), sorted."""
-    found = []
-    for directory, dirs, names in os.walk(root):
-        found += [Path(directory, name) for name in names]
-        found += [Path(directory, name) for name in dirs if os.path.islink(os.path.join(directory, name))]
-    return sorted(found)
-
-
-def entry_files(root: Path) -> list[Path]:
-    """The cache entries (``*.cl`` regular files) under ``root``."""
-    return [p for p in files_under(root) if p.name.endswith(".cl") and p.is_file() and not p.is_symlink()]
-
-
-def new_entry(root: Path, before: list[Path]) -> Path:
-    """The one entry under ``root`` that is not in ``before``."""
-    created = sorted(set(entry_files(root)) - set(before))
-    assert len(created) == 1, f"expected one new entry, found {created}"
-    return created[0]
 
 
 def leftovers(root: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import CALLS, dumped_bytes
 from hypothesis import settings
 
 import cachelib
@@ -39,6 +40,30 @@ _NO_LZ4 = pytest.mark.skipif(not HAVE_LZ4, reason="the optional lz4 package is n
 
 def _codec_param(name: str) -> Any:
     return pytest.param(name, id=name, marks=[_NO_LZ4] if name == "lz4" else [])
+
+
+# --- a cache per test ----------------------------------------------------------------
+
+
+@pytest.fixture
+def location(tmp_path: Any) -> Any:
+    """Where the test's cache lives: ``tmp_path / "cache"`` (not created yet)."""
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(location: Any) -> cachelib.Cache:
+    """A fresh ``cachelib.Cache`` at ``location``, default options."""
+    return cachelib.Cache(location)
+
+
+@pytest.fixture
+def calls() -> Any:
+    """``helpers.CALLS``, emptied before and after the test: the memoized functions of the tests
+    append their real calls to it."""
+    CALLS.clear()
+    yield CALLS
+    CALLS.clear()
 
 
 # --- codec fixtures -------------------------------------------------------------------
@@ -105,15 +130,9 @@ def roundtrip(tmp_path_factory: pytest.TempPathFactory):
     return roundtrip
 
 
-@pytest.fixture(scope="session")
-def dumped_bytes():
+@pytest.fixture(name="dumped_bytes", scope="session")
+def dumped_bytes_fixture():
     """Return ``dumped_bytes(value, compress=False)``: the bytes dump writes into a stream."""
-
-    def dumped_bytes(value: Any, compress: Any = False) -> bytes:
-        stream = io.BytesIO()
-        cachelib.dump(value, stream, compress=compress)
-        return stream.getvalue()
-
     return dumped_bytes
 
 

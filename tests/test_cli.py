@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import entry_files
 
 import cachelib
 from cachelib._cli.main import build_parser
@@ -40,10 +41,6 @@ def run(location, *args, cwd=None, env=None):
         env=env,
         check=False,
     )
-
-
-def entry_files(root) -> list:
-    return sorted(p for p in Path(root).rglob("*.cl") if p.is_file())
 
 
 @pytest.fixture

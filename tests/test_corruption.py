@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xxhash
-from helpers import entry_path
+from helpers import NonSeekable, dumped_bytes, entry_path
 
 import cachelib
 
@@ -46,19 +46,6 @@ FORMAT_VERSION = 2
 VIAS = ["path", "bytesio", "stream"]
 
 
-class _NonSeekable(io.RawIOBase):
-    """A read-only, non-seekable raw stream over some bytes (a pipe without the thread)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        return self._data.readinto(buffer)
-
-
 def _load(data: bytes, via: str, tmp_path: Any) -> Any:
     """Load ``data`` from a file path, an io.BytesIO, or a buffered non-seekable stream."""
     if via == "path":
@@ -68,14 +55,8 @@ def _load(data: bytes, via: str, tmp_path: Any) -> Any:
     if via == "bytesio":
         return cachelib.load(io.BytesIO(data))
     assert via == "stream"
-    with io.BufferedReader(_NonSeekable(data)) as stream:
+    with io.BufferedReader(NonSeekable(data)) as stream:
         return cachelib.load(stream)
-
-
-def _dump(value: Any, compress: Any = False) -> bytes:
-    stream = io.BytesIO()
-    cachelib.dump(value, stream, compress=compress)
-    return stream.getvalue()
 
 
 def _same(actual: Any, expected: Any) -> bool:
@@ -96,7 +77,7 @@ def _same(actual: Any, expected: Any) -> bool:
 @pytest.fixture(scope="module")
 def small_raw() -> bytes:
     """A raw file of SMALL_VALUE: a dict with two array records, an in-band array and a string."""
-    return _dump(SMALL_VALUE)
+    return dumped_bytes(SMALL_VALUE)
 
 
 # --- reading and forging records -----------------------------------------------------------
@@ -263,7 +244,7 @@ def _cut_points(length: int) -> list[int]:
 def test_compressed_truncated_in_its_data(codec, small_raw, tmp_path):
     """A compressed file cut where cachelib bytes are lost is a CacheError, for ~50 cut
     points including the first and last 20 bytes."""
-    data = _dump(SMALL_VALUE, codec)
+    data = dumped_bytes(SMALL_VALUE, codec)
     cuts = [cut for cut in _cut_points(len(data)) if _recoverable(codec, data[:cut]) != small_raw]
     assert len(cuts) > 20
     for cut in cuts:
@@ -277,7 +258,7 @@ def test_compressed_truncated_in_its_data(codec, small_raw, tmp_path):
 def test_compressed_truncated_in_its_codec_trailer(codec, small_raw, tmp_path, request):
     """A compressed file that lost only its codec trailer (checksum, sizes, end marker) is a
     CacheError: the codec's own integrity check is part of reading the file."""
-    data = _dump(SMALL_VALUE, codec)
+    data = dumped_bytes(SMALL_VALUE, codec)
     cuts = [cut for cut in range(len(data)) if _recoverable(codec, data[:cut]) == small_raw]
     if not cuts:
         pytest.skip(f"{codec} frames written by cachelib end with the last data byte")
@@ -307,7 +288,7 @@ def test_raw_every_byte_flipped(via, small_raw, tmp_path):
 def test_compressed_every_byte_flipped(codec):
     """Flipping any one byte of a compressed file is a CacheError or, where the codec does
     not notice (e.g. a gzip header field), the original value: never a different one."""
-    data = _dump(SMALL_VALUE, codec)
+    data = dumped_bytes(SMALL_VALUE, codec)
     for offset in range(len(data)):
         damaged = bytearray(data)
         damaged[offset] ^= 0xFF
@@ -537,7 +518,7 @@ def test_compressed_path_with_bytes_after_the_frame(tail, codec, tmp_path):
     """A compressed file with bytes after its codec frame is a CacheError, unless the codec's
     format accepts such a tail, and then the value is still the original one."""
     path = tmp_path / "tail.bin"
-    path.write_bytes(_dump(SMALL_VALUE, codec) + tail)
+    path.write_bytes(dumped_bytes(SMALL_VALUE, codec) + tail)
     if (codec, "zeros" if tail == bytes(64) else "garbage") in CODEC_ACCEPTS_TAIL:
         assert _same(cachelib.load(path), SMALL_VALUE)
         return
@@ -669,7 +650,7 @@ def test_a_readonly_small_array_loads_writable(tmp_path):
     """A read-only array (its bytes pickled as bytes) comes back writable, like every loaded array."""
     array = np.arange(10.0)
     array.flags.writeable = False
-    value = _load(_dump(array), "path", tmp_path)
+    value = _load(dumped_bytes(array), "path", tmp_path)
     assert value.flags.writeable and np.array_equal(value, array)
 
 
@@ -698,7 +679,7 @@ def tree_checksum(head: bytes, payload: bytes) -> int:
 
 def _big_raw() -> tuple[bytes, np.ndarray]:
     array = np.random.default_rng(3).integers(0, 255, TREE_MIN + 12345, dtype=np.uint8)
-    return _dump({"big": array}), array
+    return dumped_bytes({"big": array}), array
 
 
 def test_a_large_array_record_is_checksummed_over_its_tree():
@@ -732,7 +713,7 @@ def test_large_records_of_version_1_have_flat_checksums(tmp_path):
     """A version-1 file's large array record is checksummed flat (xxh3-64 of header, padding and
     payload) and still loads; the same record in a version-2 file needs the tree checksum."""
     array = np.random.default_rng(4).integers(0, 255, TREE_MIN + 7, dtype=np.uint8)
-    records = body(_dump(array))
+    records = body(dumped_bytes(array))
     version1 = forge(records, version=1)
     assert np.array_equal(_load(version1, "path", tmp_path), array)
     assert np.array_equal(_load(version1, "stream", tmp_path), array)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import entry_path
+from helpers import CALLS, entry_path
 
 import cachelib
 from cachelib._entries import envelope as _entry
@@ -25,15 +25,6 @@ from cachelib._stores import background
 from cachelib._stores import durability as _durability
 
 pytestmark = pytest.mark.timeout(120)
-
-CALLS: list[object] = []
-
-
-@pytest.fixture
-def calls():
-    CALLS.clear()
-    yield CALLS
-    CALLS.clear()
 
 
 def _small(x: int) -> dict:

@@ -28,12 +28,9 @@ import pytest
 from _system import (
     TESTS,
     ChildFailed,
-    entry_files,
-    files_under,
     fill,
     kept_full,
     leftovers,
-    new_entry,
     readonly,
     run_cli,
     run_fresh,
@@ -45,6 +42,7 @@ from _system import (
     wait_until,
 )
 from _victims import block, computations, digest, memoized, square
+from helpers import entry_files, files_under, new_entry
 
 import cachelib
 

@@ -15,6 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 from _system import memory_capped
+from helpers import NonSeekable, dumped_bytes
 
 import cachelib
 from cachelib._codecs import pool as _pool
@@ -48,21 +49,11 @@ def _same(a: dict, b: dict) -> bool:
     return a["names"] == b["names"] and all(np.array_equal(a[k], b[k]) for k in ("smooth", "noise", "small"))
 
 
-def _dumped(value, codec: str) -> bytes:
-    stream = io.BytesIO()
-    cachelib.dump(value, stream, compress=codec)
-    return stream.getvalue()
-
-
-def _raw(value) -> bytes:
-    return _dumped(value, False)
-
-
 def test_a_large_value_is_written_as_several_frames(codec):
     """A value of 11 MiB becomes one frame per 4 MiB of raw stream, each a standard frame."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     frames = data.count(MAGIC[codec])
-    assert frames >= -(-len(_raw(_value())) // FRAME)
+    assert frames >= -(-len(dumped_bytes(_value())) // FRAME)
     assert data.startswith(MAGIC[codec])
 
 
@@ -70,9 +61,9 @@ def test_a_large_value_is_written_as_several_frames(codec):
 def test_the_file_does_not_depend_on_the_threads(codec, threads, monkeypatch):
     """The same value gives the same bytes with 1, 2 or 5 threads, and loads back."""
     monkeypatch.setenv(_pool.THREADS_VARIABLE, "1")
-    reference = _dumped(_value(), codec)
+    reference = dumped_bytes(_value(), codec)
     monkeypatch.setenv(_pool.THREADS_VARIABLE, threads)
-    assert _dumped(_value(), codec) == reference
+    assert dumped_bytes(_value(), codec) == reference
     assert _same(cachelib.load(io.BytesIO(reference)), _value())
 
 
@@ -85,19 +76,8 @@ def test_frames_load_from_a_path_and_a_pipe(codec, via, tmp_path, monkeypatch):
     if via == "path":
         assert _same(cachelib.load(path), _value())
         return
-    with open(path, "rb") as handle, io.BufferedReader(_Pipe(handle.read())) as pipe:
+    with open(path, "rb") as handle, io.BufferedReader(NonSeekable(handle.read())) as pipe:
         assert _same(cachelib.load(pipe), _value())
-
-
-class _Pipe(io.RawIOBase):
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        return self._data.readinto(buffer)
 
 
 @pytest.mark.parametrize("where", ["dump", "cache"])
@@ -109,7 +89,7 @@ def test_the_codec_tool_decodes_the_frames(codec, where, tmp_path):
     path = tmp_path / "value.bin"
     cachelib.dump(_value(), path, compress=codec)
     decoded = subprocess.run([*TOOLS[codec], str(path)], capture_output=True, check=True).stdout
-    assert decoded == _raw(_value())
+    assert decoded == dumped_bytes(_value())
     assert _same(cachelib.load(io.BytesIO(decoded)), _value())
 
 
@@ -131,7 +111,7 @@ def test_files_the_codec_tool_wrote_load(command, tmp_path):
         pytest.importorskip("lz4", reason="the optional lz4 package is not installed")
     if shutil.which(command[0]) is None:
         pytest.skip(f"the {command[0]} command-line tool is not installed")
-    raw = _raw(_value(megabytes=6))
+    raw = dumped_bytes(_value(megabytes=6))
     cut = len(raw) // 3
     encoded = b"".join(
         subprocess.run([*command, "-c", "-q"], input=part, capture_output=True, check=True).stdout
@@ -161,13 +141,13 @@ def _stream_compressed(codec: str, data: bytes) -> bytes:
 def test_a_frame_without_content_size_is_streamed(codec):
     """A file written as one streamed frame (no content size, as the codecs' streaming APIs and
     older cachelib write it) loads through the codec's streaming reader."""
-    assert _same(cachelib.load(io.BytesIO(_stream_compressed(codec, _raw(_value())))), _value())
+    assert _same(cachelib.load(io.BytesIO(_stream_compressed(codec, dumped_bytes(_value())))), _value())
 
 
 def test_frames_then_a_streamed_frame(codec):
     """Frames taken whole, then a frame without a content size: the reader hands the rest to the
     codec's streaming reader at that frame boundary."""
-    raw = _raw(_value())
+    raw = dumped_bytes(_value())
     one_shot = io.BytesIO()
     writer = cachelib.compressors[codec].open_writer(one_shot)
     writer.write(raw[: 2 * FRAME])
@@ -180,7 +160,7 @@ def test_skippable_frames_are_skipped(codec):
     """Skippable frames (magic 0x184D2A5?, both formats) between and after frames are ignored,
     as the codecs' tools ignore them (a file must still start with a frame: its magic names
     the codec)."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     magic = MAGIC[codec]
     second = data.index(magic, 1)
     skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
@@ -191,7 +171,7 @@ def test_skippable_frames_are_skipped(codec):
 def test_a_long_skippable_frame_is_skipped_in_pieces(codec, tmp_path):
     """A skippable frame longer than the read-ahead is passed over; one claiming 4 GiB in a small
     file is a CorruptFileError in 256 MiB of memory, never an attempt to read it in one piece."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     second = data.index(MAGIC[codec], 1)
     padding = os.urandom(3 << 20)
     long = data[:second] + struct.pack("<II", 0x184D2A51, len(padding)) + padding + data[second:]
@@ -205,7 +185,7 @@ def test_a_long_skippable_frame_is_skipped_in_pieces(codec, tmp_path):
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.7, 0.95, 0.9999])
 def test_a_multi_frame_file_cut_short(codec, fraction):
     """A multi-frame file cut anywhere (inside a block, between frames) is a CorruptFileError."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     with pytest.raises(cachelib.CorruptFileError):
         cachelib.load(io.BytesIO(data[: int(len(data) * fraction)]))
 
@@ -213,7 +193,7 @@ def test_a_multi_frame_file_cut_short(codec, fraction):
 def test_a_frame_that_holds_more_than_its_header_says():
     """A zstd frame whose header claims fewer bytes than it decompresses to is a CorruptFileError
     (nothing is decompressed past the claimed size)."""
-    data = bytearray(_dumped(_value(), "zstd"))
+    data = bytearray(dumped_bytes(_value(), "zstd"))
     descriptor = data[4]
     assert descriptor >> 6 == 2  # a 4-byte content size follows the window descriptor
     position = 5 + (0 if descriptor & 0x20 else 1)
@@ -238,7 +218,7 @@ def test_a_large_frame_whose_header_lies_about_its_size(codec, delta):
     """A full frame in the middle of a stream claiming more or fewer bytes than it holds (still a
     size the reader decodes whole, on the pool for zstd) is a CorruptFileError, never a value
     shifted by the difference."""
-    data = bytearray(_dumped(_value(), codec))
+    data = bytearray(dumped_bytes(_value(), codec))
     second = data.index(MAGIC[codec], 1)
     field = _content_size_field(bytes(data), second, codec)
     width = field.stop - field.start
@@ -252,7 +232,7 @@ def test_a_large_frame_whose_header_lies_about_its_size(codec, delta):
 def test_a_frame_claiming_a_huge_content_size_is_not_allocated():
     """A frame whose header claims 2**60 bytes is streamed, never allocated whole: the load
     fails as a damaged file, without the memory."""
-    data = _dumped({"a": np.zeros(1000)}, "zstd")
+    data = dumped_bytes({"a": np.zeros(1000)}, "zstd")
     descriptor = data[4]
     single = descriptor & 0x20
     size_bytes = (1 if single else 0, 2, 4, 8)[descriptor >> 6]

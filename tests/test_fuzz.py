@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import entry_path
+from helpers import dumped_bytes, entry_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,13 +41,7 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _encoded(compress: Any) -> bytes:
-    buffer = io.BytesIO()
-    cachelib.dump(VALUE, buffer, compress=compress)
-    return buffer.getvalue()
-
-
-SAMPLES = {name: _encoded(compress) for name, compress in
+SAMPLES = {name: dumped_bytes(VALUE, compress) for name, compress in
            [("raw", False), ("zstd", "zstd"), ("gzip", "gzip"), ("xz", "xz")]}
 
 mutation = st.one_of(

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import assert_distinct_hashes
 
 import cachelib
 
@@ -29,14 +30,6 @@ pytestmark = pytest.mark.timeout(60)
 h = cachelib.hash
 
 HASH_FORMAT = re.compile(r"^xxh3_128:[0-9a-f]{32}$")
-
-
-def _distinct(values: list) -> None:
-    """Assert that every pair of ``values`` hashes differently."""
-    digests = [h(v) for v in values]
-    for i in range(len(values)):
-        for j in range(i + 1, len(values)):
-            assert digests[i] != digests[j], f"{values[i]!r} and {values[j]!r} hash alike"
 
 
 # --- format -------------------------------------------------------------------------------
@@ -262,7 +255,7 @@ def test_set_order_never_matters():
 
 
 def test_scalars_and_containers_of_one_are_pairwise_different():
-    _distinct([1, 1.0, np.int64(1), True, "1", b"1", [1], (1,)])
+    assert_distinct_hashes([1, 1.0, np.int64(1), True, "1", b"1", [1], (1,)])
 
 
 def test_framing_keeps_concatenations_apart():

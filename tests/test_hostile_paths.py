@@ -33,11 +33,8 @@ import zstandard
 from _system import (
     Outcome,
     end_record,
-    entry_files,
-    files_under,
     header,
     memory_capped,
-    new_entry,
     record,
     run_cli,
     run_with_timeout,
@@ -46,6 +43,7 @@ from _system import (
     wait_until,
 )
 from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
+from helpers import entry_files, files_under, new_entry
 
 import cachelib
 from cachelib._stores.local import temporary_name

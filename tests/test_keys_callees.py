@@ -15,8 +15,6 @@ import pytest
 from _keysupport import Project
 from _keysupport import agrees as _agrees
 
-import cachelib
-
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -27,11 +25,6 @@ def _module(name: str, source: str) -> types.ModuleType:
     sys.modules[name] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 @pytest.fixture

@@ -25,11 +25,6 @@ pytestmark = pytest.mark.timeout(120)
 h = cachelib.hash
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
-
-
 def _define(source: str, name: str = "f"):
     namespace: dict = {"__name__": "cachelib_code_tests"}
     exec(compile(textwrap.dedent(source), "<user code>", "exec"), namespace)

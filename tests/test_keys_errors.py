@@ -16,11 +16,6 @@ pytestmark = pytest.mark.timeout(60)
 h = cachelib.hash
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
-
-
 class _Exploding:
     def __init__(self, error: BaseException) -> None:
         self.error = error

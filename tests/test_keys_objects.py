@@ -28,11 +28,6 @@ import cachelib
 h = cachelib.hash
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
-
-
 @dataclasses.dataclass
 class Point:
     x: int

@@ -21,11 +21,6 @@ import cachelib
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
-
-
 def test_rebinding_a_nonlocal_misses(cache):
     def make():
         amount = 1

@@ -20,64 +20,24 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import CALLS, entry_files, entry_stream, entry_stream_offset, new_entry
 
 import cachelib
+from cachelib._entries.envelope import HEADER_SIZE
 from cachelib._sizes import parse_size
 
 pytestmark = pytest.mark.timeout(60)
 
 FORK = multiprocessing.get_context("fork")
 CACHELIB_MAGIC = b"\x89CLIB\r\n\x1a"
-ENTRY_MAGIC = b"\x89CLENT\r\n"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-
-def entry_stream(data: bytes) -> bytes:
-    """The stream an entry file holds: after its 64-byte header and metadata, 64-byte aligned."""
-    assert data[:8] == ENTRY_MAGIC
-    metadata_length = int.from_bytes(data[12:16], "little")
-    start = -(-(64 + metadata_length) // 64) * 64
-    return data[start:-48]
-SIGNATURE_BLOCK = 64  # bytes before the stream of a signed entry (see cachelib._entries.signing)
-
-# Real calls are counted in a module global, never in a closure: closure values are
-# part of every key (hashed when the function is memoized), globals are not.
-CALLS: list = []
+# Real calls are counted in CALLS (the ``calls`` fixture), never in a closure.
 _GUARD = threading.Lock()
-
-
-@pytest.fixture
-def location(tmp_path):
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def cache(location):
-    return cachelib.Cache(location)
-
-
-@pytest.fixture
-def calls():
-    """The list every memoized function of these tests appends its real calls to."""
-    CALLS.clear()
-    yield CALLS
-    CALLS.clear()
-
-
-def entry_files(root) -> list:
-    """Every entry file (``*.cl``) under ``root``, sorted."""
-    return sorted(p for p in root.rglob("*.cl") if p.is_file())
 
 
 def tmp_files(root) -> list:
     return sorted(p for p in root.rglob("*.tmp"))
-
-
-def only_new_entry(root, before: list):
-    """The one entry file that appeared since ``before`` was listed."""
-    new = sorted(set(entry_files(root)) - set(before))
-    assert len(new) == 1, new
-    return new[0]
 
 
 class no_warnings(warnings.catch_warnings):
@@ -478,11 +438,11 @@ def test_per_function_compress_overrides_the_cache(location):
 
     before = entry_files(location)
     assert np.array_equal(packed(1), np.ones(10000))
-    data = entry_stream(only_new_entry(location, before).read_bytes())
+    data = entry_stream(new_entry(location, before).read_bytes())
     assert data[:4] == ZSTD_MAGIC
     before = entry_files(location)
     assert np.array_equal(raw(1), np.ones(10000))
-    assert entry_stream(only_new_entry(location, before).read_bytes())[:8] == CACHELIB_MAGIC
+    assert entry_stream(new_entry(location, before).read_bytes())[:8] == CACHELIB_MAGIC
     assert np.array_equal(packed(1), np.ones(10000))  # and it reads back
 
 
@@ -1011,7 +971,9 @@ def test_signed_cache_hits_with_mmap(location, calls):
     del first, second
 
 
-@pytest.mark.parametrize("where", ["magic", "tag_start", "tag_end", "stream_start", "middle", "last"])
+@pytest.mark.parametrize(
+    "where", ["magic", "tag_start", "tag_end", "metadata_start", "stream_start", "middle", "last"]
+)
 def test_signed_entry_with_a_flipped_byte_is_refused_before_unpickling(location, tracked, where, calls):
     f = _signed_function(location, os.urandom(32))
     f(1)
@@ -1021,7 +983,8 @@ def test_signed_entry_with_a_flipped_byte_is_refused_before_unpickling(location,
         "magic": 0,
         "tag_start": 8,
         "tag_end": 39,
-        "stream_start": SIGNATURE_BLOCK,
+        "metadata_start": HEADER_SIZE,
+        "stream_start": entry_stream_offset(data),
         "middle": len(data) // 2,
         "last": len(data) - 1,
     }[where]
@@ -1056,10 +1019,10 @@ def test_signed_entry_copied_to_another_key_is_refused(location, tracked, calls)
     f = _signed_function(location, os.urandom(32))
     before = entry_files(location)
     f(1)
-    one = only_new_entry(location, before)
+    one = new_entry(location, before)
     before = entry_files(location)
     f(2)
-    two = only_new_entry(location, before)
+    two = new_entry(location, before)
     tracked.clear()
     shutil.copyfile(one, two)
     with pytest.warns(cachelib.CacheWarning):
@@ -1355,7 +1318,7 @@ def _five_entries(cache, location):
     for x in range(5):
         before = entry_files(location)
         f(x)
-        paths[x] = only_new_entry(location, before)
+        paths[x] = new_entry(location, before)
     for x, path in paths.items():
         moment = now - 1000 + 10 * x
         os.utime(path, (moment, moment))

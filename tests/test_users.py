@@ -29,9 +29,7 @@ from _system import (
     Users,
     arena,
     cli_here,
-    entry_files,
     file_state,
-    new_entry,
     owned_dir,
     patch_record,
     patched,
@@ -42,6 +40,7 @@ from _system import (
     users,
 )
 from _victims import computations, digest, large, memoized, plain, slow, square
+from helpers import entry_files, new_entry
 
 import cachelib
 
