@@ -1218,15 +1218,26 @@ def test_processes_compute_different_keys_concurrently(tmp_path, location):
     assert max(starts) < min(ends), "the two computations did not overlap"
 
 
-def _hold_key_in_child(tmp_path, location, seconds):
-    """Start a child computing ``compute(1)``; return (process, log, compute) once it holds the lock."""
+def _hold_key_in_child(tmp_path, location):
+    """Start a child computing ``compute(1)`` that holds the key's lock until ``release()`` is called;
+    return (process, log, compute, release) once it holds the lock. In this process, ``compute``
+    computes at once."""
     log = tmp_path / "log.txt"
     marker = tmp_path / "started"
-    logged = _logged_computation(log, seconds)
+    released = tmp_path / "released"
+    logged = _logged_computation(log, 0.0)
+    parent = os.getpid()
 
     def compute(x):
-        marker.write_text("x")
+        if os.getpid() != parent:  # the child: hold the lock until the test releases it
+            marker.write_text("x")
+            deadline = time.monotonic() + 30
+            while not released.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
         return logged(x)
+
+    def release():
+        released.write_text("x")
 
     holder = cachelib.Cache(location).memoize(compute)
     process = FORK.Process(target=holder, args=(1,))
@@ -1235,12 +1246,12 @@ def _hold_key_in_child(tmp_path, location, seconds):
     while not marker.exists():
         assert time.monotonic() < deadline, "the child never started computing"
         time.sleep(0.01)
-    return process, log, compute
+    return process, log, compute, release
 
 
 @pytest.mark.timeout(60)
 def test_lock_timeout_raise(tmp_path, location):
-    process, log, compute = _hold_key_in_child(tmp_path, location, 6.0)
+    process, log, compute, release = _hold_key_in_child(tmp_path, location)
     try:
         impatient = cachelib.Cache(location, lock_timeout=0.2, on_lock_timeout="raise").memoize(compute)
         started = time.perf_counter()
@@ -1249,9 +1260,10 @@ def test_lock_timeout_raise(tmp_path, location):
         elapsed = time.perf_counter() - started
         assert isinstance(info.value, TimeoutError)
         assert isinstance(info.value, cachelib.CacheError)
-        assert 0.15 <= elapsed < 5.0, elapsed  # gave up after lock_timeout, not after the child's 6 s
+        assert 0.15 <= elapsed < 5.0, elapsed  # gave up after lock_timeout, not when the child was done
         assert _log_lines(log) == []  # the caller did not compute
     finally:
+        release()
         process.join(30)
     assert process.exitcode == 0
     assert len(_log_lines(log)) == 1
@@ -1261,13 +1273,14 @@ def test_lock_timeout_raise(tmp_path, location):
 
 @pytest.mark.timeout(60)
 def test_lock_timeout_compute_computes_anyway(tmp_path, location):
-    process, log, compute = _hold_key_in_child(tmp_path, location, 2.0)
+    process, log, compute, release = _hold_key_in_child(tmp_path, location)
     try:
         impatient = cachelib.Cache(location, lock_timeout=0.2).memoize(compute)
         assert impatient(1) == 3
         # This process computed it itself (a wait for the child would have been a hit).
         assert os.getpid() in [int(line[0]) for line in _log_lines(log)]
     finally:
+        release()
         process.join(30)
     assert process.exitcode == 0
     assert len(_log_lines(log)) == 2
