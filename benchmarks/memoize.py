@@ -120,8 +120,8 @@ DEFAULT_TIMEOUT = 1800.0
 
 # The result that ``big_result`` returns; each child builds it before timing.
 _BIG: dict[str, np.ndarray | None] = {"array": None}
-"""The big result, built in the child. A dict, so that freeing it changes no key: cachelib keys
-on the simple constants a function reads (``None`` is one), not on mutable globals."""
+"""The big result, built in the child. cachelib keys on the globals a function reads, by value:
+``big_result`` is memoized with ``ignore=["_BIG"]``, since the global only hands the result over."""
 
 
 # -- the memoized functions (module level, so that every library can name them) ----------
@@ -175,7 +175,9 @@ def memoize_with(
     if library.startswith("cachelib"):
         fsync = {"cachelib": "background", "cachelib-always": "always", "cachelib-nofsync": False}[library]
         cache = cachelib.Cache(directory, fsync=fsync)
-        options = {"mmap_mode": mmap_mode} if mmap_mode else {}
+        options: dict[str, Any] = {"mmap_mode": mmap_mode} if mmap_mode else {}
+        if func is big_result:
+            options["ignore"] = ["_BIG"]  # a handover, not an input (see ``_BIG``)
         wrapped = cache.memoize(func, **options)
         return Memoized(wrapped, wrapped.clear)
     if library == "joblib":

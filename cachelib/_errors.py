@@ -10,7 +10,10 @@ and survives pickling, so that an error raised in a worker reaches its parent wh
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
+import warnings
 
 
 class CacheError(Exception):
@@ -108,3 +111,16 @@ class LockTimeout(CacheError, TimeoutError):
 
 class CacheWarning(UserWarning):
     """Something went wrong in the cache, but the call still returns a correct result."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category: type[Warning] = CacheWarning) -> None:
+    """Warn, attributing the warning to the first frame outside cachelib: the user's own call."""
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn's own level 1 is this function
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

@@ -75,12 +75,13 @@ def test_an_entry_says_whether_it_was_published_before_it_was_durable(fsync, def
 
 
 def _spy_on_fsync(monkeypatch, entry: list[Path]) -> list[tuple[str, bool]]:
-    """Record, for every real fsync of a regular file, the thread and whether the entry exists yet."""
+    """Record, for every real fsync of the entry's file (or its temporary file), the thread and
+    whether the entry exists yet; the statistics and markers written meanwhile are other files."""
     seen: list[tuple[str, bool]] = []
     real = os.fsync
 
     def fsync(fd: int) -> None:
-        if os.path.isfile(f"/proc/self/fd/{fd}"):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(entry[0])):
             seen.append((threading.current_thread().name, entry[0].exists()))
         real(fd)
 

@@ -15,6 +15,8 @@ import pytest
 from _keysupport import Project
 from _keysupport import agrees as _agrees
 
+import cachelib
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -110,22 +112,33 @@ def test_an_edited_method_of_a_global_object_misses(cache, user_module):
     assert _agrees(work, 1) == 3
 
 
-def test_mutable_globals_are_not_tracked(cache, user_module):
-    """Documented limit: a dict or list global is state, not a constant."""
+def test_a_mutable_global_is_keyed_by_its_value_at_the_call(cache, user_module):
+    """A dict edited in place (a notebook cell changing CONFIG) misses; the old value hits again."""
     module = user_module("TABLE = {'k': 1}\ndef work(x):\n    return x + TABLE['k']\n")
     work = _memoized(cache, module)
-    assert work(1) == 2
+    assert _agrees(work, 1) == 2
     module.TABLE["k"] = 5
-    assert work(1) == 2  # stale by design: pass mutable state as an argument
-    assert work.__wrapped__(1) == 6
+    assert work.explain(1) == "global `TABLE` changed"
+    assert _agrees(work, 1) == 6
+    module.TABLE["k"] = 1
+    assert work.check_call_in_cache(1)
 
 
-def test_a_global_the_function_assigns_is_not_a_constant(cache, user_module):
-    module = user_module("COUNT = 0\ndef work(x):\n    global COUNT\n    COUNT += 1\n    return x\n")
+def test_a_global_the_function_changes_misses_every_time_and_says_so_once(cache, user_module):
+    """A call counter: the key reads it at the call, so every call misses; one warning names the
+    global and the ``ignore=`` that fixes it, which then makes the second call hit."""
+    source = "COUNT = 0\ndef work(x):\n    global COUNT\n    COUNT += 1\n    return x\n"
+    module = user_module(source)
     work = _memoized(cache, module)
+    with pytest.warns(cachelib.CacheWarning, match=r"global `COUNT`.*ignore=\['COUNT'\]"):
+        work(1)
+    work(1)
+    assert module.COUNT == 2
+    counted = user_module(source)
+    work = _memoized(cache, counted, ignore=["COUNT"])
     work(1)
     work(1)
-    assert module.COUNT == 1  # the second call hit: COUNT is the function's state
+    assert counted.COUNT == 1  # the second call hit
 
 
 def test_helpers_are_followed_transitively_and_through_modules(cache, user_module):
@@ -223,7 +236,7 @@ def work(x):
     [
         ("helpers.py", "return x * SCALE", "return x * SCALE + 1", "helper `prep` edited"),
         ("helpers.py", "SCALE = 2", "SCALE = 5", "constant `helpers.SCALE` changed"),
-        ("helpers.py", "SIDES = 4", "SIDES = 6", "class `Shape` edited"),
+        ("helpers.py", "SIDES = 4", "SIDES = 6", "class attribute `Shape.SIDES` changed"),
         ("helpers.py", "return x * self.SIDES", "return x * self.SIDES * 2", "helper `Shape.area` edited"),
         ("main.py", "OFFSET = 1", "OFFSET = 7", "constant `OFFSET` changed"),
         ("main.py", "+ OFFSET\n", "- OFFSET\n", "new code version"),

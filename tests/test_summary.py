@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import Calls
 
 import cachelib
 from cachelib._memo.summary import LIMIT, CallSummary, describe_value
 
-REPRS: list = []
+REPRS = Calls()
 
 
 class Counted:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import operator
 import os
 import re
 import sys
@@ -24,14 +26,14 @@ from typing import Any, cast
 import xxhash
 
 from .._errors import InvalidOptionError, UnhashableError
-from .code import cell_value, code_digest, module_name, passes_through
+from .code import cell_value, code_digest, full_name, global_references, module_name, passes_through
 from .encoding import Hasher, scalars_encoding
 from .hashing import short_digest
-from .reach import REACHED, Tracked, tracked
+from .reach import Reached, Reacher, reached, unkeyed_values, values_digest
 
 __all__ = ["CallKeyer", "function_identity", "unwrap"]
 
-KEY_VERSION = b"cachelib-key-3"
+KEY_VERSION = b"cachelib-key-4"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _NOTEBOOK_FILE = re.compile(r"^<ipython-input-|[/\\]ipykernel_\d+[/\\]|^<string>$|^<stdin>$")
 
@@ -101,6 +103,11 @@ def function_identity(func: Callable[..., Any]) -> tuple[str, str]:
     return readable, hasher.digest().hex()[:12]
 
 
+def _flat_items(mapping: dict[str, Any] | None) -> tuple[Any, ...]:
+    """A dict's keys and values, flattened (keyword defaults change in place)."""
+    return tuple(itertools.chain.from_iterable(mapping.items())) if mapping else ()
+
+
 def _signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
     """The signature of what runs: a wrapper's own; through pass-through wrappers only."""
     while passes_through(func):
@@ -117,16 +124,21 @@ class CallKeyer:
     Keys are 32 hex digits of xxh3-128 over the key version, the function's
     identity, its state at the call and the bound, non-ignored arguments in
     signature order. ``ignore`` names arguments (``"*"``/``"**"`` for the variadic
-    ones) and closure variables left out of the key; ``track_callees=False`` keys
-    on the function's own code only, not on the helpers and constants it reaches.
+    ones), closure variables and globals (bare for the function's module, as a
+    warning names them otherwise) left out of the key; ``track_callees=False`` keys
+    on the function's own code only, not on what it reaches; ``strict`` refuses
+    (``UnhashableError``) a function that reads a global no rule can key.
     """
 
     def __init__(
-        self, func: Callable[..., Any], ignore: Iterable[str] = (), track_callees: bool = True
+        self, func: Callable[..., Any], ignore: Iterable[str] = (), track_callees: bool = True,
+        strict: bool = False,
     ) -> None:
         self._func = func
         self._ignore = frozenset(ignore)
-        self._follow = REACHED if track_callees else None
+        self._strict = strict
+        self._track = track_callees
+        self._where = getattr(func, "__qualname__", None) or full_name(func)
         target = unwrap(func)
         # A plain function is keyed through its parts (fast); anything else is hashed whole.
         self._root: types.FunctionType | None = target if func is target and isinstance(
@@ -135,7 +147,7 @@ class CallKeyer:
         identity.update((KEY_VERSION, _identity_parts(func)))
         self._identity = identity.digest()
         self._code: Any = None
-        self._tracked: Tracked | None = None
+        self._reached: Reached | None = None
         self._bind(check=True)
 
     # -- the signature, rebuilt whenever the code or the defaults change ----------------------
@@ -145,17 +157,26 @@ class CallKeyer:
         if root is not None:
             self._code, self._fdefaults = root.__code__, root.__defaults__
             self._fkwdefaults = root.__kwdefaults__
+            self._fkwitems = _flat_items(root.__kwdefaults__)
         self._signature = _signature_of(self._func)
         parameters = list(self._signature.parameters.values()) if self._signature else []
         names = {p.name for p in parameters}
         freevars = set(root.__code__.co_freevars) if root is not None else set()
-        unknown = self._ignore - names - freevars - {"*", "**"}
+        read = {chain[0] for chain in global_references(root.__code__)[0]} if root is not None else set()
+        defined = root.__globals__ if root is not None else {}
+        unknown = {
+            name for name in self._ignore - names - freevars - read - {"*", "**"}
+            if "." not in name and name not in defined
+        }
         if unknown and check:
             raise InvalidOptionError(
-                f"ignore names {sorted(unknown)} that {getattr(self._func, '__qualname__', self._func)!r} "
-                f"does not take; its arguments are {sorted(names)}"
-                + (f" and its closure variables {sorted(freevars)}" if freevars else "")
+                f"ignore names {sorted(unknown)} that {self._where!r} does not take or read; its arguments "
+                f"are {sorted(names)}" + (f", its closure variables {sorted(freevars)}" if freevars else "")
+                + (f", the globals it reads {sorted(read)}" if read else "")
             )
+        # Globals and class attributes named in ``ignore``, left out wherever the code reaches them.
+        ignored = frozenset(self._ignore - names - freevars)
+        self._follow = Reacher(self._strict, ignored) if self._track else None
         self._kept = [p.name not in self._ignore and not self._ignored_var(p) for p in parameters]
         self._kept_names = [p.name for p, kept in zip(parameters, self._kept) if kept]
         # The fast path: only positional-or-keyword parameters, each kept.
@@ -188,9 +209,14 @@ class CallKeyer:
             root.__code__ is not self._code
             or root.__defaults__ is not self._fdefaults
             or root.__kwdefaults__ is not self._fkwdefaults
+            or (self._fkwdefaults and not self._same_kwdefaults())
         ):
             self._bind()
-            self._tracked = None
+            self._reached = None
+
+    def _same_kwdefaults(self) -> bool:
+        """True while the keyword defaults hold what they held (they can be assigned in place)."""
+        return all(map(operator.is_, _flat_items(self._fkwdefaults), self._fkwitems))
 
     def bound_values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Return the kept argument values in signature order, defaults applied."""
@@ -205,11 +231,13 @@ class CallKeyer:
 
     # -- the state at the call ----------------------------------------------------------------
 
-    def _callees(self, root: types.FunctionType) -> Tracked:
-        """What the function reaches (helpers and constants), checked cheaply."""
-        known = self._tracked
+    def _callees(self, root: types.FunctionType) -> Reached:
+        """What the function reaches (code, references, constants, values), checked cheaply."""
+        known = self._reached
         if known is None or not known.is_current():
-            known = self._tracked = tracked(root)
+            known = self._reached = reached(root, self._follow.ignore if self._follow else frozenset())
+        if known.unkeyed:
+            unkeyed_values(self._where, known.unkeyed, self._strict)
         return known
 
     def _state(self, hasher: Hasher | None) -> bytes:
@@ -224,7 +252,12 @@ class CallKeyer:
                 message = f"the function's state{exc.path}: {exc}"
                 raise UnhashableError(message, path=exc.path) from exc.__cause__
             return whole.digest()
-        state = self._callees(root).digest if self._follow is not None else b""
+        follow = self._follow
+        if follow is not None:
+            known = self._callees(root)
+            state = known.digest + values_digest(known, follow, self._where) if known.values else known.digest
+        else:
+            state = b""
         if self._cells:
             contents = tuple(cell_value(cell) for _, cell in self._cells)
             flat = scalars_encoding(contents)
@@ -283,8 +316,10 @@ class CallKeyer:
             for name, cell in self._cells:
                 parts[f"closure {name}"] = short_digest(cell_value(cell), self._follow)
             if self._follow is not None:
-                for label, digest in sorted(self._callees(root).parts.items()):
-                    parts[label] = digest.hex()[:12]
+                known = self._callees(root)
+                parts.update(known.parts)
+                for label, value in known.values:
+                    parts[label] = short_digest(value, self._follow)
         return parts
 
     def _argument_name(self, exc: UnhashableError) -> str:

@@ -3,7 +3,8 @@
 Rule: pure functions of code objects and callables, with no notion of values or
 keys above them (``_keys.encoding`` hashes values, ``_keys.reach`` follows what code
 reaches). A code digest changes whenever the behaviour of the code can change and
-never with line numbers or the file name; it is computed once per code object.
+never with line numbers or the file name (nor, where the source is at hand, with the
+Python version: ``_keys.source``); it is computed once per code object.
 """
 
 from __future__ import annotations
@@ -16,22 +17,30 @@ import sys
 import sysconfig
 import types
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import xxhash
 
+from .source import source_digest
+
 __all__ = [
     "EMPTY_CELL",
+    "adopt_digests",
+    "bytecode_digest",
     "cell_value",
     "code_digest",
+    "code_digests",
     "full_name",
     "global_references",
+    "imported_references",
     "is_user_class",
     "is_user_file",
     "is_user_function",
     "is_user_module",
     "module_name",
     "passes_through",
+    "reference",
     "underlying",
 ]
 
@@ -112,19 +121,51 @@ def is_user_function(func: Any) -> bool:
 
 
 def is_user_module(module: types.ModuleType) -> bool:
-    """True for a module loaded from one of the user's files."""
+    """True for a module loaded from one of the user's files, or a namespace package of the user's.
+
+    A namespace package (a directory without ``__init__.py``) has no file: it is the
+    user's when every directory it spans is.
+    """
     filename = getattr(module, "__file__", None)
-    return isinstance(filename, str) and is_user_file(filename)
+    if isinstance(filename, str):
+        return is_user_file(filename)
+    paths = list(getattr(module, "__path__", None) or ())
+    return bool(paths) and all(isinstance(path, str) and is_user_file(path) for path in paths)
 
 
 def is_user_class(cls: type) -> bool:
-    """True for a class of the user's code (of a user module, or of ``__main__`` with user methods)."""
-    module = sys.modules.get(getattr(cls, "__module__", None) or "")
-    if module is not None and isinstance(getattr(module, "__file__", None), str):
-        return is_user_module(module)
-    if module is not None and module.__name__ != "__main__":
-        return False  # builtins and extension modules without a file
-    return any(is_user_function(underlying(value)) for value in vars(cls).values())
+    """True for a class of the user's code: of a user module, or of ``__main__``.
+
+    A ``__main__`` without a file is a notebook or ``python -c``: every class defined
+    there is the user's, methods or not; so is a class of a module that is not
+    loaded (code run by ``exec`` under a name of its own).
+    """
+    module_name = getattr(cls, "__module__", None) or ""
+    module = sys.modules.get(module_name)
+    if module is not None and is_user_module(module):
+        return True
+    if module_name in ("__main__", "__mp_main__"):
+        return module is None or not isinstance(getattr(module, "__file__", None), str)
+    return module is None  # code run by exec under a module name of its own
+
+
+def reference(obj: Any) -> str | None:
+    """Return ``module.qualname`` of a function, class, ufunc or builtin that names it, else None.
+
+    The name is checked to resolve back to ``obj`` itself (so that a name its pickle
+    reducer gives cannot stand for another object: two ``np.frompyfunc`` ufuncs, a
+    class made at run time).
+    """
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(qualname, str):
+        qualname = getattr(obj, "__name__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return f"{module}.{qualname}" if target is obj else None
 
 
 def underlying(value: Any) -> Any:
@@ -141,7 +182,24 @@ def underlying(value: Any) -> Any:
 
 # -- what code does -------------------------------------------------------------------------
 
-_CODE_DIGESTS: weakref.WeakKeyDictionary[types.CodeType, bytes] = weakref.WeakKeyDictionary()
+class _ByIdentity:
+    """A value per code object, found by identity: equal code objects can have different sources
+    (a weak dictionary would find them by equality)."""
+
+    def __init__(self) -> None:
+        self._values: dict[int, tuple[weakref.ref[types.CodeType], bytes]] = {}
+
+    def get(self, code: types.CodeType) -> bytes | None:
+        known = self._values.get(id(code))
+        return known[1] if known is not None and known[0]() is code else None
+
+    def __setitem__(self, code: types.CodeType, value: bytes) -> None:
+        key = id(code)
+        self._values[key] = (weakref.ref(code, lambda _: self._values.pop(key, None)), value)
+
+
+_CODE_DIGESTS = _ByIdentity()
+_BYTECODE_DIGESTS: weakref.WeakKeyDictionary[types.CodeType, bytes] = weakref.WeakKeyDictionary()
 
 
 def _framed(tag: bytes, data: bytes) -> bytes:
@@ -151,7 +209,7 @@ def _framed(tag: bytes, data: bytes) -> bytes:
 def _constant(value: Any) -> bytes:
     """Encode one of the constants a code object can hold (nested code by its digest)."""
     if isinstance(value, types.CodeType):
-        return b"K" + code_digest(value)
+        return b"K" + bytecode_digest(value)
     if type(value) is tuple:
         return _framed(b"(", b"".join(_constant(item) for item in value))
     if type(value) is frozenset:  # sorted: the order of a frozenset depends on the hash seed
@@ -162,11 +220,52 @@ def _constant(value: Any) -> bytes:
 def code_digest(code: types.CodeType) -> bytes:
     """Return the 16-byte digest of what decides a code object's behaviour.
 
-    Bytecode, exception table (3.11+), argument counts, flags, names and constants
-    (nested code objects by their own digest); not line numbers or the file name,
-    so moving a function within its file keeps its entries.
+    Its normalized source where that is the source of the running code (``_keys.source``:
+    the same under every Python version), else its bytecode (``bytecode_digest``).
+    Never line numbers or the file name: moving a function within its file keeps its
+    entries.
     """
     known = _CODE_DIGESTS.get(code)
+    if known is None:
+        known = source_digest(code, bytecode_digest)
+        if known is None:
+            bytecode = bytecode_digest(code)
+            known = _ADOPTED.get(bytecode, bytecode)
+        _CODE_DIGESTS[code] = known
+    return known
+
+
+_ADOPTED: dict[bytes, bytes] = {}  # bytecode digest -> the code digest the process that sent it had
+
+
+def adopt_digests(digests: dict[bytes, bytes]) -> None:
+    """Take the code digests of code received by value from another process (``code_digests``).
+
+    cloudpickle sends a script's functions without their file name, so their source
+    cannot be read here: the sender's digest of the same bytecode stands for it, and
+    both processes key the code alike.
+    """
+    _ADOPTED.update(digests)
+
+
+def code_digests(codes: Iterable[types.CodeType]) -> dict[bytes, bytes]:
+    """The code digests of ``codes`` and of their nested code, by bytecode digest (``adopt_digests``)."""
+    table: dict[bytes, bytes] = {}
+    pending = list(codes)
+    while pending:
+        code = pending.pop()
+        table[bytecode_digest(code)] = code_digest(code)
+        pending += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return table
+
+
+def bytecode_digest(code: types.CodeType) -> bytes:
+    """Return the 16-byte digest of a code object's bytecode and what it refers to.
+
+    Bytecode, exception table (3.11+), argument counts, flags, names and constants
+    (nested code objects by their own digest); it changes between Python minor versions.
+    """
+    known = _BYTECODE_DIGESTS.get(code)
     if known is not None:
         return known
     counts = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)
@@ -177,8 +276,72 @@ def code_digest(code: types.CodeType) -> bytes:
         _framed(b"n", repr((counts, names)).encode()),
         _framed(b"c", b"".join(_constant(c) for c in code.co_consts)),
     ))
-    digest = _CODE_DIGESTS[code] = xxhash.xxh3_128_digest(encoded)
+    digest = _BYTECODE_DIGESTS[code] = xxhash.xxh3_128_digest(b"B" + encoded)
     return digest
+
+
+_IMPORTS: weakref.WeakKeyDictionary[types.CodeType, tuple[tuple[int, str, tuple[str, ...]], ...]]
+_IMPORTS = weakref.WeakKeyDictionary()
+_IMPORT = "IMPORT_NAME"
+_LOCAL_STORES = frozenset({"STORE_FAST", "STORE_NAME", "STORE_DEREF"})
+_LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_NAME", "LOAD_DEREF", "LOAD_FAST_CHECK", "LOAD_CLOSURE"})
+
+
+def imported_references(code: types.CodeType) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
+    """Return what the imports in ``code``'s body bring in and how it is used.
+
+    Each item is ``(level, module, attributes)``: ``from helpers import h`` gives
+    ``(0, "helpers", ("h",))``; ``import helpers`` and a later ``helpers.tools.h``
+    give ``(0, "helpers", ("tools", "h"))``; ``level`` counts the dots of a relative
+    import. Nested functions' imports are included.
+    """
+    known = _IMPORTS.get(code)
+    if known is not None:
+        return known
+    found: dict[tuple[int, str, tuple[str, ...]], None] = {}
+    pending = [code]
+    while pending:
+        current = pending.pop()
+        instructions = list(dis.get_instructions(current))
+        bound: dict[str, tuple[int, str, tuple[str, ...]]] = {}  # local name -> what it holds
+        importing: tuple[int, str, tuple[str, ...]] | None = None  # the import being bound
+        from_list = False
+        for index, instruction in enumerate(instructions):
+            name = instruction.opname
+            if name == _IMPORT:
+                level = instructions[index - 2].argval if index >= 2 else 0
+                level = level if isinstance(level, int) else 0
+                from_list = index >= 1 and instructions[index - 1].argval is not None
+                module = str(instruction.argval)
+                # ``import a.b`` imports a.b and binds the top package; ``from . import x`` reads x of
+                # the package.
+                found[(level, module, ())] = None
+                importing = (level, module if from_list or level else module.split(".")[0], ())
+                found[importing] = None
+            elif name == "IMPORT_FROM" and importing is not None:
+                level, module, attributes = importing
+                target: tuple[int, str, tuple[str, ...]]
+                if from_list:  # ``from m import x``: each name on its own
+                    target = (level, module, (str(instruction.argval),))
+                else:  # ``import a.b as c``: the names walk down from the top package
+                    target = importing = (level, module, (*attributes, str(instruction.argval)))
+                found[target] = None
+                following = instructions[index + 1] if index + 1 < len(instructions) else None
+                if following is not None and following.opname in _LOCAL_STORES:
+                    bound[str(following.argval)] = target
+            elif importing and name in _LOCAL_STORES and instructions[index - 1].opname == _IMPORT:
+                bound[str(instruction.argval)] = importing  # ``import m``: the local holds m
+            elif name in _LOCAL_LOADS and instruction.argval in bound:
+                level, module, attributes = bound[instruction.argval]
+                chain = []
+                for later in instructions[index + 1 :]:
+                    if later.opname not in _ATTRIBUTE_LOADS:
+                        break
+                    chain.append(str(later.argval))
+                found[(level, module, (*attributes, *chain))] = None
+        pending += [c for c in current.co_consts if isinstance(c, types.CodeType)]
+    known = _IMPORTS[code] = tuple(found)
+    return known
 
 
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})

@@ -36,9 +36,8 @@ import enum
 import functools
 import math
 import struct
-import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional, Protocol, TypeVar, cast
 
 import numpy as np
@@ -47,8 +46,16 @@ import xxhash
 from .._errors import InvalidOptionError, UnhashableError
 from .._format.dtypes import byte_view, dtype_identity, dtype_params, stores_values_inline, value_bytes
 from .._format.tree import array_tree
-from .arrow import ArrowUnsupported, walk_stream
-from .code import EMPTY_CELL, cell_value, code_digest, full_name, module_name, passes_through
+from .code import (
+    EMPTY_CELL,
+    cell_value,
+    code_digest,
+    full_name,
+    module_name,
+    passes_through,
+    reference,
+)
+from .libraries import BY_CONTENT, encode_by_content, lazy_attributes, nameable, resolve
 
 __all__ = ["HASH_ALGORITHM", "Follow", "Hasher", "scalars_encoding", "unhashable"]
 
@@ -191,6 +198,8 @@ class Hasher:
             self._array(obj)
         elif isinstance(obj, np.generic):
             self._numpy_scalar(obj)
+        elif isinstance(obj, np.dtype):  # a dtype class of its own (ml_dtypes, StringDType): by identity
+            self._dtype(obj)
         else:
             self._other(obj)
 
@@ -293,14 +302,15 @@ class Hasher:
 
     def _dtype(self, dtype: np.dtype) -> None:
         known = _DTYPES.get(id(dtype))
-        if known is None or known[0] is not dtype:
+        # A structured dtype's field names can be assigned in place: they are part of the check.
+        if known is None or known[0] is not dtype or known[2] != dtype.names:
             encoded = repr(dtype_identity(dtype)).encode()
             params = dtype_params(dtype)
             if params:
                 encoded += b"p" + self._digest_of(params)
             if len(_DTYPES) >= 512:
                 _DTYPES.clear()
-            known = _DTYPES[id(dtype)] = (dtype, encoded)
+            known = _DTYPES[id(dtype)] = (dtype, encoded, dtype.names)
         self._put_framed(b"d", known[1])
 
     def _numpy_scalar(self, obj: np.generic) -> None:
@@ -308,13 +318,16 @@ class Hasher:
         self._array(np.asarray(obj))
 
     def _array(self, array: np.ndarray) -> None:
+        if array is np.ma.masked:  # the one masked constant (indexing a masked element returns it)
+            self._put_framed(b"G", b"numpy.ma.masked")
+            return
         kind = np.ndarray if type(array) is np.memmap else type(array)
         self._put_framed(b"a", full_name(kind).encode())
         if isinstance(array, np.ma.MaskedArray):
             # Masked-out data is arbitrary: hash the mask, the fill value and the filled data.
             self._put(b"M")
             parts = ((".mask", np.ma.getmaskarray(array)), (".fill_value", array.fill_value),
-                     (".filled()", np.asarray(array.filled())))
+                     (".filled()", np.asarray(array.filled())), (".hardmask", bool(array.hardmask)))
             self._push(iter(parts), _same_label)
             return
         extra = getattr(array, "__dict__", None) if kind is not np.ndarray else None
@@ -374,7 +387,12 @@ class Hasher:
         self._put_framed(b"G", full_name(obj).encode())
 
     def _type(self, cls: type) -> None:
-        """A class by name; one of the user's own classes by its code too."""
+        """A class by name (checked to name it); one of the user's own classes by its code too."""
+        if not nameable(cls):
+            raise UnhashableError(
+                f"the class {full_name(cls)} cannot be named: that name does not lead back to it (a class "
+                "made at run time); pass the value in `ignore=` or make the class importable"
+            )
         self._by_reference(cls)
         if self._follow is not None:
             digest = self._checked(cls, self._follow.class_digest)
@@ -408,8 +426,10 @@ class Hasher:
 
     def _builtin(self, obj: types.BuiltinFunctionType) -> None:
         """A C function by name; a C method (``"abc".upper``) also by the object it is bound to."""
-        self._by_reference(obj)
         owner = getattr(obj, "__self__", None)
+        if (owner is None or isinstance(owner, types.ModuleType)) and reference(obj) is None:
+            raise unhashable(obj, TypeError(f"{full_name(obj)} does not lead back to this function"))
+        self._by_reference(obj)
         if owner is not None and not isinstance(owner, types.ModuleType):
             self._put(b"m")
             self._push(iter(((".__self__", owner),)), _same_label)
@@ -452,9 +472,7 @@ class Hasher:
             return
         module = getattr(kind, "__module__", None)
         module = module if isinstance(module, str) else ""
-        if module.startswith("torch") and _encode_tensor(self, obj):
-            return
-        if module.startswith(("polars", "pyarrow")) and _encode_arrow(self, obj):
+        if module.startswith(BY_CONTENT) and encode_by_content(self, obj):
             return
         self._reduced(obj)
 
@@ -465,8 +483,11 @@ class Hasher:
             reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
         except Exception as exc:
             raise unhashable(obj, exc) from exc
-        if isinstance(reduced, str):  # a global singleton
-            self._put_framed(b"G", f"{module_name(obj)}.{reduced}".encode())
+        if isinstance(reduced, str):  # a global singleton, named by its module and that name
+            named = f"{module_name(obj)}.{reduced}"
+            if resolve(module_name(obj), reduced) is not obj:
+                raise unhashable(obj, TypeError(f"it calls itself {named}, which names another object"))
+            self._put_framed(b"G", named.encode())
             return
         if not isinstance(reduced, tuple) or not 2 <= len(reduced) <= 6:
             raise unhashable(obj, TypeError(f"__reduce_ex__ returned {type(reduced).__name__}"))
@@ -475,12 +496,26 @@ class Hasher:
         self._put(b"R")
         self._type(type(obj))
         constructor, args, state, list_items, dict_items = (tuple(reduced) + (None,) * 3)[:5]
+        lazy = lazy_attributes(type(obj))
+        if lazy and isinstance(state, dict):  # computed on first use, not part of the value
+            state = {name: value for name, value in state.items() if name not in lazy}
         self._by_reference(constructor)
         # copyreg.__newobj__ repeats the class as the first argument; the state follows.
         members = [(".__reduce__()[1]", args), (".__getstate__()", state),
                    ("[...]", list(list_items) if list_items is not None else None),
                    ("[...]", dict(dict_items) if dict_items is not None else None)]
         self._push(iter(members), _same_label, obj)
+
+    # -- what encoders of other libraries' values feed (``_keys.libraries.Feed``) ----------------
+
+    put = _put
+    put_framed = _put_framed
+    put_type = _type
+    put_array_bytes = _array_bytes
+
+    def push(self, members: Iterable[tuple[str, Any]]) -> None:
+        """Encode ``(label, value)`` members next, each as a value (labels say where, in errors)."""
+        self._push(iter(members), _same_label)
 
 
 def _dict_items(obj: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
@@ -497,47 +532,7 @@ def _flat_label(index: Any) -> str:
     return f"[flat {index}]"
 
 
-def _encode_tensor(hasher: Hasher, obj: Any) -> bool:
-    """Hash a dense torch tensor by content, like an array; False for anything else."""
-    torch = sys.modules.get("torch")
-    if torch is None or not isinstance(obj, torch.Tensor) or obj.layout != torch.strided:
-        return False
-    if obj.is_quantized or obj.device.type == "meta":
-        return False
-    data = obj.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
-    header = (full_name(type(obj)), str(obj.dtype), tuple(obj.shape), obj.device.type, obj.requires_grad)
-    hasher._put_framed(b"t", repr(header).encode())
-    hasher._array_bytes(data.view(torch.uint8).numpy())
-    extra = getattr(obj, "__dict__", None)
-    hasher._push(iter(((".__dict__", dict(extra) if extra else None),)), _same_label)
-    return True
-
-
-def _encode_arrow(hasher: Hasher, obj: Any) -> bool:
-    """Hash a polars or pyarrow table or series by its Arrow buffers, in place; False if it has none."""
-    if not callable(getattr(type(obj), "__arrow_c_stream__", None)):
-        return False
-    sub = xxhash.xxh3_128()
-
-    def visit(schema: bytes, length: int, offset: int, buffers: list[memoryview | None]) -> None:
-        sub.update(_pack_Q(len(schema)) + schema + _pack_Q(length) + _pack_Q(offset) + _pack_Q(len(buffers)))
-        for buffer in buffers:
-            if buffer is None:
-                sub.update(b"n")
-            else:
-                sub.update(b"b" + _pack_Q(len(buffer)))
-                sub.update(buffer)
-
-    try:
-        walk_stream(obj, visit)
-    except ArrowUnsupported:
-        return False
-    hasher._by_reference(type(obj))
-    hasher._put(b"A" + sub.digest())
-    return True
-
-
-_DTYPES: dict[int, tuple[np.dtype, bytes]] = {}
+_DTYPES: dict[int, tuple[np.dtype, bytes, tuple[str, ...] | None]] = {}
 
 _ENCODERS: dict[type, Callable[[Hasher, Any], None]] = {
     type(None): Hasher._none,

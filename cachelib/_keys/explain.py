@@ -22,6 +22,12 @@ _PHRASES = {
     "helper": ("helper `{}` edited", "now calls helper `{}`", "no longer calls helper `{}`"),
     "class": ("class `{}` edited", "now uses class `{}`", "no longer uses class `{}`"),
     "constant": ("constant `{}` changed", "now reads constant `{}`", "no longer reads constant `{}`"),
+    "global": ("global `{}` changed", "now reads global `{}`", "no longer reads global `{}`"),
+    "attribute": ("class attribute `{}` changed", "now reads class attribute `{}`",
+                  "no longer reads class attribute `{}`"),
+    "default": ("default `{}` changed", "new default `{}`", "no default `{}` any more"),
+    "library": ("library object `{}` is now `{}`", "now reads library object `{}` (`{}`)",
+                "no longer reads library object `{}`"),
 }
 _WHOLE = {
     "code": "new code version",
@@ -29,16 +35,19 @@ _WHOLE = {
 }
 
 
-def _describe(name: str, how: int) -> str:
-    """Describe part ``name`` that changed (0), appeared (1) or disappeared (2)."""
+def _describe(name: str, how: int, now: str = "") -> str:
+    """Describe part ``name`` that changed (0), appeared (1) or disappeared (2).
+
+    ``now`` is the part's value in the call: for a library object, the name it is bound to.
+    """
     if name in _WHOLE:
         return _WHOLE[name] if how == 0 else f"{name} {('changed', 'added', 'removed')[how]}"
     kind, _, what = name.partition(" ")
-    if kind in ("helper", "class"):
+    if kind in ("helper", "class", "attribute"):
         what = _short(what)
     default = (f"{kind} `{{}}` changed", f"new {kind} `{{}}`", f"no {kind} `{{}}` any more")
     phrases = _PHRASES.get(kind, default)
-    return phrases[how].format(what)
+    return phrases[how].format(what, now)
 
 
 def _short(qualified: str) -> str:
@@ -56,12 +65,13 @@ def differences(parts: Mapping[str, str], stored: Mapping[str, str]) -> list[str
     described = []
     for name in names:
         if name not in stored:
-            described.append((name, _describe(name, 1)))
+            described.append((name, _describe(name, 1, parts[name])))
         elif name not in parts:
             described.append((name, _describe(name, 2)))
         elif parts[name] != stored[name]:
-            described.append((name, _describe(name, 0)))
-    order = {"argument": 0, "code": 1, "callable": 1, "closure": 2, "helper": 3, "class": 3, "constant": 4}
+            described.append((name, _describe(name, 0, parts[name])))
+    order = {"argument": 0, "code": 1, "callable": 1, "closure": 2, "helper": 3, "class": 3, "library": 3,
+             "constant": 4, "global": 4, "attribute": 4, "default": 4}
     described.sort(key=lambda item: order.get(item[0].partition(" ")[0], 5))
     return [text for _, text in described]
 

@@ -30,6 +30,7 @@ from .._errors import (
     LockTimeout,
     SerializationError,
     UnhashableError,
+    warn,
 )
 from .._keys.calls import CallKeyer, function_identity, unwrap
 from .._keys.explain import explain_miss
@@ -93,7 +94,7 @@ class MemoizedFunction(Generic[P, R]):
             self.__module__ = getattr(inner, "__module__", None) or ""
         self.cache = cache
         self.options = options  # resolved: a pickled copy behaves the same in a worker
-        self._keyer = CallKeyer(func, options.ignore, options.track_callees)
+        self._keyer = CallKeyer(func, options.ignore, options.track_callees, strict=cache.strict)
         self._summary = CallSummary(func, options.ignore)
         self.name, identity = function_identity(func)
         self.namespace = f"{self.name}-{identity}"
@@ -338,14 +339,14 @@ class MemoizedFunction(Generic[P, R]):
         if not changed:
             return
         named = [_STATE_NAMES.get(label, "") or _describe_part(label) for label in changed]
-        closures = [label.split(" ", 1)[1] for label in changed if label.startswith("closure ")]
-        advice = (f"; if its results do not depend on {', '.join(closures)}, pass ignore={closures!r}"
-                  if closures else "")
-        warnings.warn(
+        names = [label.split(" ", 1)[1] for label in changed if label.split(" ", 1)[0] in _SPECIFIC]
+        # A global object changes with its class's attributes: name it only when nothing narrower changed.
+        names = names or [label.split(" ", 1)[1] for label in changed if label.startswith("global ")]
+        advice = (f"; if its results do not depend on {', '.join(names)}, pass ignore={names!r}"
+                  if names else "")
+        warn(
             f"{self.__qualname__} changed {', '.join(named)} while it ran, so the same call misses again "
-            f"(a key includes them as they are at the call){advice}",
-            CacheWarning,
-            stacklevel=3,
+            f"(a key includes what it reads as it is at the call){advice}"
         )
 
     def explain(self, *args: Any, **kwargs: Any) -> str:
@@ -476,12 +477,14 @@ class Miss:
 
 
 _STATE_NAMES = {"callable": "its own state (a bound self, a partial's arguments or the object's attributes)"}
+_SPECIFIC = frozenset({"closure", "constant", "attribute"})  # the narrowest state ``ignore=`` can name
+_KINDS = {"closure": "closure variable", "constant": "global", "attribute": "class attribute"}
 
 
 def _describe_part(label: str) -> str:
     """``"closure acc"`` -> ``"its closure variable `acc`"`` (a key part's label, for a message)."""
     kind, _, name = label.partition(" ")
-    return f"its {'closure variable' if kind == 'closure' else kind} `{name}`"
+    return f"its {_KINDS.get(kind, kind)} `{name}`"
 
 
 def _seconds(metadata: dict[str, Any]) -> float:

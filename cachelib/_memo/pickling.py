@@ -16,13 +16,15 @@ import importlib
 import pickle
 import sys
 import threading
+import types
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Protocol, cast
 
 from .._errors import DeserializationError
 from .._keys.calls import script_of, unwrap
-from .._keys.code import code_digest
+from .._keys.code import adopt_digests, code_digest
+from .._keys.reach import travelling_digests
 
 __all__ = ["reduce_wrapper"]
 
@@ -100,6 +102,7 @@ def reduce_wrapper(wrapper: Wrapper) -> Any:
         return _from_main, (
             type(wrapper), wrapper.__qualname__, wrapper.namespace, _fingerprint(wrapper.__wrapped__),
             _by_value(wrapper), wrapper.cache, wrapper.options, script_of(wrapper.__wrapped__),
+            _digests(wrapper.__wrapped__),
         )
     return _rebuild, (type(wrapper), wrapper.__wrapped__, wrapper.cache, wrapper.options)
 
@@ -111,6 +114,12 @@ def _rebuild(kind: type[Wrapper], func: Callable[..., Any], cache: Any, options:
     return wrapper
 
 
+def _digests(func: Callable[..., Any]) -> dict[bytes, bytes]:
+    """The code digests a receiving process adopts for ``func`` sent by value."""
+    target = unwrap(func)
+    return travelling_digests(target) if isinstance(target, types.FunctionType) else {}
+
+
 def _from_main(
     kind: type[Wrapper],
     qualname: str,
@@ -120,8 +129,14 @@ def _from_main(
     cache: Any,
     options: Any,
     script: str = "",
+    digests: dict[bytes, bytes] | None = None,
 ) -> Wrapper:
-    """Find a pickled wrapper of the main script by name, or rebuild it from its function."""
+    """Find a pickled wrapper of the main script by name, or rebuild it from its function.
+
+    ``digests`` are the sender's code digests of the code that travels by value, whose
+    source this process may not see (``_keys.code.adopt_digests``).
+    """
+    adopt_digests(digests or {})
     found = _lookup(sys.modules.get("__main__"), qualname)
     wrapped = getattr(found, "__wrapped__", None)
     if getattr(found, "namespace", None) == namespace and wrapped is not None and (
