@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import cachelib
 from cachelib._entries.envelope import HEADER, HEADER_SIZE, TRAILER
 from cachelib._format.records import ALIGNMENT
@@ -28,6 +30,15 @@ class Calls(list):  # type: ignore[type-arg]
 # around each test). A module global, never a closure: closure values are part of every
 # key (hashed when the function is memoized); a ``Calls`` hashes alike whatever it holds.
 CALLS = Calls()
+
+
+# --- the test tiers -------------------------------------------------------------------
+
+
+def slow_except(values: list[Any], *fast: Any) -> list[Any]:
+    """The parameters ``values`` of a one-argument parametrize, each one but those in ``fast``
+    marked slow: ``pytest -m "not slow"`` runs only the ``fast`` ones (ids are unchanged)."""
+    return [value if value in fast else pytest.param(value, marks=pytest.mark.slow) for value in values]
 
 
 # --- what is on disk ------------------------------------------------------------------

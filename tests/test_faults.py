@@ -69,8 +69,12 @@ def small(tmpfs: Any) -> Path:
 # --- a full filesystem ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("inodes", [False, True], ids=["bytes", "bytes-and-inodes"])
-@pytest.mark.parametrize("call", ["hit", "miss"])
+@pytest.mark.parametrize(("call", "inodes"), [
+    pytest.param("hit", False, id="hit-bytes", marks=pytest.mark.slow),
+    pytest.param("hit", True, id="hit-bytes-and-inodes", marks=pytest.mark.slow),
+    pytest.param("miss", False, id="miss-bytes"),
+    pytest.param("miss", True, id="miss-bytes-and-inodes", marks=pytest.mark.slow),
+])
 def test_the_first_call_of_a_fresh_process_on_a_full_disk(
     small: Path, tmp_path: Path, call: str, inodes: bool
 ) -> None:
@@ -100,6 +104,7 @@ def _calls_while_the_disk_fills(location: str, log: str, mount: Path) -> list[st
     return [digest(result) for result in results]
 
 
+@pytest.mark.slow  # waits 1.5 s for the statistics to be written
 def test_calls_of_a_running_process_when_the_disk_fills(small: Path, tmp_path: Path) -> None:
     """Hits keep hitting and misses keep computing once the disk is full under a running process."""
     location, log = small / "cache", tmp_path / "log"
@@ -120,8 +125,11 @@ def _big_write(location: str, log: str, mount: Path, mmap_mode: str | None, comp
     return [digest(first), digest(second), after - before]
 
 
-@pytest.mark.parametrize(("mmap_mode", "compress"), [(None, False), ("r", False), (None, "zstd")],
-                         ids=["raw", "mmap", "zstd"])
+@pytest.mark.parametrize(("mmap_mode", "compress"), [
+    pytest.param(None, False, id="raw", marks=pytest.mark.slow),
+    pytest.param("r", False, id="mmap", marks=pytest.mark.slow),
+    pytest.param(None, "zstd", id="zstd"),
+])
 def test_a_50_mb_result_on_a_filesystem_too_small_for_it(
     tmpfs: Any, tmp_path: Path, mmap_mode: str | None, compress: Any
 ) -> None:
@@ -158,6 +166,7 @@ def test_reduce_size_on_a_full_disk_frees_it(small: Path, tmp_path: Path) -> Non
     assert leftovers(location) == []
 
 
+@pytest.mark.slow  # two fresh interpreters on a full disk: test_the_first_call_... is the quick case
 def test_a_write_under_bytes_limit_that_fills_the_disk(small: Path, tmp_path: Path) -> None:
     """An entry that takes the last free pages, then the size bookkeeping fails: the result is right."""
     location, log = small / "cache", tmp_path / "log"
@@ -199,6 +208,7 @@ def _wait_for_counts(location: str, expected: tuple[int, int], seconds: float = 
     wait_until(lambda: _counts(location) == expected, seconds, interval=0.1)
 
 
+@pytest.mark.slow  # three fresh interpreters, the command line and a count
 def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     """``cachelib prune`` with nothing to evict on a full disk: no traceback, no temp file, no lost count."""
     location, log = small / "cache", tmp_path / "log"
@@ -213,6 +223,7 @@ def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     assert run_with_timeout(_counts, str(location)).result() == (3, 3), "counts lost or counted twice"
 
 
+@pytest.mark.slow  # three fresh interpreters and the command line
 def test_prune_that_evicts_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     """``cachelib prune --max-size 0`` on a full disk removes every entry and succeeds."""
     location, log = small / "cache", tmp_path / "log"
@@ -253,6 +264,7 @@ def frozen(tmpfs: Any, tmp_path: Path) -> Any:
         yield cache
 
 
+@pytest.mark.slow  # a read-only cache: test_misses_compute_... and test_verify_fix_... are the quick cases
 def test_hits_still_hit_on_a_read_only_filesystem(frozen: Frozen) -> None:
     """A read-only remount keeps every intact entry usable: hits, no computation."""
     fresh = run_fresh("call", frozen.location, options(frozen.log), "square:1", "square:1")
@@ -270,6 +282,7 @@ def test_misses_compute_with_a_warning_on_a_read_only_filesystem(frozen: Frozen)
     assert snapshot(frozen.location) == frozen.before
 
 
+@pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
 def test_cachelib_clear_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib clear`` that removes nothing exits non-zero with one line, never "cleared"."""
     process = run_cli("--location", frozen.location, "clear")
@@ -279,6 +292,7 @@ def test_cachelib_clear_on_a_read_only_filesystem_fails_in_one_line(frozen: Froz
     assert snapshot(frozen.location) == frozen.before
 
 
+@pytest.mark.slow  # a read-only cache: test_misses_compute_... and test_verify_fix_... are the quick cases
 @pytest.mark.parametrize("what", ["cache.clear", "function.clear"])
 def test_clear_on_a_read_only_filesystem_is_never_silent(frozen: Frozen, what: str) -> None:
     """``Cache.clear()`` and ``f.clear()`` that cannot remove entries raise a CacheError or warn."""
@@ -298,6 +312,7 @@ def test_clear_on_a_read_only_filesystem_is_never_silent(frozen: Frozen, what: s
     assert snapshot(frozen.location) == frozen.before
 
 
+@pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
 def test_prune_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib prune`` that must evict but cannot: non-zero exit, one line, entries still there."""
     process = run_cli("--location", frozen.location, "prune", "--older-than", "0s")
@@ -316,6 +331,7 @@ def test_verify_fix_on_a_read_only_filesystem(frozen: Frozen) -> None:
     assert snapshot(frozen.location) == frozen.before
 
 
+@pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
 @pytest.mark.parametrize("command", [["info"], ["ls", "--func", "square"], ["verify"]])
 def test_reading_commands_on_a_read_only_filesystem(frozen: Frozen, command: list[str]) -> None:
     """``info``, ``ls`` and ``verify`` work on a read-only cache (verify reports the damaged entry)."""
@@ -370,6 +386,7 @@ def _statistics_files(location: Path) -> list[Path]:
     return [p for p in files_under(location) if "stats" in p.relative_to(location).parts[:-1]]
 
 
+@pytest.mark.slow  # a stress test: 5 s of calls while the files change
 def test_statistics_files_changed_under_a_running_process(tmp_path: Path) -> None:
     """Truncating, replacing or removing statistics files never makes a call fail, hang or die."""
     location = tmp_path / "cache"
@@ -402,6 +419,7 @@ def test_forked_workers_count_every_call(tmp_path: Path) -> None:
     assert run_with_timeout(_counts, str(location)).result() == (3, 4)
 
 
+@pytest.mark.slow  # 31 processes: test_forked_workers_count_every_call is the quick case
 def test_counts_of_many_finished_processes_are_folded(tmp_path: Path) -> None:
     """After 31 processes, ``info()`` counts them all and leaves few statistics files behind."""
     location = tmp_path / "cache"
@@ -415,6 +433,7 @@ def test_counts_of_many_finished_processes_are_folded(tmp_path: Path) -> None:
     assert run_with_timeout(_counts, str(location)).result() == (30, 31)
 
 
+@pytest.mark.slow  # waits for the counts, written about a second after the calls
 def test_counts_survive_sigkill_after_they_were_written(tmp_path: Path) -> None:
     """A process killed with SIGKILL keeps the counts it made seconds before dying."""
     location = tmp_path / "cache"

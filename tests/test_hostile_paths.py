@@ -43,7 +43,7 @@ from _system import (
     wait_until,
 )
 from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
-from helpers import entry_files, files_under, new_entry
+from helpers import entry_files, files_under, new_entry, slow_except
 
 import cachelib
 from cachelib._stores.local import temporary_name
@@ -183,7 +183,7 @@ def test_a_hostile_object_at_an_entry_path_is_a_miss(
     outside.assert_untouched()
 
 
-@pytest.mark.parametrize("kind", PLANTED)
+@pytest.mark.parametrize("kind", slow_except(PLANTED, "fifo"))  # six commands each: about 1.5 s
 def test_commands_over_a_hostile_entry(tmp_path: Path, outside: Outside, kind: str) -> None:
     """``info``, ``ls``, ``verify [--fix]``, ``prune`` and ``clear`` step over a hostile entry."""
     location, log = tmp_path / "cache", tmp_path / "log"
@@ -282,6 +282,7 @@ def _copy(pristine: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow  # its cache waits twice for statistics files (2 s), then a child per state file and kind
 @pytest.mark.parametrize("kind", PLANTED + CONTENT)
 def test_hostile_state_files_never_hurt_a_call(pristine: Path, tmp_path: Path, outside: Outside,
                                                kind: str) -> None:
@@ -303,6 +304,7 @@ def test_hostile_state_files_never_hurt_a_call(pristine: Path, tmp_path: Path, o
         outside.assert_untouched()
 
 
+@pytest.mark.slow  # six commands each, for each kind: about 1.5 s a case
 @pytest.mark.parametrize("kind", PLANTED + CONTENT)
 def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outside: Outside,
                                            kind: str) -> None:
@@ -319,7 +321,7 @@ def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outsi
 # --- directories: linked function directories, foreign directories and files --------------
 
 
-@pytest.mark.parametrize("linked", ["function", "shard"])
+@pytest.mark.parametrize("linked", slow_except(["function", "shard"], "shard"))  # five commands each
 def test_a_linked_directory_is_neither_read_written_nor_cleared_through(
     tmp_path: Path, outside: Outside, linked: str
 ) -> None:
@@ -392,8 +394,8 @@ def test_a_directory_that_is_not_a_cache_is_refused(tmp_path: Path, how: str) ->
     assert snapshot(project) == before
 
 
-@pytest.mark.parametrize("command", [["clear"], ["prune", "--max-size", "0"], ["verify", "--fix"],
-                                     ["info"], ["ls"]])
+@pytest.mark.parametrize("command", slow_except([["clear"], ["prune", "--max-size", "0"], ["verify", "--fix"],
+                                                 ["info"], ["ls"]], ["clear"]))
 def test_the_command_line_refuses_a_directory_that_is_not_a_cache(tmp_path: Path, command: list[str]) -> None:
     """Every command pointed at a project directory exits 2 with one line and changes nothing."""
     project = _project(tmp_path / "project")
@@ -446,7 +448,8 @@ def _foreign(location: Path) -> dict[Path, bytes]:
     return planted
 
 
-@pytest.mark.parametrize("how", ["cache.clear", "function.clear", "reduce_size", "cli clear", "cli prune"])
+@pytest.mark.parametrize("how", ["cache.clear", "function.clear", "reduce_size",
+                                 pytest.param("cli clear", marks=pytest.mark.slow), "cli prune"])
 def test_files_that_are_not_cachelibs_survive_clear_and_prune(tmp_path: Path, how: str) -> None:
     """Inside a cache, only cachelib's entries go: everything else stays, byte for byte."""
     location, log = tmp_path / "cache", tmp_path / "log"
@@ -554,6 +557,7 @@ def _call_slow_stamped(location: str, log: str, delay: float) -> tuple[str | Non
     return stamp_problem(result, memmap=True), result["token"]
 
 
+@pytest.mark.slow  # the first call computes for 3 s: the time the second needs to reach its lock
 def test_clearing_while_a_result_is_computed_keeps_its_lock(tmp_path: Path) -> None:
     """``clear`` leaves a held lock: a caller arriving after it waits for the result, never recomputing it."""
     location, log = str(tmp_path / "cache"), str(tmp_path / "log")
@@ -583,7 +587,8 @@ def _dead_pid() -> int:
     return pid
 
 
-@pytest.mark.parametrize("how", ["cache.clear", "cli clear", "cli prune"])
+@pytest.mark.parametrize("how", ["cache.clear", pytest.param("cli clear", marks=pytest.mark.slow),
+                                 "cli prune"])
 def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_path: Path, how: str) -> None:
     """A temporary file of a writer still running is its write in flight: clear and prune leave it alone."""
     location, log = tmp_path / "cache", tmp_path / "log"
@@ -626,7 +631,7 @@ os.waitpid(child, 0)
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare(1) to run a writer in its own pid namespace")
-@pytest.mark.parametrize("how", ["cache.clear", "cli prune"])
+@pytest.mark.parametrize("how", slow_except(["cache.clear", "cli prune"], "cache.clear"))
 def test_a_writer_in_another_pid_namespace_is_never_taken_for_dead(tmp_path: Path, how: str) -> None:
     """A container sharing the host name: its writer's pid is dead here, alive in its own pid
     namespace. Its temporary file is a write in flight and stays (until ``LEFTOVER_AGE``)."""
@@ -699,6 +704,7 @@ def _hammer_threads(location: str, seconds: float, clearing: bool) -> dict[str, 
     return {"errors": errors, "wrong": wrong, "calls": calls[0], "warnings": seen}
 
 
+@pytest.mark.slow  # a stress test: 4 s of calls, and 1 s more to warm up
 @pytest.mark.parametrize("clearing", [False, True], ids=["hits-and-misses", "with-clears"])
 def test_threads_hammering_one_cache(tmp_path: Path, clearing: bool) -> None:
     """Eight threads (and a clearing one) over 400 small keys with a 1 us switch interval: all right."""
@@ -795,13 +801,16 @@ def hostile_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # Lies in the stream's records (``verify`` sees them) and in the pickle (only ``load`` does).
-STREAM_LIES = ["empty-array-records.zst", "huge-array-length.raw", "huge-array-length.zst",
+_MILLION_RECORDS = "empty-array-records.zst"  # a million records to read: about a second
+STREAM_LIES = [_MILLION_RECORDS, "huge-array-length.raw", "huge-array-length.zst",
                "huge-pickle-record.zst"]
 PICKLE_LIES = ["pickle-claims-2-40-bytes.raw", "array-claims-2-40-elements.zst"]
 
 
-@pytest.mark.parametrize(("reader", "name"), [*(("load", name) for name in STREAM_LIES + PICKLE_LIES),
-                                              *(("verify", name) for name in STREAM_LIES)])
+@pytest.mark.parametrize(("reader", "name"), [
+    *(pytest.param(reader, name, marks=[pytest.mark.slow] if name == _MILLION_RECORDS else [])
+      for reader, names in (("load", STREAM_LIES + PICKLE_LIES), ("verify", STREAM_LIES)) for name in names)
+])
 def test_hostile_files_fail_as_corrupt_under_a_memory_cap(hostile_files: dict[str, Path], reader: str,
                                                           name: str) -> None:
     """``load`` and ``verify`` of a hostile file raise CorruptFileError in 384 MiB, never MemoryError."""

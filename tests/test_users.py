@@ -281,6 +281,7 @@ def _clear(location: str, **options: Any) -> None:
     cachelib.Cache(location, **options).clear()
 
 
+@pytest.mark.slow  # each case races for 5 s
 @pytest.mark.parametrize(("attack", "payload", "mmap_mode"), [
     ("pwrite", "code", None), ("pwrite", "data", None), ("pwrite", "data", "r"),
     ("rename", "code", None), ("rename", "data", "r"),
@@ -428,6 +429,7 @@ def _modes(root: Path, below_only: bool = False) -> dict[str, tuple[str, int, in
     return found
 
 
+@pytest.mark.slow  # waits twice for statistics files (1.5 s each)
 @pytest.mark.parametrize("umask", [0o000, 0o077], ids=oct)
 def test_everything_created_in_private_mode_is_private(arena: Path, users: Users, logs: Path,
                                                        umask: int) -> None:
@@ -442,6 +444,7 @@ def test_everything_created_in_private_mode_is_private(arena: Path, users: Users
     assert not wrong, wrong
 
 
+@pytest.mark.slow  # waits twice for statistics files (1.5 s each), per member
 @pytest.mark.parametrize("made_by", ["admin", "cachelib"])
 def test_everything_created_in_group_mode_is_shared_and_never_group_writable(
     arena: Path, users: Users, logs: Path, made_by: str
@@ -485,6 +488,7 @@ def _replay(location: str, log: str, how: str, options: dict[str, Any]) -> list[
     return [in_cache, digest(f(1, log=log))]
 
 
+@pytest.mark.slow  # waits for expiry in real time (test_memoize keeps a quick case)
 @pytest.mark.parametrize("how", ["touch", "restore"])
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_an_expired_entry_is_not_revived_by_touching_or_restoring_it(tmp_path: Path, how: str,
@@ -498,6 +502,7 @@ def test_an_expired_entry_is_not_revived_by_touching_or_restoring_it(tmp_path: P
     assert len(computations(log)) == (2 if how == "touch" else 3)
 
 
+@pytest.mark.slow  # waits for expiry in real time
 def test_a_member_replaying_an_expired_entry_does_not_revive_it(arena: Path, users: Users, lab: Path,
                                                                 logs: Path) -> None:
     """Bob plants his saved copy of alice's expired (validly signed) entry: she recomputes."""
