@@ -22,6 +22,8 @@ import cachelib
 
 pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
 
+pytestmark = pytest.mark.slow  # fresh interpreters racing on S3 for seconds
+
 WORKER = textwrap.dedent('''
     import json, os, sys, time
     import numpy as np

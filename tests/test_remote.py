@@ -26,7 +26,9 @@ from cachelib._stores.fsspec_store import FsspecStore
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture(params=["memory", "s3"])
+# S3 on moto takes a fraction of a second to seconds a test: the fast tier runs memory:// and, for
+# S3, test_a_remote_cache_computes_once_and_hits (parametrized below) and the missing bucket.
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.slow)])
 def remote(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """``(url, storage_options)`` of a fresh remote location: memory://, then S3 on moto."""
     if request.param == "memory":
@@ -45,6 +47,7 @@ def _counting(cache: cachelib.Cache, **options: Any) -> tuple[Any, list[Any]]:
     return cache.memoize(compute, ignore=["calls"], **options), calls  # the log is not an input
 
 
+@pytest.mark.parametrize("remote", ["memory", "s3"], indirect=True)
 def test_a_remote_cache_computes_once_and_hits(remote: tuple[str, dict[str, Any]], same: Any) -> None:
     """Misses store, hits load the same value, small and large (streamed) results alike."""
     url, options = remote
@@ -128,6 +131,7 @@ def test_clear_and_function_clear_remove_remote_entries(remote: tuple[str, dict[
     assert cache.info().entries == 2
 
 
+@pytest.mark.slow  # four stores a second apart
 def test_eviction_keeps_a_remote_cache_within_limits(remote: tuple[str, dict[str, Any]]) -> None:
     """``reduce_size`` and ``bytes_limit`` evict the oldest-stored entries of a remote cache."""
     url, options = remote
@@ -309,6 +313,7 @@ def test_the_command_line_works_on_a_memory_url(capsys: pytest.CaptureFixture[st
     assert "no cache at" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two fresh interpreters on S3
 def test_the_command_line_reaches_s3_through_fsspec_configuration(
     s3_bucket: tuple[str, dict[str, Any]]
 ) -> None:

@@ -74,7 +74,7 @@ def _peaks(tmp_path: Path, bucket: str, options: dict[str, Any], size: int) -> d
 
 
 @pytest.mark.parametrize("size", [
-    pytest.param(96 * MB, id="96MB"),
+    pytest.param(96 * MB, id="96MB", marks=pytest.mark.slow),
     pytest.param(400 * MB, id="400MB", marks=pytest.mark.slow),
 ])
 @pytest.mark.timeout(600)
