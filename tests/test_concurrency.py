@@ -43,6 +43,7 @@ def _stampede_worker(location: str, log: str, start: float, queue: multiprocessi
     queue.put(int(slow_square(7)[0]))
 
 
+@pytest.mark.slow  # eight processes (test_memoize has the quick case of four)
 @pytest.mark.timeout(60)
 def test_a_stampede_of_eight_processes_computes_once(tmp_path: Path) -> None:
     """Eight processes calling one uncached key at the same moment run it exactly once."""
@@ -108,6 +109,7 @@ def _write_then_get_killed(location: str, seed: int) -> None:
     cachelib.Cache(location).memoize(_big_result)(seed)
 
 
+@pytest.mark.slow  # 200 writers killed one after the other
 @pytest.mark.timeout(240)
 def test_sigkill_at_random_points_never_leaves_a_torn_entry(tmp_path: Path) -> None:
     """200 writers killed at random moments: every entry is absent or whole and right."""

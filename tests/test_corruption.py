@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xxhash
-from helpers import NonSeekable, dumped_bytes, entry_path
+from helpers import NonSeekable, dumped_bytes, entry_path, slow_except
 
 import cachelib
 
@@ -205,7 +205,7 @@ def test_foreign_files(kind, tmp_path):
 # --- truncation ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("via", VIAS)
+@pytest.mark.parametrize("via", slow_except(VIAS, "bytesio", "stream"))  # a file per cut: seconds
 def test_raw_truncated_at_every_byte(via, small_raw, tmp_path):
     """A raw file cut at any point 0..len-1 is a CorruptFileError (a CacheError)."""
     for cut in range(len(small_raw)):
@@ -270,7 +270,7 @@ def test_compressed_truncated_in_its_codec_trailer(codec, small_raw, tmp_path, r
 # --- damaged bytes -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("via", ["path", "bytesio"])
+@pytest.mark.parametrize("via", slow_except(["path", "bytesio"], "bytesio"))  # a file per flip: seconds
 def test_raw_every_byte_flipped(via, small_raw, tmp_path):
     """Flipping any one byte (xor 0xFF) of a raw file is a CacheError: header, record
     headers, padding, payloads and checksums are all covered; no flip loads."""
@@ -483,6 +483,7 @@ def test_huge_length_fields(kind, length, small_raw, tmp_path):
             cachelib.load(path, mmap_mode="r")
 
 
+@pytest.mark.slow  # a memory-bound test: touches 200 MiB
 def test_peak_rss_check_sees_an_allocation():
     """The memory check above is able to fail: touching 200 MiB trips it."""
     if not _reset_peak_rss():

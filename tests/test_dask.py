@@ -24,6 +24,7 @@ def _expensive(key: int, log: str) -> np.ndarray:
     return np.full(100_000, float(key)) ** 2
 
 
+@pytest.mark.slow  # a cluster of worker processes
 @pytest.mark.timeout(180)
 def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
     """Mapping a memoized function over repeated keys on two worker processes."""

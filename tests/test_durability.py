@@ -145,6 +145,7 @@ def _assert_miss_then_right(compute, x: int, expected, where: str) -> None:
         assert np.array_equal(value, expected), where
 
 
+@pytest.mark.slow  # a call per byte of the entry: test_prefixes_of_a_large_entry_... is the quick case
 def test_every_prefix_of_an_entry_is_a_miss(tmp_path, calls):
     """An entry cut at any byte (what a crash before its sync can leave) is recomputed, with
     at most a CacheWarning, and the right value is returned: never a wrong or partial hit."""

@@ -94,11 +94,11 @@ def test_the_codec_tool_decodes_the_frames(codec, where, tmp_path):
 
 
 ENCODERS = [
-    ["zstd", "-3"], ["zstd", "-19", "--check"], ["zstd", "--no-check", "--no-content-size"],
-    ["zstd", "--fast=5", "-B1000000"],
+    ["zstd", "-3"], pytest.param(["zstd", "-19", "--check"], marks=pytest.mark.slow),  # level 19: seconds
+    ["zstd", "--no-check", "--no-content-size"], ["zstd", "--fast=5", "-B1000000"],
     ["lz4", "--content-size"], ["lz4", "--content-size", "-BX", "-B4"],
     ["lz4", "--content-size", "-BD", "-B5", "--no-frame-crc"], ["lz4", "-9", "-B7"],
-    ["lz4", "--content-size", "-12", "-B6"],
+    pytest.param(["lz4", "--content-size", "-12", "-B6"], marks=pytest.mark.slow),  # level 12: a second
 ]
 
 
@@ -264,6 +264,7 @@ def _peak_growth(result: list[int]):
     result.append((_vm_hwm_kib() - before) * 1024)
 
 
+@pytest.mark.slow  # a memory-bound test: 256 MiB
 def test_frames_in_flight_stay_within_the_memory_bounds(codec, tmp_path, monkeypatch):
     """Dumping 256 MiB adds at most 5% + 64 MB to the peak; loading it, one copy + 5% + 64 MB
     (DESIGN.md), with 4 threads and so 5 frames in flight each way."""

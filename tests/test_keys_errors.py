@@ -38,6 +38,7 @@ def test_any_failure_while_hashing_is_an_unhashable_error_naming_the_path(error)
     assert isinstance(info.value, TypeError)
 
 
+@pytest.mark.slow  # recurses as deep as the interpreter lets it
 def test_an_endless_reduction_is_refused_not_a_recursion_error():
     with pytest.raises(cachelib.UnhashableError):
         h(_Endless())

@@ -203,6 +203,7 @@ def _near(value: object, choice: int) -> object:
     return copy.deepcopy(value)
 
 
+@pytest.mark.slow  # 400 examples: seconds
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=TOP, second=TOP, mode=st.integers(0, 2), choice=st.integers(0, 11))
 def test_equal_hashes_exactly_for_interchangeable_values(first, second, mode, choice):

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import CALLS, Calls, entry_files, entry_stream, entry_stream_offset, new_entry
+from helpers import CALLS, Calls, entry_files, entry_stream, entry_stream_offset, new_entry, slow_except
 
 import cachelib
 from cachelib._entries.envelope import HEADER_SIZE
@@ -1098,7 +1098,7 @@ def _run_threads(target, count):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("lock", ["file", "soft"])
+@pytest.mark.parametrize("lock", slow_except(["file", "soft"], "file"))  # soft locks poll: a second
 def test_threads_compute_a_slow_call_once(location, lock, calls):
     cache = cachelib.Cache(location, lock=lock)
 
@@ -1192,6 +1192,7 @@ def test_processes_compute_the_same_key_once(tmp_path, location):
     assert len(_log_lines(log)) == 1
 
 
+@pytest.mark.slow  # two processes computing for a second each, at once
 @pytest.mark.timeout(60)
 def test_processes_compute_different_keys_concurrently(tmp_path, location):
     seconds = 1.0

@@ -1200,6 +1200,7 @@ def _status_kib(field: str) -> int:
         return int(status.read().split(f"{field}:")[1].split()[0])
 
 
+@pytest.mark.slow  # a memory-bound test: 200,000 arrays
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
 def test_dumping_200000_small_arrays_adds_less_than_64_mib(tmp_path):
     """What the pickler keeps for in-band buffers is bounded (a few hundred bytes each: 80 MiB here)."""
