@@ -1,4 +1,8 @@
-"""The command line, each command run as a real subprocess on a cache filled through the API."""
+"""The command line, each command run as a real subprocess on a cache filled through the API.
+
+Each run starts an interpreter (a quarter of a second): the fast tier keeps a test of each
+command and leaves the other cases of a command to the slow tier.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import entry_files
+from helpers import entry_files, slow_except
 
 import cachelib
 from cachelib._cli.main import build_parser
@@ -90,12 +94,14 @@ def test_info_lists_functions_with_entries_and_hits(filled):
     assert "total: 4 entries" in done.stdout
 
 
+@pytest.mark.slow  # info: see test_info_lists_functions_with_entries_and_hits
 def test_info_of_an_empty_location(tmp_path):
     done = run(tmp_path, "info")
     assert done.returncode == 0, done.stderr
     assert "total: 0 entries" in done.stdout
 
 
+@pytest.mark.slow  # ls: see test_ls_without_a_function_lists_every_entry_with_its_call
 def test_ls_lists_the_entries_of_one_function(filled):
     location, sq, _ = filled
     done = run(location, "ls", "--func", "square")
@@ -111,6 +117,7 @@ def test_ls_lists_the_entries_of_one_function(filled):
     assert len(by_full_name.stdout.splitlines()) == 3
 
 
+@pytest.mark.slow  # ls: see test_ls_lists_the_entries_of_one_function
 def test_ls_of_an_unknown_function_fails(filled):
     location, _, _ = filled
     done = run(location, "ls", "--func", "no_such_function")
@@ -128,6 +135,7 @@ def test_clear_one_function(filled):
     assert neg.check_call_in_cache(1)
 
 
+@pytest.mark.slow  # clear: see test_clear_one_function
 def test_clear_everything_keeps_the_location(filled):
     location, sq, neg = filled
     done = run(location, "clear")
@@ -149,6 +157,7 @@ def test_prune_max_size(filled):
     assert "removed 3 entries" in done.stdout
 
 
+@pytest.mark.slow  # prune: see test_prune_max_size
 def test_prune_older_than(filled):
     location, sq, neg = filled
     old = entry_files(location / sq.namespace)
@@ -162,6 +171,7 @@ def test_prune_older_than(filled):
     assert "removed 3 entries" in done.stdout
 
 
+@pytest.mark.slow  # prune: see test_prune_max_size
 def test_prune_without_limits_is_a_usage_error(filled):
     location, _, _ = filled
     done = run(location, "prune")
@@ -192,9 +202,9 @@ def test_verify_clean_then_damaged_then_fixed(filled):
     assert run(location, "verify").returncode == 0
 
 
-@pytest.mark.parametrize(
-    "command", [["info"], ["ls", "--func", "square"], ["clear"], ["verify"], ["prune", "--max-size", "1K"]]
-)
+@pytest.mark.parametrize("command", slow_except(
+    [["info"], ["ls", "--func", "square"], ["clear"], ["verify"], ["prune", "--max-size", "1K"]], ["info"]
+))
 def test_missing_location_is_a_usage_error(tmp_path, command):
     missing = tmp_path / "nowhere"
     done = run(missing, *command)
@@ -203,6 +213,7 @@ def test_missing_location_is_a_usage_error(tmp_path, command):
     assert not missing.exists()
 
 
+@pytest.mark.slow  # the location: see test_demo_with_location_before_the_command
 def test_location_from_the_environment(filled, tmp_path):
     location, sq, _ = filled
     env = dict(os.environ, CACHELIB_LOCATION=str(location))
@@ -219,6 +230,7 @@ def test_demo_with_location_before_the_command(tmp_path):
     assert len(entry_files(location)) == 2  # the cache was kept at the location
 
 
+@pytest.mark.slow  # demo: see test_demo_with_location_before_the_command
 def test_demo_with_location_after_the_command(tmp_path):
     location = tmp_path / "demo"
     done = run(None, "demo", "--size", "200", "--location", location, cwd=tmp_path)
@@ -246,6 +258,7 @@ def test_ls_without_a_function_lists_every_entry_with_its_call(filled):
     assert calls == ["negate(x=1)", "square(x=0)", "square(x=1)", "square(x=2)"]
 
 
+@pytest.mark.slow  # ls: see test_ls_without_a_function_lists_every_entry_with_its_call
 def test_ls_shows_arrays_as_shape_and_dtype(tmp_path):
     location = tmp_path / "cache"
     neg = cachelib.Cache(location).memoize(negate)
@@ -255,7 +268,7 @@ def test_ls_shows_arrays_as_shape_and_dtype(tmp_path):
     assert done.stdout.rstrip().endswith("negate(x=ndarray(shape=(3, 4), dtype=float32))")
 
 
-@pytest.mark.parametrize("command", ["info", "ls", "clear", "prune", "verify", "demo"])
+@pytest.mark.parametrize("command", slow_except(["info", "ls", "clear", "prune", "verify", "demo"], "prune"))
 def test_every_command_has_a_help_that_describes_it_and_its_options(command):
     done = run(None, command, "--help")
     assert done.returncode == 0, done.stderr

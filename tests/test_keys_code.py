@@ -186,6 +186,7 @@ def _run(*arguments, cwd):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # fresh interpreters: test_one_script_keeps_its_entries_... is the quick case
 def test_two_scripts_main_functions_never_share_entries(tmp_path):
     location = str(tmp_path / "cache")
     for name, data in (("first", [1]), ("second", [100])):

@@ -206,9 +206,12 @@ work = cache.memoize(_work)
 @pytest.mark.parametrize(
     "old, new, why",
     [
-        ("amount = 1", "amount = 4", "helper `make` edited"),
-        ("self.factor = 3", "self.factor = 5", "helper `Scaler.__init__` edited"),
-        ("functools.partial(pow, 2)", "functools.partial(pow, 3)", "new code version"),
+        # four fresh interpreters a case, about a second: the same process checks these quickly, above
+        pytest.param("amount = 1", "amount = 4", "helper `make` edited", marks=pytest.mark.slow),
+        pytest.param("self.factor = 3", "self.factor = 5", "helper `Scaler.__init__` edited",
+                     marks=pytest.mark.slow),
+        pytest.param("functools.partial(pow, 2)", "functools.partial(pow, 3)", "new code version",
+                     marks=pytest.mark.slow),
     ],
 )
 def test_state_edited_between_processes_misses_and_a_revert_hits(tmp_path, old, new, why):
