@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from _keysupport import Project
 from _keysupport import agrees as _agrees
+from helpers import slow_except
 
 import cachelib
 
@@ -97,8 +98,16 @@ def _source(imports: str, definitions: str, expression: str) -> str:
     return _MAIN.format(imports=imports, definitions=definitions, expression=expression)
 
 
-@pytest.mark.parametrize(("imports", "definitions", "expression", "old", "new", "why"),
-                         [pytest.param(*case[1:], id=case[0]) for case in _EDITS])
+# Four fresh interpreters a case, about two seconds: the fast tier keeps a case of each way a
+# global is keyed (a library object by reference, a value by value, user code by its digest);
+# the in-process tests below and in test_keys_callees cover the other kinds quickly.
+_QUICK_EDITS = {"dtype class", "dict config", "functions in a tuple"}
+
+
+@pytest.mark.parametrize(("imports", "definitions", "expression", "old", "new", "why"), [
+    pytest.param(*case[1:], id=case[0], marks=[] if case[0] in _QUICK_EDITS else [pytest.mark.slow])
+    for case in _EDITS
+])
 def test_an_edit_of_what_a_function_reads_misses_and_a_revert_hits(
     tmp_path, imports, definitions, expression, old, new, why
 ):
@@ -119,12 +128,12 @@ def test_an_edit_of_what_a_function_reads_misses_and_a_revert_hits(
 _HELPERS = "def h(v):\n    return v + 1\n"
 
 
-@pytest.mark.parametrize("body", [
+@pytest.mark.parametrize("body", slow_except([
     "from helpers import h\n    return h(x)",
     "import helpers\n    return helpers.h(x)",
     "from tools.inner import h\n    return h(x)",  # a namespace package: no __init__.py
     "import tools.inner\n    return tools.inner.h(x)",
-])
+], "from helpers import h\n    return h(x)", "import tools.inner\n    return tools.inner.h(x)"))  # as above
 def test_code_imported_in_the_function_body_is_followed(tmp_path, body):
     """An import inside the function, of a module or of a namespace package: an edit of the
     imported helper misses, its revert hits."""
@@ -188,11 +197,6 @@ def test_a_class_without_methods_in_python_c_is_user_code(tmp_path):
 
 
 # --- in the same process: a notebook cell run again ------------------------------------------------
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 def _notebook(source: str) -> dict:
