@@ -6,16 +6,13 @@ level ranges) from the codecs' own specifications instead of reading them from c
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import itertools
-import math
 import os
 from typing import Any
 
-import numpy as np
 import pytest
-from helpers import CALLS, dumped_bytes
+from helpers import CALLS, assert_same, dumped_bytes
 from hypothesis import settings
 
 import cachelib
@@ -137,84 +134,6 @@ def dumped_bytes_fixture():
 
 
 # --- deep comparison ------------------------------------------------------------------
-
-
-def _same_array(actual: np.ndarray, expected: np.ndarray, where: str, memmap_ok: bool) -> None:
-    expected_type = type(expected)
-    if expected_type is np.memmap:
-        expected_type = np.ndarray  # a memmap is stored and loaded as a plain array
-    if memmap_ok and type(actual) is np.memmap and expected_type is np.ndarray:
-        pass
-    else:
-        assert type(actual) is expected_type, f"{where}: type {type(actual)} != {expected_type}"
-    assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype!r} != {expected.dtype!r}"
-    assert actual.dtype.str == expected.dtype.str, (
-        f"{where}: byte order {actual.dtype.str} != {expected.dtype.str}"
-    )
-    assert actual.dtype.isalignedstruct == expected.dtype.isalignedstruct, f"{where}: align flag"
-    assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
-    if expected.flags.f_contiguous and not expected.flags.c_contiguous:
-        assert actual.flags.f_contiguous, f"{where}: a Fortran-ordered array came back in C order"
-    if expected.dtype.hasobject:
-        for index in np.ndindex(expected.shape):
-            assert_same(actual[index], expected[index], f"{where}[{index}]", memmap_ok)
-        return
-    _same_values(actual, expected, where)
-
-
-def _same_values(actual: np.ndarray, expected: np.ndarray, where: str) -> None:
-    """Compare bit for bit (tells -0.0 from 0.0, keeps NaN payloads and NaT), field by field:
-    the padding bytes of a structured dtype hold no value."""
-    if expected.dtype.names is not None:
-        for name in expected.dtype.names:
-            _same_values(actual[name], expected[name], f"{where}[{name!r}]")
-        return
-    actual_bytes = np.ascontiguousarray(actual).tobytes()
-    expected_bytes = np.ascontiguousarray(expected).tobytes()
-    assert actual_bytes == expected_bytes, f"{where}: values differ:\n{actual!r}\n!=\n{expected!r}"
-
-
-def assert_same(actual: Any, expected: Any, where: str = "value", memmap_ok: bool = False) -> None:
-    """Assert that ``actual`` is an exact copy of ``expected``, recursively.
-
-    Arrays must agree in type (``np.memmap`` inputs compare as ``np.ndarray``; with
-    ``memmap_ok`` an ``np.memmap`` result stands for an ``np.ndarray``), dtype including
-    byte order and alignment, shape, Fortran order where the input was Fortran-only,
-    and every byte of every element. Masked arrays also compare mask and fill value.
-    """
-    if isinstance(expected, np.ma.MaskedArray):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        _same_array(actual.data, expected.data, f"{where}.data", memmap_ok)
-        _same_array(np.ma.getmaskarray(actual), np.ma.getmaskarray(expected), f"{where}.mask", memmap_ok)
-        assert actual.fill_value == expected.fill_value, f"{where}: fill_value"
-        assert actual.fill_value.dtype == expected.fill_value.dtype, f"{where}: fill_value dtype"
-    elif isinstance(expected, np.ndarray):
-        assert isinstance(actual, np.ndarray), f"{where}: {type(actual)} is not an array"
-        _same_array(actual, expected, where, memmap_ok)
-    elif isinstance(expected, np.generic):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert actual.tobytes() == expected.tobytes(), f"{where}: {actual!r} != {expected!r}"
-    elif dataclasses.is_dataclass(expected) and not isinstance(expected, type):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        for field in dataclasses.fields(expected):
-            assert_same(
-                getattr(actual, field.name), getattr(expected, field.name), f"{where}.{field.name}", memmap_ok
-            )
-    elif isinstance(expected, dict):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert list(actual) == list(expected), f"{where}: keys {list(actual)} != {list(expected)}"
-        for key in expected:
-            assert_same(actual[key], expected[key], f"{where}[{key!r}]", memmap_ok)
-    elif isinstance(expected, (list, tuple)):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert len(actual) == len(expected), f"{where}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_same(a, e, f"{where}[{i}]", memmap_ok)
-    elif isinstance(expected, float) and math.isnan(expected):
-        assert type(actual) is float and math.isnan(actual), f"{where}: {actual!r} is not nan"
-    else:
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import math
 import os
+import resource
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import cachelib
@@ -111,6 +117,135 @@ class NonSeekable(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self._data.readinto(buffer)
+
+
+# --- deep comparison ------------------------------------------------------------------
+
+
+def _same_array(actual: np.ndarray, expected: np.ndarray, where: str, memmap_ok: bool) -> None:
+    expected_type = type(expected)
+    if expected_type is np.memmap:
+        expected_type = np.ndarray  # a memmap is stored and loaded as a plain array
+    if memmap_ok and type(actual) is np.memmap and expected_type is np.ndarray:
+        pass
+    else:
+        assert type(actual) is expected_type, f"{where}: type {type(actual)} != {expected_type}"
+    assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype!r} != {expected.dtype!r}"
+    assert actual.dtype.str == expected.dtype.str, (
+        f"{where}: byte order {actual.dtype.str} != {expected.dtype.str}"
+    )
+    assert actual.dtype.isalignedstruct == expected.dtype.isalignedstruct, f"{where}: align flag"
+    assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
+    if expected.flags.f_contiguous and not expected.flags.c_contiguous:
+        assert actual.flags.f_contiguous, f"{where}: a Fortran-ordered array came back in C order"
+    if expected.dtype.hasobject:
+        for index in np.ndindex(expected.shape):
+            assert_same(actual[index], expected[index], f"{where}[{index}]", memmap_ok)
+        return
+    _same_values(actual, expected, where)
+
+
+def _same_values(actual: np.ndarray, expected: np.ndarray, where: str) -> None:
+    """Compare bit for bit (tells -0.0 from 0.0, keeps NaN payloads and NaT), field by field:
+    the padding bytes of a structured dtype hold no value."""
+    if expected.dtype.names is not None:
+        for name in expected.dtype.names:
+            _same_values(actual[name], expected[name], f"{where}[{name!r}]")
+        return
+    actual_bytes = np.ascontiguousarray(actual).tobytes()
+    expected_bytes = np.ascontiguousarray(expected).tobytes()
+    assert actual_bytes == expected_bytes, f"{where}: values differ:\n{actual!r}\n!=\n{expected!r}"
+
+
+def assert_same(actual: Any, expected: Any, where: str = "value", memmap_ok: bool = False) -> None:
+    """Assert that ``actual`` is an exact copy of ``expected``, recursively.
+
+    Arrays must agree in type (``np.memmap`` inputs compare as ``np.ndarray``; with
+    ``memmap_ok`` an ``np.memmap`` result stands for an ``np.ndarray``), dtype including
+    byte order and alignment, shape, Fortran order where the input was Fortran-only,
+    and every byte of every element. Masked arrays also compare mask and fill value.
+    """
+    if isinstance(expected, np.ma.MaskedArray):
+        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
+        _same_array(actual.data, expected.data, f"{where}.data", memmap_ok)
+        _same_array(np.ma.getmaskarray(actual), np.ma.getmaskarray(expected), f"{where}.mask", memmap_ok)
+        assert actual.fill_value == expected.fill_value, f"{where}: fill_value"
+        assert actual.fill_value.dtype == expected.fill_value.dtype, f"{where}: fill_value dtype"
+    elif isinstance(expected, np.ndarray):
+        assert isinstance(actual, np.ndarray), f"{where}: {type(actual)} is not an array"
+        _same_array(actual, expected, where, memmap_ok)
+    elif isinstance(expected, np.generic):
+        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
+        assert actual.tobytes() == expected.tobytes(), f"{where}: {actual!r} != {expected!r}"
+    elif dataclasses.is_dataclass(expected) and not isinstance(expected, type):
+        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
+        for field in dataclasses.fields(expected):
+            assert_same(
+                getattr(actual, field.name), getattr(expected, field.name), f"{where}.{field.name}", memmap_ok
+            )
+    elif isinstance(expected, dict):
+        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
+        assert list(actual) == list(expected), f"{where}: keys {list(actual)} != {list(expected)}"
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{where}[{key!r}]", memmap_ok)
+    elif isinstance(expected, (list, tuple)):
+        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
+        assert len(actual) == len(expected), f"{where}: length {len(actual)} != {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same(a, e, f"{where}[{i}]", memmap_ok)
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert type(actual) is float and math.isnan(actual), f"{where}: {actual!r} is not nan"
+    else:
+        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+# --- memory ---------------------------------------------------------------------------
+
+
+def status_kib(field: str) -> int | None:
+    """A field of this process's ``/proc/self/status`` in KiB (``VmRSS``, ``VmHWM``), or None."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set size (VmHWM) of this process, if Linux lets us."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+        return status_kib("VmHWM") is not None
+    return False
+
+
+@contextlib.contextmanager
+def peak_rss_growth() -> Iterator[list[int]]:
+    """``with peak_rss_growth() as growth:`` leaves in ``growth[0]`` how many bytes the block
+    added to this process's peak resident memory.
+
+    The peak (VmHWM) is reset through /proc/self/clear_refs where Linux allows it; elsewhere
+    ru_maxrss is compared, which can only see new peaks above the old one.
+    """
+    reset = reset_peak_rss()
+    before = status_kib("VmHWM") if reset else None
+    if before is None:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    growth: list[int] = []
+    yield growth
+    after = status_kib("VmHWM") if reset else None
+    if after is None:
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    growth.append((after - before) * 1024)
+
+
+@contextlib.contextmanager
+def peak_rss_growth_below(limit_mib: int) -> Iterator[None]:
+    """Assert that the process's peak resident memory grows by less than ``limit_mib`` MiB."""
+    with peak_rss_growth() as growth:
+        yield
+    assert growth[0] < limit_mib << 20, f"peak RSS grew by {growth[0] >> 20} MiB"
 
 
 # --- keys -----------------------------------------------------------------------------

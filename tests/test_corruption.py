@@ -13,7 +13,6 @@ import dataclasses
 import io
 import os
 import pickle
-import resource
 import struct
 import sys
 import types
@@ -23,7 +22,15 @@ from typing import Any
 import numpy as np
 import pytest
 import xxhash
-from helpers import NonSeekable, dumped_bytes, entry_path, slow_except
+from helpers import (
+    NonSeekable,
+    assert_same,
+    dumped_bytes,
+    entry_path,
+    peak_rss_growth_below,
+    reset_peak_rss,
+    slow_except,
+)
 
 import cachelib
 
@@ -57,21 +64,6 @@ def _load(data: bytes, via: str, tmp_path: Any) -> Any:
     assert via == "stream"
     with io.BufferedReader(NonSeekable(data)) as stream:
         return cachelib.load(stream)
-
-
-def _same(actual: Any, expected: Any) -> bool:
-    """Exact equality of the small test values (dicts of arrays and strings)."""
-    if type(actual) is not type(expected):
-        return False
-    if isinstance(expected, dict):
-        return list(actual) == list(expected) and all(_same(actual[k], expected[k]) for k in expected)
-    if isinstance(expected, np.ndarray):
-        return (
-            actual.dtype == expected.dtype
-            and actual.shape == expected.shape
-            and actual.tobytes() == expected.tobytes()
-        )
-    return bool(actual == expected)
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +273,7 @@ def test_raw_every_byte_flipped(via, small_raw, tmp_path):
             value = _load(bytes(damaged), via, tmp_path)
         except cachelib.CacheError:
             continue
-        assert _same(value, SMALL_VALUE), f"flip at {offset} loaded a different value: {value!r}"
+        assert_same(value, SMALL_VALUE, f"the value loaded with a flip at {offset}")
         pytest.fail(f"flip at offset {offset} went unnoticed")
 
 
@@ -296,7 +288,7 @@ def test_compressed_every_byte_flipped(codec):
             value = cachelib.load(io.BytesIO(bytes(damaged)))
         except cachelib.CacheError:
             continue
-        assert _same(value, SMALL_VALUE), f"flip at {offset} loaded a different value: {value!r}"
+        assert_same(value, SMALL_VALUE, f"the value loaded with a flip at {offset}")
 
 
 def test_damaged_array_data_under_mmap_is_found_by_verify(small_raw, tmp_path):
@@ -417,40 +409,6 @@ def test_damaged_pickle_with_valid_checksums(seed, small_raw, tmp_path):
 # --- lengths that would allocate --------------------------------------------------------------
 
 
-def _vm_hwm_kib() -> int | None:
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the peak resident set size (VmHWM) of this process, if Linux lets us."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-        return _vm_hwm_kib() is not None
-    return False
-
-
-@contextlib.contextmanager
-def peak_rss_growth_below(limit_mib: int):
-    """Assert that the process's peak resident memory grows by less than ``limit_mib`` MiB.
-
-    The peak (VmHWM) is reset through /proc/self/clear_refs where Linux allows it; elsewhere
-    ru_maxrss is compared, which can only see new peaks above the old one.
-    """
-    reset = _reset_peak_rss()
-    before = _vm_hwm_kib() if reset else None
-    if before is None:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    yield
-    after = _vm_hwm_kib() if reset else None
-    if after is None:
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert after - before < limit_mib * 1024, f"peak RSS grew by {(after - before) // 1024} MiB"
-
-
 def _with_length(data: bytes, index: int, length: int) -> bytes:
     """``data`` with the length field of its ``index``-th record set to ``length``."""
     target = parse(data)[index]
@@ -485,8 +443,8 @@ def test_huge_length_fields(kind, length, small_raw, tmp_path):
 
 @pytest.mark.slow  # a memory-bound test: touches 200 MiB
 def test_peak_rss_check_sees_an_allocation():
-    """The memory check above is able to fail: touching 200 MiB trips it."""
-    if not _reset_peak_rss():
+    """The memory check of these tests is able to fail: touching 200 MiB trips it."""
+    if not reset_peak_rss():
         pytest.skip("the peak RSS of this process cannot be reset (/proc/self/clear_refs)")
     with pytest.raises(AssertionError, match="peak RSS grew"), peak_rss_growth_below(100):
         block = np.ones(200 << 20, np.uint8)
@@ -521,7 +479,7 @@ def test_compressed_path_with_bytes_after_the_frame(tail, codec, tmp_path):
     path = tmp_path / "tail.bin"
     path.write_bytes(dumped_bytes(SMALL_VALUE, codec) + tail)
     if (codec, "zeros" if tail == bytes(64) else "garbage") in CODEC_ACCEPTS_TAIL:
-        assert _same(cachelib.load(path), SMALL_VALUE)
+        assert_same(cachelib.load(path), SMALL_VALUE)
         return
     with pytest.raises(cachelib.CacheError):
         cachelib.load(path)

@@ -5,7 +5,6 @@ stay within the memory bounds, and a damaged frame is a CorruptFileError.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
@@ -15,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 from _system import memory_capped
-from helpers import NonSeekable, dumped_bytes
+from helpers import NonSeekable, assert_same, dumped_bytes, peak_rss_growth, reset_peak_rss
 
 import cachelib
 from cachelib._codecs import pool as _pool
@@ -45,10 +44,6 @@ def _value(megabytes: int = 11, seed: int = 0) -> dict:
     }
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a["names"] == b["names"] and all(np.array_equal(a[k], b[k]) for k in ("smooth", "noise", "small"))
-
-
 def test_a_large_value_is_written_as_several_frames(codec):
     """A value of 11 MiB becomes one frame per 4 MiB of raw stream, each a standard frame."""
     data = dumped_bytes(_value(), codec)
@@ -64,7 +59,7 @@ def test_the_file_does_not_depend_on_the_threads(codec, threads, monkeypatch):
     reference = dumped_bytes(_value(), codec)
     monkeypatch.setenv(_pool.THREADS_VARIABLE, threads)
     assert dumped_bytes(_value(), codec) == reference
-    assert _same(cachelib.load(io.BytesIO(reference)), _value())
+    assert_same(cachelib.load(io.BytesIO(reference)), _value())
 
 
 @pytest.mark.parametrize("via", ["path", "stream"])
@@ -74,10 +69,10 @@ def test_frames_load_from_a_path_and_a_pipe(codec, via, tmp_path, monkeypatch):
     path = tmp_path / "value.bin"
     cachelib.dump(_value(), path, compress=codec)
     if via == "path":
-        assert _same(cachelib.load(path), _value())
+        assert_same(cachelib.load(path), _value())
         return
     with open(path, "rb") as handle, io.BufferedReader(NonSeekable(handle.read())) as pipe:
-        assert _same(cachelib.load(pipe), _value())
+        assert_same(cachelib.load(pipe), _value())
 
 
 @pytest.mark.parametrize("where", ["dump", "cache"])
@@ -90,7 +85,7 @@ def test_the_codec_tool_decodes_the_frames(codec, where, tmp_path):
     cachelib.dump(_value(), path, compress=codec)
     decoded = subprocess.run([*TOOLS[codec], str(path)], capture_output=True, check=True).stdout
     assert decoded == dumped_bytes(_value())
-    assert _same(cachelib.load(io.BytesIO(decoded)), _value())
+    assert_same(cachelib.load(io.BytesIO(decoded)), _value())
 
 
 ENCODERS = [
@@ -117,7 +112,7 @@ def test_files_the_codec_tool_wrote_load(command, tmp_path):
         subprocess.run([*command, "-c", "-q"], input=part, capture_output=True, check=True).stdout
         for part in (raw[:cut], raw[cut:])
     )
-    assert _same(cachelib.load(io.BytesIO(encoded)), _value(megabytes=6))
+    assert_same(cachelib.load(io.BytesIO(encoded)), _value(megabytes=6))
     with pytest.raises(cachelib.CorruptFileError):
         cachelib.load(io.BytesIO(encoded[: len(encoded) - 7]))
 
@@ -141,7 +136,7 @@ def _stream_compressed(codec: str, data: bytes) -> bytes:
 def test_a_frame_without_content_size_is_streamed(codec):
     """A file written as one streamed frame (no content size, as the codecs' streaming APIs and
     older cachelib write it) loads through the codec's streaming reader."""
-    assert _same(cachelib.load(io.BytesIO(_stream_compressed(codec, dumped_bytes(_value())))), _value())
+    assert_same(cachelib.load(io.BytesIO(_stream_compressed(codec, dumped_bytes(_value())))), _value())
 
 
 def test_frames_then_a_streamed_frame(codec):
@@ -153,7 +148,7 @@ def test_frames_then_a_streamed_frame(codec):
     writer.write(raw[: 2 * FRAME])
     writer.close()
     data = one_shot.getvalue() + _stream_compressed(codec, raw[2 * FRAME :])
-    assert _same(cachelib.load(io.BytesIO(data)), _value())
+    assert_same(cachelib.load(io.BytesIO(data)), _value())
 
 
 def test_skippable_frames_are_skipped(codec):
@@ -165,7 +160,7 @@ def test_skippable_frames_are_skipped(codec):
     second = data.index(magic, 1)
     skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
     patched = data[:second] + skippable + data[second:] + skippable
-    assert _same(cachelib.load(io.BytesIO(patched)), _value())
+    assert_same(cachelib.load(io.BytesIO(patched)), _value())
 
 
 def test_a_long_skippable_frame_is_skipped_in_pieces(codec, tmp_path):
@@ -175,7 +170,7 @@ def test_a_long_skippable_frame_is_skipped_in_pieces(codec, tmp_path):
     second = data.index(MAGIC[codec], 1)
     padding = os.urandom(3 << 20)
     long = data[:second] + struct.pack("<II", 0x184D2A51, len(padding)) + padding + data[second:]
-    assert _same(cachelib.load(io.BytesIO(long)), _value())
+    assert_same(cachelib.load(io.BytesIO(long)), _value())
     lying = tmp_path / "lying"
     lying.write_bytes(data[:second] + struct.pack("<II", 0x184D2A51, 0xFFFFFFF0) + data[second:])
     outcome = memory_capped(256 << 20, cachelib.load, str(lying))
@@ -247,40 +242,18 @@ def test_a_frame_claiming_a_huge_content_size_is_not_allocated():
 # --- memory -------------------------------------------------------------------------------
 
 
-def _vm_hwm_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise KeyError("VmHWM")
-
-
-@contextlib.contextmanager
-def _peak_growth(result: list[int]):
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _vm_hwm_kib()
-    yield
-    result.append((_vm_hwm_kib() - before) * 1024)
-
-
 @pytest.mark.slow  # a memory-bound test: 256 MiB
 def test_frames_in_flight_stay_within_the_memory_bounds(codec, tmp_path, monkeypatch):
     """Dumping 256 MiB adds at most 5% + 64 MB to the peak; loading it, one copy + 5% + 64 MB
     (DESIGN.md), with 4 threads and so 5 frames in flight each way."""
-    try:
-        _vm_hwm_kib()
-        open("/proc/self/clear_refs", "w").close()
-    except OSError:
+    if not reset_peak_rss():
         pytest.skip("the peak RSS of this process cannot be reset (/proc/self/clear_refs)")
     monkeypatch.setenv(_pool.THREADS_VARIABLE, "4")
     array = np.random.default_rng(1).standard_normal(32 << 20)  # 256 MiB, hardly compressible
     path = tmp_path / "big.bin"
-    dumped: list[int] = []
-    with _peak_growth(dumped):
+    with peak_rss_growth() as dumped:
         cachelib.dump(array, path, compress=codec)
-    loaded: list[int] = []
-    with _peak_growth(loaded):
+    with peak_rss_growth() as loaded:
         result = cachelib.load(path)
     assert np.array_equal(result, array)
     bound = 0.05 * array.nbytes + 64e6

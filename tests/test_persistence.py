@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from helpers import peak_rss_growth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -1188,16 +1189,9 @@ def test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records(t
 def _dump_growth_mib(count: int, path: str) -> float:
     """Peak RSS growth (MiB) of dumping ``count`` tiny arrays, in this (forked) process."""
     value = _many_small_arrays(count)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _status_kib("VmRSS")
-    cachelib.dump(value, path)
-    return (_status_kib("VmHWM") - before) / 1024
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(status.read().split(f"{field}:")[1].split()[0])
+    with peak_rss_growth() as growth:
+        cachelib.dump(value, path)
+    return growth[0] / 2**20
 
 
 @pytest.mark.slow  # a memory-bound test: 200,000 arrays
