@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _system import wait_until
 from helpers import entry_path
 
 import cachelib
@@ -82,9 +83,7 @@ def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path: Path) -> None:
     location, log = tmp_path / "c", tmp_path / "calls.log"
     holder = fork.Process(target=_hold_key_then_die, args=(str(location), str(log)))
     holder.start()
-    deadline = time.time() + 20
-    while not _computations(log) and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: bool(_computations(log)), 20, interval=0.02)
     os.kill(holder.pid, signal.SIGKILL)
     holder.join()
 

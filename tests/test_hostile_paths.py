@@ -562,10 +562,8 @@ def test_clearing_while_a_result_is_computed_keeps_its_lock(tmp_path: Path) -> N
     """``clear`` leaves a held lock: a caller arriving after it waits for the result, never recomputing it."""
     location, log = str(tmp_path / "cache"), str(tmp_path / "log")
     first = start_child(_call_slow_stamped, location, log, 3.0)
-    deadline = time.monotonic() + 30
-    while computations(log) != ["stamped 1"]:
-        assert time.monotonic() < deadline, "the first call never started computing"
-        time.sleep(0.01)
+    wait_until(lambda: computations(log) == ["stamped 1"], 30, interval=0.01)
+    assert computations(log) == ["stamped 1"], "the first call never started computing"
     locks = [p for p in files_under(Path(location)) if p.name.endswith(".lock")]
     assert len(locks) == 1
     cachelib.Cache(location).clear()

@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _system import wait_until
 from helpers import CALLS, Calls, entry_files, entry_stream, entry_stream_offset, new_entry, slow_except
 
 import cachelib
@@ -1232,9 +1233,7 @@ def _hold_key_in_child(tmp_path, location):
     def compute(x):
         if os.getpid() != parent:  # the child: hold the lock until the test releases it
             marker.write_text("x")
-            deadline = time.monotonic() + 30
-            while not released.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(released.exists, 30, interval=0.01)
         return logged(x)
 
     def release():
@@ -1243,10 +1242,8 @@ def _hold_key_in_child(tmp_path, location):
     holder = cachelib.Cache(location).memoize(compute)
     process = FORK.Process(target=holder, args=(1,))
     process.start()
-    deadline = time.monotonic() + 20
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the child never started computing"
-        time.sleep(0.01)
+    wait_until(marker.exists, 20, interval=0.01)
+    assert marker.exists(), "the child never started computing"
     return process, log, compute, release
 
 

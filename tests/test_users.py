@@ -38,6 +38,7 @@ from _system import (
     run_with_timeout,
     start_child,
     users,
+    wait_until,
 )
 from _victims import computations, digest, large, memoized, plain, slow, square
 from helpers import entry_files, new_entry
@@ -387,10 +388,8 @@ def test_a_killed_soft_lock_holder_does_not_make_the_next_caller_wait(
     holding = getattr(users, holder)
     child = start_child(_hold, str(lab), log_of(logs, holding), GROUP, user=holding, umask=0o002)
     try:
-        deadline = time.monotonic() + 30
-        while not list(lab.rglob("*.lock")):
-            assert time.monotonic() < deadline, "the holder never took the lock"
-            time.sleep(0.05)
+        wait_until(lambda: any(lab.rglob("*.lock")), 30)
+        assert any(lab.rglob("*.lock")), "the holder never took the lock"
     finally:
         child.kill()
     outcome = run_as(users.alice, _after_holder, str(lab), log_of(logs, users.alice), GROUP, umask=0o002,
