@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from helpers import run_python
 
 # The script prints whether the call was stored before it ran, why it would miss, the
 # memoized result and the result of calling the function directly, as JSON.
@@ -48,12 +46,7 @@ class Project:
     def run(self) -> dict:
         """Run the script in a fresh interpreter; return what it printed."""
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(self.root))
-        done = subprocess.run(
-            [sys.executable, str(self.root / "run.py")], cwd=self.root, env=env,
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_python(self.root / "run.py", cwd=self.root, env=env)
 
     def check(self, stored: bool) -> dict:
         """Run; assert the memoized result equals the direct one and whether it was stored."""

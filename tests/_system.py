@@ -437,7 +437,7 @@ def run_fresh(*args: Any, timeout: float = 60.0) -> Fresh:
 
 
 def run_cli(
-    *args: Any, timeout: float = 60.0, env: dict[str, str] | None = None
+    *args: Any, timeout: float = 60.0, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m cachelib ARGS``: it must finish in time, with no signal and no traceback.
 
@@ -448,7 +448,7 @@ def run_cli(
     what = f"cachelib {' '.join(map(str, args))}"
     try:
         process = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
-                                 env=env)
+                                 env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise ChildFailed(f"{what} did not finish within {timeout} s: it hangs") from None
     _checked(process, what)

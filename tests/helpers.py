@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import math
 import os
 import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,18 @@ def slow_except(values: list[Any], *fast: Any) -> list[Any]:
     """The parameters ``values`` of a one-argument parametrize, each one but those in ``fast``
     marked slow: ``pytest -m "not slow"`` runs only the ``fast`` ones (ids are unchanged)."""
     return [value if value in fast else pytest.param(value, marks=pytest.mark.slow) for value in values]
+
+
+# --- fresh interpreters --------------------------------------------------------------
+
+
+def run_python(*arguments: Any, python: str = sys.executable, timeout: float = 60.0, **options: Any) -> Any:
+    """Run ``python ARGUMENTS`` in a fresh interpreter (``options`` such as ``cwd`` and ``env`` go
+    to ``subprocess.run``); assert it exits 0 and return the JSON value of the last line it printed."""
+    done = subprocess.run([python, *map(str, arguments)], capture_output=True, text=True, timeout=timeout,
+                          check=False, **options)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # --- what is on disk ------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _system import run_cli
 from helpers import entry_files, slow_except
 
 import cachelib
@@ -32,19 +33,10 @@ def negate(x):
 
 
 def run(location, *args, cwd=None, env=None):
-    """Run ``python -m cachelib --location LOCATION ARGS``; return the finished process."""
-    command = [sys.executable, "-m", "cachelib"]
-    if location is not None:
-        command += ["--location", str(location)]
-    return subprocess.run(
-        [*command, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
+    """Run ``python -m cachelib --location LOCATION ARGS`` (``_system.run_cli``: in time, with no
+    traceback, failing in one line); return the finished process."""
+    where = () if location is None else ("--location", location)
+    return run_cli(*where, *args, cwd=cwd, env=env)
 
 
 @pytest.fixture

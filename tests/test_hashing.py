@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import os
 import re
 import struct
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 
 import numpy as np
 import pytest
-from helpers import assert_distinct_hashes
+from helpers import assert_distinct_hashes, run_python
 
 import cachelib
 
@@ -220,11 +217,7 @@ _RSS_SCRIPT = textwrap.dedent(
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_large_strided_array_is_hashed_without_a_whole_copy():
-    done = subprocess.run(
-        [sys.executable, "-c", _RSS_SCRIPT], capture_output=True, text=True, timeout=55, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = run_python("-c", _RSS_SCRIPT, timeout=55)
     limit = 100 * 2**20
     assert out["copy"] > 300 * 2**20, f"peak RSS is not being measured: {out}"
     assert out["transpose"] < limit, out
@@ -400,11 +393,7 @@ def test_golden_values_under_any_hash_seed(seed):
         "print(json.dumps({k: golden_digest(v) for k, v in namespace['OBJECTS'].items()}))\n"
     )
     env = dict(os.environ, PYTHONHASHSEED=seed)
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=50, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == GOLDEN
+    assert run_python("-c", script, env=env, timeout=50) == GOLDEN
 
 
 # --- functions ----------------------------------------------------------------------------

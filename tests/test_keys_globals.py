@@ -12,9 +12,6 @@ it applies, in the same process (a notebook cell run again).
 from __future__ import annotations
 
 import functools
-import json
-import subprocess
-import sys
 import textwrap
 import threading
 import warnings
@@ -23,7 +20,7 @@ import numpy as np
 import pytest
 from _keysupport import Project
 from _keysupport import agrees as _agrees
-from helpers import slow_except
+from helpers import run_python, slow_except
 
 import cachelib
 
@@ -186,9 +183,7 @@ print(json.dumps([work.check_call_in_cache(2), work(2)]))
 def test_a_class_without_methods_in_python_c_is_user_code(tmp_path):
     """``class CFG: lr = 0.1`` in a notebook or ``python -c`` is followed as it is in a script."""
     def run(lr: float) -> list:
-        done = subprocess.run([sys.executable, "-c", _NOTEBOOK.format(lr=lr), str(tmp_path / "cache")],
-                              capture_output=True, text=True, timeout=60, check=True)
-        return json.loads(done.stdout)
+        return run_python("-c", _NOTEBOOK.format(lr=lr), tmp_path / "cache")
 
     assert run(0.1) == [False, 0.2]
     assert run(0.1) == [True, 0.2]

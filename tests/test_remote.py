@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -15,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _system import run_cli
 
 import cachelib
 from cachelib._cli.main import main
@@ -323,10 +322,8 @@ def test_the_command_line_reaches_s3_through_fsspec_configuration(
     compute, _ = _counting(cachelib.Cache(url, storage_options=options))
     compute(1), compute(2)
     env = {**os.environ, "FSSPEC_S3": json.dumps(options)}
-    run = subprocess.run([sys.executable, "-m", "cachelib", "info", url], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = run_cli("info", url, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "total: 2 entries" in run.stdout
-    run = subprocess.run([sys.executable, "-m", "cachelib", "verify", url], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = run_cli("verify", url, env=env, timeout=120)
     assert run.returncode == 0 and "2 entries checked, 0 damaged" in run.stdout, run.stderr
