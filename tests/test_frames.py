@@ -5,6 +5,7 @@ stay within the memory bounds, and a damaged frame is a CorruptFileError.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -32,6 +33,7 @@ def codec(request):
     return request.param
 
 
+@functools.cache  # made once (a tenth of a second): the tests only dump it and compare with it
 def _value(megabytes: int = 11, seed: int = 0) -> dict:
     """A value of several frames: smooth (compressible) floats, noise, and small parts."""
     rng = np.random.default_rng(seed)
