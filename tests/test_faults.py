@@ -29,10 +29,10 @@ from _system import (
     TESTS,
     ChildFailed,
     fill,
+    fork_cli,
     kept_full,
     leftovers,
     readonly,
-    run_cli,
     run_fresh,
     run_with_timeout,
     snapshot,
@@ -216,7 +216,7 @@ def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
         run_fresh("call", location, options(log), f"square:{x}", f"square:{x}")
     entries = _cache_entries(location)
     filler = fill(small, inodes=True)
-    run_cli("--location", location, "prune", "--older-than", "1000d")
+    fork_cli("--location", location, "prune", "--older-than", "1000d")
     assert leftovers(location) == []
     assert _cache_entries(location) == entries
     filler.remove()
@@ -230,7 +230,7 @@ def test_prune_that_evicts_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     for x in range(3):
         run_fresh("call", location, options(log), f"square:{x}", f"square:{x}")
     fill(small, inodes=True)
-    process = run_cli("--location", location, "prune", "--max-size", "0")
+    process = fork_cli("--location", location, "prune", "--max-size", "0")
     assert process.returncode == 0, process.stderr
     assert entry_files(location) == []
     assert leftovers(location) == []
@@ -285,7 +285,7 @@ def test_misses_compute_with_a_warning_on_a_read_only_filesystem(frozen: Frozen)
 @pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
 def test_cachelib_clear_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib clear`` that removes nothing exits non-zero with one line, never "cleared"."""
-    process = run_cli("--location", frozen.location, "clear")
+    process = fork_cli("--location", frozen.location, "clear")
     assert process.returncode != 0
     assert process.stderr.strip(), "the failure is said on stderr"
     assert not re.search(r"^cleared", process.stdout, re.MULTILINE), process.stdout
@@ -315,7 +315,7 @@ def test_clear_on_a_read_only_filesystem_is_never_silent(frozen: Frozen, what: s
 @pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
 def test_prune_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib prune`` that must evict but cannot: non-zero exit, one line, entries still there."""
-    process = run_cli("--location", frozen.location, "prune", "--older-than", "0s")
+    process = fork_cli("--location", frozen.location, "prune", "--older-than", "0s")
     assert process.returncode != 0
     assert process.stderr.strip()
     assert snapshot(frozen.location) == frozen.before
@@ -323,7 +323,7 @@ def test_prune_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> No
 
 def test_verify_fix_on_a_read_only_filesystem(frozen: Frozen) -> None:
     """``cachelib verify --fix`` finds the damaged entry, cannot remove it, and does not claim it did."""
-    process = run_cli("--location", frozen.location, "verify", "--fix")
+    process = fork_cli("--location", frozen.location, "verify", "--fix")
     assert process.returncode != 0
     claimed = [line for line in process.stdout.splitlines() if line.startswith("removed")]
     assert not claimed, claimed
@@ -335,7 +335,7 @@ def test_verify_fix_on_a_read_only_filesystem(frozen: Frozen) -> None:
 @pytest.mark.parametrize("command", [["info"], ["ls", "--func", "square"], ["verify"]])
 def test_reading_commands_on_a_read_only_filesystem(frozen: Frozen, command: list[str]) -> None:
     """``info``, ``ls`` and ``verify`` work on a read-only cache (verify reports the damaged entry)."""
-    process = run_cli("--location", frozen.location, *command)
+    process = fork_cli("--location", frozen.location, *command)
     assert process.returncode == (1 if command == ["verify"] else 0), process.stderr
     if command != ["verify"]:
         assert "square" in process.stdout
@@ -407,7 +407,7 @@ def test_statistics_files_changed_under_a_running_process(tmp_path: Path) -> Non
     hits, misses = run_with_timeout(_counts, str(location)).result()
     assert hits >= 0 and misses >= 0
     for command in (["info"], ["prune", "--older-than", "1000d"], ["verify"]):
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
 
 
 def test_forked_workers_count_every_call(tmp_path: Path) -> None:

@@ -33,10 +33,10 @@ import zstandard
 from _system import (
     Outcome,
     end_record,
+    fork_cli,
     header,
     memory_capped,
     record,
-    run_cli,
     run_with_timeout,
     snapshot,
     start_child,
@@ -194,7 +194,7 @@ def test_commands_over_a_hostile_entry(tmp_path: Path, outside: Outside, kind: s
                     ["clear"]):
         if not os.path.lexists(entry):  # a command replaced or removed it: plant it again
             plant(entry, kind, outside)
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
         if kind == "directory":
             assert (entry / "inside").exists(), f"{command} removed a directory that is not cachelib's"
     outside.assert_untouched()
@@ -314,7 +314,7 @@ def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outsi
         plant(state, kind, outside)
     for command in (["info"], ["ls"], ["verify"], ["verify", "--fix"], ["prune", "--max-size", "1M"],
                     ["clear"]):
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
     outside.assert_untouched()
 
 
@@ -351,7 +351,7 @@ def test_a_linked_directory_is_neither_read_written_nor_cleared_through(
     assert computations(log)[:2] == ["square 1", "square 1"], "a hit was read through the link"
     assert report["entries"] == 0, "info() counted entries through the link"
     for command in (["info"], ["ls"], ["verify", "--fix"], ["prune", "--max-size", "0"], ["clear"]):
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
     outside.assert_untouched()
 
 
@@ -400,7 +400,7 @@ def test_the_command_line_refuses_a_directory_that_is_not_a_cache(tmp_path: Path
     """Every command pointed at a project directory exits 2 with one line and changes nothing."""
     project = _project(tmp_path / "project")
     before = snapshot(project)
-    process = run_cli("--location", project, *command)
+    process = fork_cli("--location", project, *command)
     assert process.returncode == 2, (process.stdout, process.stderr)
     assert process.stderr.strip()
     assert snapshot(project) == before
@@ -423,8 +423,8 @@ def test_memoizing_into_a_project_directory_then_clearing_keeps_the_project(tmp_
     outcome = run_with_timeout(use_then_clear)
     outcome.result()
     outcome.cache_warnings()
-    run_cli("--location", project, "clear")
-    run_cli("--location", project, "prune", "--max-size", "0")
+    fork_cli("--location", project, "clear")
+    fork_cli("--location", project, "prune", "--max-size", "0")
     after = snapshot(project)
     changed = {path: state for path, state in before.items() if path != "." and after.get(path) != state}
     assert not changed, f"the project lost or changed {sorted(changed)}"
@@ -467,7 +467,7 @@ def test_files_that_are_not_cachelibs_survive_clear_and_prune(tmp_path: Path, ho
 
     if how.startswith("cli"):
         command = ["clear"] if how == "cli clear" else ["prune", "--max-size", "0"]
-        assert run_cli("--location", location, *command).returncode == 0
+        assert fork_cli("--location", location, *command).returncode == 0
     else:
         run_with_timeout(clear).result()
     assert {path: path.read_bytes() for path in planted} == planted
@@ -599,7 +599,7 @@ def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_p
         path.chmod(0o600)
     if how.startswith("cli"):
         command = ["clear"] if how == "cli clear" else ["prune", "--max-size", "0"]
-        assert run_cli("--location", location, *command).returncode == 0
+        assert fork_cli("--location", location, *command).returncode == 0
     else:
         run_with_timeout(cachelib.Cache(str(location)).clear).result()
     assert not entry.exists()
@@ -647,7 +647,7 @@ def test_a_writer_in_another_pid_namespace_is_never_taken_for_dead(tmp_path: Pat
                 pytest.skip(f"the pid namespace gave pid {got}, not {pid}")
             assert not os.path.exists(f"/proc/{pid}"), "the pid is taken here: not a dead one"
             if how == "cli prune":
-                assert run_cli("--location", location, "prune", "--max-size", "0").returncode == 0
+                assert fork_cli("--location", location, "prune", "--max-size", "0").returncode == 0
             else:
                 run_with_timeout(cachelib.Cache(str(location)).clear).result()
             assert not entry.exists()
