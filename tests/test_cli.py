@@ -93,7 +93,8 @@ def test_info_of_an_empty_location(tmp_path):
     assert "total: 0 entries" in done.stdout
 
 
-@pytest.mark.slow  # ls: see test_ls_without_a_function_lists_every_entry_with_its_call
+# ls: test_ls_without_a_function_lists_every_entry_with_its_call; --func: test_ls_of_an_unknown_function_fails
+@pytest.mark.slow
 def test_ls_lists_the_entries_of_one_function(filled):
     location, sq, _ = filled
     done = run(location, "ls", "--func", "square")
@@ -109,7 +110,6 @@ def test_ls_lists_the_entries_of_one_function(filled):
     assert len(by_full_name.stdout.splitlines()) == 3
 
 
-@pytest.mark.slow  # ls: see test_ls_lists_the_entries_of_one_function
 def test_ls_of_an_unknown_function_fails(filled):
     location, _, _ = filled
     done = run(location, "ls", "--func", "no_such_function")
@@ -163,7 +163,7 @@ def test_prune_older_than(filled):
     assert "removed 3 entries" in done.stdout
 
 
-@pytest.mark.slow  # prune: see test_prune_max_size
+@pytest.mark.slow  # prune: see test_prune_max_size; a usage error: test_missing_location_is_a_usage_error
 def test_prune_without_limits_is_a_usage_error(filled):
     location, _, _ = filled
     done = run(location, "prune")

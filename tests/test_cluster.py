@@ -22,7 +22,11 @@ import cachelib
 
 pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
 
-pytestmark = pytest.mark.slow  # fresh interpreters racing on S3 for seconds
+# Fresh interpreters racing on S3 for seconds. The fast tier keeps one key computed once under a
+# lease (test_remote's test_concurrent_threads_on_a_remote_key_compute_once), a cache on S3
+# (test_a_remote_cache_computes_once_and_hits[s3]) and a dead holder's lease broken
+# (test_leases's test_a_dead_holder_on_this_host_is_broken_at_once).
+pytestmark = pytest.mark.slow
 
 WORKER = textwrap.dedent('''
     import json, os, sys, time

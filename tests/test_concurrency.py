@@ -44,7 +44,7 @@ def _stampede_worker(location: str, log: str, start: float, queue: multiprocessi
     queue.put(int(slow_square(7)[0]))
 
 
-@pytest.mark.slow  # eight processes (test_memoize has the quick case of four)
+@pytest.mark.slow  # eight processes: test_memoize's test_processes_compute_the_same_key_once has four
 @pytest.mark.timeout(60)
 def test_a_stampede_of_eight_processes_computes_once(tmp_path: Path) -> None:
     """Eight processes calling one uncached key at the same moment run it exactly once."""
@@ -108,7 +108,10 @@ def _write_then_get_killed(location: str, seed: int) -> None:
     cachelib.Cache(location).memoize(_big_result)(seed)
 
 
-@pytest.mark.slow  # 200 writers killed one after the other
+# 200 writers killed one after the other: the fast tier keeps a killed holder
+# (test_a_lock_held_by_a_killed_process_does_not_block) and torn entries (test_durability's
+# test_prefixes_of_a_large_entry_are_misses)
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_sigkill_at_random_points_never_leaves_a_torn_entry(tmp_path: Path) -> None:
     """200 writers killed at random moments: every entry is absent or whole and right."""

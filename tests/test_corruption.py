@@ -441,7 +441,7 @@ def test_huge_length_fields(kind, length, small_raw, tmp_path):
             cachelib.load(path, mmap_mode="r")
 
 
-@pytest.mark.slow  # a memory-bound test: touches 200 MiB
+@pytest.mark.slow  # touches 200 MiB; test_huge_length_fields uses the check quickly
 def test_peak_rss_check_sees_an_allocation():
     """The memory check of these tests is able to fail: touching 200 MiB trips it."""
     if not reset_peak_rss():

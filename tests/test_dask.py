@@ -24,7 +24,9 @@ def _expensive(key: int, log: str) -> np.ndarray:
     return np.full(100_000, float(key)) ** 2
 
 
-@pytest.mark.slow  # a cluster of worker processes
+# A cluster of worker processes. Workers sharing a cache, quickly: test_pickling's
+# test_joblib_parallel_loky_computes_each_distinct_argument_once, test_multiprocessing_pool_shares_the_cache.
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
     """Mapping a memoized function over repeated keys on two worker processes."""

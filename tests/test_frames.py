@@ -244,7 +244,7 @@ def test_a_frame_claiming_a_huge_content_size_is_not_allocated():
 # --- memory -------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # a memory-bound test: 256 MiB
+@pytest.mark.slow  # 256 MiB: test_the_file_does_not_depend_on_the_threads has frames in flight quickly
 def test_frames_in_flight_stay_within_the_memory_bounds(codec, tmp_path, monkeypatch):
     """Dumping 256 MiB adds at most 5% + 64 MB to the peak; loading it, one copy + 5% + 64 MB
     (DESIGN.md), with 4 threads and so 5 frames in flight each way."""

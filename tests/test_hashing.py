@@ -213,7 +213,7 @@ _RSS_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # a memory-bound test: arrays of hundreds of MB
+@pytest.mark.slow  # arrays of hundreds of MB: test_chunked hashes strided views in chunks quickly
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_large_strided_array_is_hashed_without_a_whole_copy():

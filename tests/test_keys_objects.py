@@ -176,7 +176,7 @@ _POLARS_MEMORY = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # a memory-bound test: a 320 MB frame
+@pytest.mark.slow  # a 320 MB frame: test_polars_frames_hash_by_their_arrow_buffers is the quick case
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_polars_frames_are_hashed_without_a_copy():
     pytest.importorskip("polars", reason="polars is not installed")

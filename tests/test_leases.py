@@ -58,7 +58,7 @@ def test_an_unrenewed_lease_of_another_host_is_broken_after_its_ttl(store: Fsspe
     waiter.release()
 
 
-@pytest.mark.slow  # waits 2 s
+@pytest.mark.slow  # waits 2 s: test_a_renewed_lease_outlives_its_ttl[2] keeps a renewing holder quickly
 def test_a_skewed_but_live_holder_is_not_broken(store: FsspecStore) -> None:
     """A holder whose clock runs behind (its expiry already past here) but renews keeps its lease."""
     stop = threading.Event()

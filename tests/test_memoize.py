@@ -1193,7 +1193,7 @@ def test_processes_compute_the_same_key_once(tmp_path, location):
     assert len(_log_lines(log)) == 1
 
 
-@pytest.mark.slow  # two processes computing for a second each, at once
+@pytest.mark.slow  # two processes computing for a second each; test_processes_compute_the_same_key_once locks
 @pytest.mark.timeout(60)
 def test_processes_compute_different_keys_concurrently(tmp_path, location):
     seconds = 1.0

@@ -1194,7 +1194,8 @@ def _dump_growth_mib(count: int, path: str) -> float:
     return growth[0] / 2**20
 
 
-@pytest.mark.slow  # a memory-bound test: 200,000 arrays
+# 200,000 arrays: test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records is the quick case
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
 def test_dumping_200000_small_arrays_adds_less_than_64_mib(tmp_path):
     """What the pickler keeps for in-band buffers is bounded (a few hundred bytes each: 80 MiB here)."""

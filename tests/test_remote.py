@@ -130,7 +130,9 @@ def test_clear_and_function_clear_remove_remote_entries(remote: tuple[str, dict[
     assert cache.info().entries == 2
 
 
-@pytest.mark.slow  # four stores a second apart
+# Four stores a second apart: eviction's choice is test_memoize's (reduce_size, bytes_limit), the
+# store's listing test_info_counts_entries_and_calls_from_the_store's.
+@pytest.mark.slow
 def test_eviction_keeps_a_remote_cache_within_limits(remote: tuple[str, dict[str, Any]]) -> None:
     """``reduce_size`` and ``bytes_limit`` evict the oldest-stored entries of a remote cache."""
     url, options = remote
@@ -312,7 +314,7 @@ def test_the_command_line_works_on_a_memory_url(capsys: pytest.CaptureFixture[st
     assert "no cache at" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # two fresh interpreters on S3
+@pytest.mark.slow  # two fresh interpreters on S3: test_the_command_line_works_on_a_memory_url
 def test_the_command_line_reaches_s3_through_fsspec_configuration(
     s3_bucket: tuple[str, dict[str, Any]]
 ) -> None:
