@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 import pytest
-from helpers import CALLS, assert_same, dumped_bytes
+from helpers import CALLS, CODECS, assert_same, codec_params, compress_params, dumped_bytes
 from hypothesis import settings
 
 import cachelib
@@ -21,23 +21,6 @@ import cachelib._codecs.registry as _compressors
 # No example database: the suite must not write outside the temporary directories.
 settings.register_profile("cachelib", database=None, deadline=None, print_blob=True)
 settings.load_profile("cachelib")
-
-# The built-in codecs; test_persistence checks that cachelib registers exactly these.
-CODECS = ("zlib", "gzip", "bz2", "lzma", "xz", "zstd", "lz4")
-
-try:
-    import lz4.frame  # noqa: F401
-
-    HAVE_LZ4 = True
-except ImportError:
-    HAVE_LZ4 = False
-
-_NO_LZ4 = pytest.mark.skipif(not HAVE_LZ4, reason="the optional lz4 package is not installed")
-
-
-def _codec_param(name: str) -> Any:
-    return pytest.param(name, id=name, marks=[_NO_LZ4] if name == "lz4" else [])
-
 
 # --- a cache per test ----------------------------------------------------------------
 
@@ -72,16 +55,13 @@ def codec_names() -> list[str]:
     return list(CODECS)
 
 
-@pytest.fixture(params=[_codec_param(name) for name in CODECS], scope="session")
+@pytest.fixture(params=codec_params(), scope="session")
 def codec(request: pytest.FixtureRequest) -> str:
     """Each built-in codec name in turn (lz4 skipped when it is not installed)."""
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(
-    params=[pytest.param(False, id="raw"), *(_codec_param(name) for name in CODECS)],
-    scope="session",
-)
+@pytest.fixture(params=compress_params(), scope="session")
 def compress(request: pytest.FixtureRequest) -> Any:
     """``False`` (raw) and then each built-in codec name: the ``compress`` argument."""
     return request.param

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import json
 import math
@@ -11,7 +12,7 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,26 @@ class Calls(list):  # type: ignore[type-arg]
 CALLS = Calls()
 
 
-# --- the test tiers -------------------------------------------------------------------
+# --- codecs and tiers -----------------------------------------------------------------
+
+# The built-in codecs; test_persistence checks that cachelib registers exactly these.
+CODECS = ("zlib", "gzip", "bz2", "lzma", "xz", "zstd", "lz4")
+HAVE_LZ4 = importlib.util.find_spec("lz4") is not None
+_NO_LZ4 = pytest.mark.skipif(not HAVE_LZ4, reason="the optional lz4 package is not installed")
+
+
+def codec_params(names: Sequence[str] = CODECS, *, fast: Sequence[str] | None = None) -> list[Any]:
+    """A ``pytest.param`` of each codec name (skipped for lz4 when it is not installed); with
+    ``fast``, the names not in it are marked slow."""
+    return [pytest.param(name, id=name, marks=([_NO_LZ4] if name == "lz4" else [])
+                         + ([pytest.mark.slow] if fast is not None and name not in fast else []))
+            for name in names]
+
+
+def compress_params(*, fast: Sequence[str] | None = None) -> list[Any]:
+    """``compress`` arguments: ``False`` (raw, id "raw", always in the fast tier), then
+    ``codec_params(fast=fast)``."""
+    return [pytest.param(False, id="raw"), *codec_params(fast=fast)]
 
 
 def slow_except(values: list[Any], *fast: Any) -> list[Any]:

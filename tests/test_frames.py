@@ -15,7 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 from _system import memory_capped
-from helpers import NonSeekable, assert_same, dumped_bytes, peak_rss_growth, reset_peak_rss
+from helpers import NonSeekable, assert_same, codec_params, dumped_bytes, peak_rss_growth, reset_peak_rss
 
 import cachelib
 from cachelib._codecs import pool as _pool
@@ -27,9 +27,9 @@ MAGIC = {"zstd": b"\x28\xb5\x2f\xfd", "lz4": b"\x04\x22\x4d\x18"}
 TOOLS = {"zstd": ["zstd", "-d", "-c", "-q"], "lz4": ["lz4", "-d", "-c", "-q"]}
 
 
-@pytest.fixture(params=["zstd", pytest.param("lz4", marks=pytest.mark.skipif(
-    not __import__("importlib").util.find_spec("lz4"), reason="the optional lz4 package is not installed"))])
+@pytest.fixture(params=codec_params(["zstd", "lz4"]))
 def codec(request):
+    """The codecs that write frames of their own (conftest's ``codec``, narrowed)."""
     return request.param
 
 
