@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from helpers import peak_rss_growth
+from helpers import compress_params, peak_rss_growth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -210,6 +210,9 @@ ROUNDTRIP_CASES: dict[str, Callable[[], Any]] = {
 }
 
 
+# Every case through every codec is 520 tests: the fast tier takes them raw and through zstd; the
+# other codecs run in the fast tier in the tests below (streams, strided views, memmaps, files).
+@pytest.mark.parametrize("compress", compress_params(fast=["zstd"]))
 @pytest.mark.parametrize("case", list(ROUNDTRIP_CASES))
 def test_roundtrip_is_exact(case, compress, roundtrip, same):
     """A value written to a path and read back is an exact copy: values, dtype with byte
@@ -337,6 +340,7 @@ def _laid_out_arrays(draw: Any) -> np.ndarray:
     return array.T if layout == "transpose" else array
 
 
+@pytest.mark.parametrize("compress", compress_params(fast=["zstd"]))  # 60 examples a codec: seconds
 @settings(max_examples=60)
 @given(array=_laid_out_arrays())
 def test_property_any_array_roundtrips(array, compress, roundtrip, same):
