@@ -41,13 +41,13 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import xxhash
-from helpers import files_under
+from helpers import files_under, statistics_files
 
 import cachelib
 
@@ -373,6 +373,13 @@ def wait_until(condition: Callable[[], bool], seconds: float = 30.0, interval: f
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
         time.sleep(interval)
+
+
+def wait_for_new_statistics(location: Path, seen: Iterable[Path] = (), seconds: float = 30.0) -> None:
+    """Return once the cache at ``location`` has a statistics file not in ``seen`` (a process
+    writes its counts about a second after its calls), or after ``seconds``."""
+    old = set(seen)
+    wait_until(lambda: not set(statistics_files(location)) <= old, seconds)
 
 
 def run_with_timeout(

@@ -99,6 +99,11 @@ def entry_files(root: Path) -> list[Path]:
     return [p for p in files_under(root) if p.name.endswith(".cl") and p.is_file() and not p.is_symlink()]
 
 
+def statistics_files(location: Path) -> list[Path]:
+    """The call-statistics files of the cache at ``location`` (in its ``stats`` directories), sorted."""
+    return [p for p in files_under(location) if "stats" in p.relative_to(location).parts[:-1]]
+
+
 def new_entry(root: Path, before: list[Path]) -> Path:
     """The one entry under ``root`` that is not in ``before``."""
     created = sorted(set(entry_files(root)) - set(before))

@@ -40,12 +40,14 @@ from _system import (
     run_with_timeout,
     snapshot,
     start_child,
+    wait_for_new_statistics,
     wait_until,
 )
 from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
-from helpers import entry_files, files_under, new_entry, slow_except
+from helpers import entry_files, files_under, new_entry, slow_except, statistics_files
 
 import cachelib
+from cachelib._entries import stats as _stats
 from cachelib._stores.local import temporary_name
 
 pytestmark = pytest.mark.timeout(240)
@@ -241,16 +243,6 @@ def _state_files(location: Path) -> list[Path]:
     return [p for p in files_under(location) if not p.name.endswith(".cl")]
 
 
-def _statistics(location: Path) -> set[Path]:
-    return {p for p in _state_files(location) if "stats" in p.parts}
-
-
-def _wait_for_new_statistics(location: Path, seen: set[Path], seconds: float = 30.0) -> None:
-    """Return once a statistics file not in ``seen`` exists (they are written about 1 s after a
-    call), or after ``seconds``."""
-    wait_until(lambda: not _statistics(location) <= seen, seconds)
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with entries, markers, a size record and statistics (folded and not): copy it to use it."""
@@ -258,16 +250,17 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     location, log = directory / "cache", directory / "log"
 
     def fill() -> None:
+        _stats._FLUSH_EVERY = 0.05  # in this child only: its statistics are written at once, not after 1 s
         cache = cachelib.Cache(str(location), bytes_limit="10M")
         f = cache.memoize(ignore=["log"])(square)
         f(1, log=str(log))
         f(1, log=str(log))
         f(2, log=str(log))
-        _wait_for_new_statistics(location, set())  # the statistics are written
+        wait_for_new_statistics(location)  # the statistics are written
         cache.info()  # ... and folded
-        folded = _statistics(location)
+        folded = statistics_files(location)
         f(2, log=str(log))
-        _wait_for_new_statistics(location, folded)  # one more counts file, not folded yet
+        wait_for_new_statistics(location, folded)  # one more counts file, not folded yet
         cache.reduce_size(bytes_limit="10M")
 
     run_with_timeout(fill).result()
@@ -282,8 +275,7 @@ def _copy(pristine: Path, to: Path) -> Path:
     return to
 
 
-@pytest.mark.slow  # its cache waits twice for statistics files (2 s), then a child per state file and kind
-@pytest.mark.parametrize("kind", PLANTED + CONTENT)
+@pytest.mark.parametrize("kind", slow_except(PLANTED + CONTENT, "garbage"))  # a child per state file: 1 s
 def test_hostile_state_files_never_hurt_a_call(pristine: Path, tmp_path: Path, outside: Outside,
                                                kind: str) -> None:
     """Each marker, the size record and each statistics file, made hostile in turn: calls stay right."""
@@ -304,8 +296,7 @@ def test_hostile_state_files_never_hurt_a_call(pristine: Path, tmp_path: Path, o
         outside.assert_untouched()
 
 
-@pytest.mark.slow  # six commands each, for each kind: about 1.5 s a case
-@pytest.mark.parametrize("kind", PLANTED + CONTENT)
+@pytest.mark.parametrize("kind", slow_except(PLANTED + CONTENT, "fifo"))
 def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outside: Outside,
                                            kind: str) -> None:
     """Every state file hostile at once: each command ends in time, in at most one line."""

@@ -38,12 +38,14 @@ from _system import (
     run_with_timeout,
     start_child,
     users,
+    wait_for_new_statistics,
     wait_until,
 )
 from _victims import computations, digest, large, memoized, plain, slow, square
-from helpers import entry_files, new_entry
+from helpers import entry_files, new_entry, statistics_files
 
 import cachelib
+from cachelib._entries import stats as _stats
 
 __all__ = ["arena", "users"]  # the fixtures, imported so that the tests here can use them
 
@@ -403,20 +405,22 @@ def test_a_killed_soft_lock_holder_does_not_make_the_next_caller_wait(
 
 def _use_everything(location: str, log: str, options: dict[str, Any]) -> None:
     """Create everything a cache creates: entries, markers, locks, leases, statistics, size records."""
+    _stats._FLUSH_EVERY = 0.05  # in this child only: its statistics are written at once, not after 1 s
     cache = cachelib.Cache(location, bytes_limit="10M", **options)
     f = cache.memoize(ignore=["log"])(square)
     soft = cachelib.Cache(location, lock="soft", **options).memoize(ignore=["log"])(plain)
     f(1, log=log)
     f(1, log=log)
     soft(2, log=log)
-    time.sleep(1.5)
+    wait_for_new_statistics(Path(location))
     cache.info()
     cache.reduce_size(bytes_limit="10M")
     shared = ["--share", options["share"]] if options.get("share") else []
     for command in (["prune", "--older-than", "1000d"], ["verify", "--fix"], ["info"]):
         cli_here("--location", location, *command, *shared)
+    folded = statistics_files(Path(location))
     f(3, log=log)
-    time.sleep(1.5)  # a statistics file not folded yet
+    wait_for_new_statistics(Path(location), folded)  # a statistics file not folded yet
 
 
 def _modes(root: Path, below_only: bool = False) -> dict[str, tuple[str, int, int, int]]:
@@ -428,7 +432,6 @@ def _modes(root: Path, below_only: bool = False) -> dict[str, tuple[str, int, in
     return found
 
 
-@pytest.mark.slow  # waits twice for statistics files (1.5 s each)
 @pytest.mark.parametrize("umask", [0o000, 0o077], ids=oct)
 def test_everything_created_in_private_mode_is_private(arena: Path, users: Users, logs: Path,
                                                        umask: int) -> None:
@@ -443,7 +446,6 @@ def test_everything_created_in_private_mode_is_private(arena: Path, users: Users
     assert not wrong, wrong
 
 
-@pytest.mark.slow  # waits twice for statistics files (1.5 s each), per member
 @pytest.mark.parametrize("made_by", ["admin", "cachelib"])
 def test_everything_created_in_group_mode_is_shared_and_never_group_writable(
     arena: Path, users: Users, logs: Path, made_by: str
