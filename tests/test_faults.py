@@ -42,7 +42,7 @@ from _system import (
     wait_until,
 )
 from _victims import block, computations, digest, memoized, square
-from helpers import entry_files, files_under, new_entry
+from helpers import entry_files, new_entry, slow_except, statistics_files
 
 import cachelib
 
@@ -69,6 +69,7 @@ def small(tmpfs: Any) -> Path:
 # --- a full filesystem ------------------------------------------------------------------
 
 
+# Each case starts three interpreters on a full disk: the fast tier keeps a miss out of bytes.
 @pytest.mark.parametrize(("call", "inodes"), [
     pytest.param("hit", False, id="hit-bytes", marks=pytest.mark.slow),
     pytest.param("hit", True, id="hit-bytes-and-inodes", marks=pytest.mark.slow),
@@ -104,7 +105,7 @@ def _calls_while_the_disk_fills(location: str, log: str, mount: Path) -> list[st
     return [digest(result) for result in results]
 
 
-@pytest.mark.slow  # waits 1.5 s for the statistics to be written
+@pytest.mark.slow  # waits 1.5 s for statistics: test_the_first_call_..._on_a_full_disk[miss-bytes] is quick
 def test_calls_of_a_running_process_when_the_disk_fills(small: Path, tmp_path: Path) -> None:
     """Hits keep hitting and misses keep computing once the disk is full under a running process."""
     location, log = small / "cache", tmp_path / "log"
@@ -208,7 +209,7 @@ def _wait_for_counts(location: str, expected: tuple[int, int], seconds: float = 
     wait_until(lambda: _counts(location) == expected, seconds, interval=0.1)
 
 
-@pytest.mark.slow  # three fresh interpreters, the command line and a count
+@pytest.mark.slow  # three fresh interpreters and a count: test_reduce_size_on_a_full_disk_frees_it is quick
 def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     """``cachelib prune`` with nothing to evict on a full disk: no traceback, no temp file, no lost count."""
     location, log = small / "cache", tmp_path / "log"
@@ -223,7 +224,7 @@ def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     assert run_with_timeout(_counts, str(location)).result() == (3, 3), "counts lost or counted twice"
 
 
-@pytest.mark.slow  # three fresh interpreters and the command line
+@pytest.mark.slow  # three fresh interpreters: test_reduce_size_on_a_full_disk_frees_it is the quick case
 def test_prune_that_evicts_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     """``cachelib prune --max-size 0`` on a full disk removes every entry and succeeds."""
     location, log = small / "cache", tmp_path / "log"
@@ -282,7 +283,7 @@ def test_misses_compute_with_a_warning_on_a_read_only_filesystem(frozen: Frozen)
     assert snapshot(frozen.location) == frozen.before
 
 
-@pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
+@pytest.mark.slow  # the command line on a read-only cache: test_prune_... and test_verify_fix_... are quick
 def test_cachelib_clear_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib clear`` that removes nothing exits non-zero with one line, never "cleared"."""
     process = fork_cli("--location", frozen.location, "clear")
@@ -292,8 +293,7 @@ def test_cachelib_clear_on_a_read_only_filesystem_fails_in_one_line(frozen: Froz
     assert snapshot(frozen.location) == frozen.before
 
 
-@pytest.mark.slow  # a read-only cache: test_misses_compute_... and test_verify_fix_... are the quick cases
-@pytest.mark.parametrize("what", ["cache.clear", "function.clear"])
+@pytest.mark.parametrize("what", slow_except(["cache.clear", "function.clear"], "cache.clear"))
 def test_clear_on_a_read_only_filesystem_is_never_silent(frozen: Frozen, what: str) -> None:
     """``Cache.clear()`` and ``f.clear()`` that cannot remove entries raise a CacheError or warn."""
 
@@ -312,7 +312,6 @@ def test_clear_on_a_read_only_filesystem_is_never_silent(frozen: Frozen, what: s
     assert snapshot(frozen.location) == frozen.before
 
 
-@pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
 def test_prune_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib prune`` that must evict but cannot: non-zero exit, one line, entries still there."""
     process = fork_cli("--location", frozen.location, "prune", "--older-than", "0s")
@@ -331,7 +330,7 @@ def test_verify_fix_on_a_read_only_filesystem(frozen: Frozen) -> None:
     assert snapshot(frozen.location) == frozen.before
 
 
-@pytest.mark.slow  # the command line on a read-only cache: test_verify_fix_... is the quick case
+@pytest.mark.slow  # the command line on a read-only cache: test_prune_... and test_verify_fix_... are quick
 @pytest.mark.parametrize("command", [["info"], ["ls", "--func", "square"], ["verify"]])
 def test_reading_commands_on_a_read_only_filesystem(frozen: Frozen, command: list[str]) -> None:
     """``info``, ``ls`` and ``verify`` work on a read-only cache (verify reports the damaged entry)."""
@@ -382,11 +381,9 @@ def _tamper(path: Path, round_: int) -> None:
         pass
 
 
-def _statistics_files(location: Path) -> list[Path]:
-    return [p for p in files_under(location) if "stats" in p.relative_to(location).parts[:-1]]
-
-
-@pytest.mark.slow  # a stress test: 5 s of calls while the files change
+# A stress test, 5 s of calls while the files change: test_hostile_paths's
+# test_hostile_state_files_never_hurt_a_call[garbage] gives each call damaged statistics quickly.
+@pytest.mark.slow
 def test_statistics_files_changed_under_a_running_process(tmp_path: Path) -> None:
     """Truncating, replacing or removing statistics files never makes a call fail, hang or die."""
     location = tmp_path / "cache"
@@ -394,7 +391,7 @@ def test_statistics_files_changed_under_a_running_process(tmp_path: Path) -> Non
     deadline = time.monotonic() + 5.0
     round_ = 0
     while time.monotonic() < deadline:
-        for path in _statistics_files(location):
+        for path in statistics_files(location):
             _tamper(path, round_)
             round_ += 1
         time.sleep(0.01)
@@ -425,15 +422,15 @@ def test_counts_of_many_finished_processes_are_folded(tmp_path: Path) -> None:
     location = tmp_path / "cache"
     run_fresh("workers", location, 30, timeout=120)
     long_ago = time.time() - 2 * 86400
-    for path in _statistics_files(location):
+    for path in statistics_files(location):
         os.utime(path, (long_ago, long_ago), follow_symlinks=False)
     assert run_with_timeout(_counts, str(location)).result() == (30, 31)
-    remaining = _statistics_files(location)
+    remaining = statistics_files(location)
     assert len(remaining) <= 4, remaining
     assert run_with_timeout(_counts, str(location)).result() == (30, 31)
 
 
-@pytest.mark.slow  # waits for the counts, written about a second after the calls
+@pytest.mark.slow  # waits a second for the counts: test_forked_workers_count_every_call is the quick case
 def test_counts_survive_sigkill_after_they_were_written(tmp_path: Path) -> None:
     """A process killed with SIGKILL keeps the counts it made seconds before dying."""
     location = tmp_path / "cache"
