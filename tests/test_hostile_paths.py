@@ -548,7 +548,9 @@ def _call_slow_stamped(location: str, log: str, delay: float) -> tuple[str | Non
     return stamp_problem(result, memmap=True), result["token"]
 
 
-@pytest.mark.slow  # the first call computes for 3 s: the time the second needs to reach its lock
+# The first call computes for 3 s, the time the second needs to reach its lock: clear sparing a
+# write in flight is test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones[cache.clear].
+@pytest.mark.slow
 def test_clearing_while_a_result_is_computed_keeps_its_lock(tmp_path: Path) -> None:
     """``clear`` leaves a held lock: a caller arriving after it waits for the result, never recomputing it."""
     location, log = str(tmp_path / "cache"), str(tmp_path / "log")
@@ -693,7 +695,9 @@ def _hammer_threads(location: str, seconds: float, clearing: bool) -> dict[str, 
     return {"errors": errors, "wrong": wrong, "calls": calls[0], "warnings": seen}
 
 
-@pytest.mark.slow  # a stress test: 4 s of calls, and 1 s more to warm up
+# A stress test, 4 s of calls and 1 s more to warm up: threads on one cache, quickly, are
+# test_memoize's test_threads_compute_a_slow_call_once[file] and test_lock_none_works.
+@pytest.mark.slow
 @pytest.mark.parametrize("clearing", [False, True], ids=["hits-and-misses", "with-clears"])
 def test_threads_hammering_one_cache(tmp_path: Path, clearing: bool) -> None:
     """Eight threads (and a clearing one) over 400 small keys with a 1 us switch interval: all right."""

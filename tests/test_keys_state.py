@@ -206,7 +206,9 @@ work = cache.memoize(_work)
 @pytest.mark.parametrize(
     "old, new, why",
     [
-        # four fresh interpreters a case, about a second: the same process checks these quickly, above
+        # Four fresh interpreters a case, about a second. An edit between processes stays in the fast
+        # tier in test_keys_callees (helper `prep` edited); these kinds of state are checked in one
+        # process above (test_mutating_a_callable_objects_attributes_misses, test_a_partials_...).
         pytest.param("amount = 1", "amount = 4", "helper `make` edited", marks=pytest.mark.slow),
         pytest.param("self.factor = 3", "self.factor = 5", "helper `Scaler.__init__` edited",
                      marks=pytest.mark.slow),

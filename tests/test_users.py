@@ -284,7 +284,9 @@ def _clear(location: str, **options: Any) -> None:
     cachelib.Cache(location, **options).clear()
 
 
-@pytest.mark.slow  # each case races for 5 s
+# Each case races for 5 s: signed entries refuse a flipped byte, a copy or another secret quickly in
+# test_memoize (test_signed_entry_with_a_flipped_byte_is_refused_before_unpickling and the tests after it).
+@pytest.mark.slow
 @pytest.mark.parametrize(("attack", "payload", "mmap_mode"), [
     ("pwrite", "code", None), ("pwrite", "data", None), ("pwrite", "data", "r"),
     ("rename", "code", None), ("rename", "data", "r"),
@@ -489,7 +491,7 @@ def _replay(location: str, log: str, how: str, options: dict[str, Any]) -> list[
     return [in_cache, digest(f(1, log=log))]
 
 
-@pytest.mark.slow  # waits for expiry in real time (test_memoize keeps a quick case)
+@pytest.mark.slow  # waits for expiry: test_memoize's test_expiry_reads_the_time_stored_inside_the_entry
 @pytest.mark.parametrize("how", ["touch", "restore"])
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_an_expired_entry_is_not_revived_by_touching_or_restoring_it(tmp_path: Path, how: str,
@@ -503,7 +505,7 @@ def test_an_expired_entry_is_not_revived_by_touching_or_restoring_it(tmp_path: P
     assert len(computations(log)) == (2 if how == "touch" else 3)
 
 
-@pytest.mark.slow  # waits for expiry in real time
+@pytest.mark.slow  # waits for expiry: test_memoize's test_expiry_reads_the_time_stored_inside_the_entry
 def test_a_member_replaying_an_expired_entry_does_not_revive_it(arena: Path, users: Users, lab: Path,
                                                                 logs: Path) -> None:
     """Bob plants his saved copy of alice's expired (validly signed) entry: she recomputes."""
