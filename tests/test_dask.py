@@ -11,11 +11,6 @@ from _system import wait_until
 
 import cachelib
 
-distributed = pytest.importorskip(
-    "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib[dask]'"
-)
-cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
-
 
 def _expensive(key: int, log: str) -> np.ndarray:
     """Record the computation, then return a result that depends only on ``key``."""
@@ -30,6 +25,11 @@ def _expensive(key: int, log: str) -> np.ndarray:
 @pytest.mark.timeout(180)
 def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
     """Mapping a memoized function over repeated keys on two worker processes."""
+    # Imported here, not at collection: dask's import takes a second the fast tier does not need.
+    distributed = pytest.importorskip(
+        "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib[dask]'"
+    )
+    cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
     log = tmp_path / "computations.log"
     cache = cachelib.Cache(tmp_path / "cache")
