@@ -41,7 +41,7 @@ from _system import (
     used_bytes,
     wait_until,
 )
-from _victims import block, computations, digest, memoized, square
+from _victims import block, computations, digest, memoized, square, square_calls
 from helpers import entry_files, new_entry, slow_except, statistics_files
 
 import cachelib
@@ -81,7 +81,7 @@ def test_the_first_call_of_a_fresh_process_on_a_full_disk(
 ) -> None:
     """A fresh interpreter's first calls on a full filesystem return the right result: no SIGBUS."""
     location, log = small / "cache", tmp_path / "log"
-    run_fresh("call", location, options(log), "square:1")
+    run_with_timeout(square_calls, str(location), str(log), [1]).result()  # set-up: forked
     fill(small, inodes=inodes)
     x = 1 if call == "hit" else 2
     fresh = run_fresh("call", location, options(log), f"square:{x}", f"square:{x}")
@@ -247,9 +247,9 @@ class Frozen:
         self.mount = mount
         self.location = mount / "cache"
         self.log = log
-        run_fresh("call", self.location, options(log), "square:1", "square:1")
+        run_with_timeout(square_calls, str(self.location), str(log), [1, 1]).result()  # set-up: forked
         before = entry_files(self.location)
-        run_fresh("call", self.location, options(log), "square:2")
+        run_with_timeout(square_calls, str(self.location), str(log), [2]).result()
         self.damaged = new_entry(self.location, before)
         data = bytearray(self.damaged.read_bytes())
         data[len(data) // 2] ^= 0xFF

@@ -43,7 +43,7 @@ from _system import (
     wait_for_new_statistics,
     wait_until,
 )
-from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
+from _victims import computations, digest, memoized, plain, square, square_calls, stamp_problem, stamped
 from helpers import entry_files, files_under, new_entry, slow_except, statistics_files
 
 import cachelib
@@ -147,15 +147,10 @@ def outside(tmp_path: Path) -> Outside:
     return Outside(tmp_path / "home")
 
 
-def _calls(location: str, log: str, calls: list[int], **options: Any) -> list[str]:
-    f = memoized(location, square, **options)
-    return [digest(f(x, log=log)) for x in calls]
-
-
 def _stored(location: Path, log: Path, x: int, **options: Any) -> Path:
     """Store square(x) from a child; return its entry file."""
     before = entry_files(location)
-    run_with_timeout(_calls, str(location), str(log), [x], **options).result()
+    run_with_timeout(square_calls, str(location), str(log), [x], **options).result()
     return new_entry(location, before)
 
 
@@ -179,7 +174,7 @@ def test_a_hostile_object_at_an_entry_path_is_a_miss(
     outside.target.write_bytes(forged.read_bytes())  # a valid entry of another call: followed, it lies
     outside.before = snapshot(outside.directory)
     plant(entry, kind, outside)
-    outcome = run_with_timeout(_calls, str(location), str(log), [1, 1], mmap_mode=mmap_mode)
+    outcome = run_with_timeout(square_calls, str(location), str(log), [1, 1], mmap_mode=mmap_mode)
     assert _right(outcome, [1, 1]), "a hostile object at an entry's path is a miss with a warning"
     assert computations(log)[:3] == ["square 1", "square 2", "square 1"], "the planted object was used"
     outside.assert_untouched()
@@ -210,7 +205,7 @@ def test_a_hostile_object_at_a_lock_path(tmp_path: Path, outside: Outside, kind:
     entry = _stored(location, log, 1, lock=lock)
     os.unlink(entry)
     plant(entry.with_suffix(".lock"), kind, outside)
-    outcome = run_with_timeout(_calls, str(location), str(log), [1, 1], lock=lock, lock_timeout=600,
+    outcome = run_with_timeout(square_calls, str(location), str(log), [1, 1], lock=lock, lock_timeout=600,
                                timeout=60)
     _right(outcome, [1, 1])
     assert computations(log)[:2] == ["square 1", "square 1"]
@@ -444,7 +439,7 @@ def _foreign(location: Path) -> dict[Path, bytes]:
 def test_files_that_are_not_cachelibs_survive_clear_and_prune(tmp_path: Path, how: str) -> None:
     """Inside a cache, only cachelib's entries go: everything else stays, byte for byte."""
     location, log = tmp_path / "cache", tmp_path / "log"
-    run_with_timeout(_calls, str(location), str(log), [1, 2, 3]).result()
+    run_with_timeout(square_calls, str(location), str(log), [1, 2, 3]).result()
     planted = _foreign(location)
 
     def clear() -> None:
@@ -583,7 +578,7 @@ def _dead_pid() -> int:
 def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_path: Path, how: str) -> None:
     """A temporary file of a writer still running is its write in flight: clear and prune leave it alone."""
     location, log = tmp_path / "cache", tmp_path / "log"
-    run_with_timeout(_calls, str(location), str(log), [1]).result()
+    run_with_timeout(square_calls, str(location), str(log), [1]).result()
     entry = entry_files(location)[0]
     live = entry.with_name(temporary_name(entry.name))
     dead = entry.with_name(temporary_name(entry.name, _dead_pid()))
@@ -627,7 +622,7 @@ def test_a_writer_in_another_pid_namespace_is_never_taken_for_dead(tmp_path: Pat
     """A container sharing the host name: its writer's pid is dead here, alive in its own pid
     namespace. Its temporary file is a write in flight and stays (until ``LEFTOVER_AGE``)."""
     location, log = tmp_path / "cache", tmp_path / "log"
-    run_with_timeout(_calls, str(location), str(log), [1]).result()
+    run_with_timeout(square_calls, str(location), str(log), [1]).result()
     entry = entry_files(location)[0]
     pid = _dead_pid()
     command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _IN_ANOTHER_NAMESPACE,
