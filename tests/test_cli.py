@@ -1,7 +1,9 @@
-"""The command line, each command run as a real subprocess on a cache filled through the API.
+"""The command line, each command run in a process of its own on a cache filled through the API.
 
-Each run starts an interpreter (a quarter of a second): the fast tier keeps a test of each
-command and leaves the other cases of a command to the slow tier.
+The commands run in a forked child (``_system.fork_cli``, some 50 ms); what depends on how
+the command line starts (``python -m cachelib``, the console script, ``--help``, the working
+directory and the environment) runs in a new interpreter (``_system.run_cli``, a quarter of a
+second or more), and the fast tier keeps one case of each of those.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _system import run_cli
+from _system import fork_cli, run_cli
 from helpers import entry_files, slow_except
 
 import cachelib
@@ -32,11 +33,12 @@ def negate(x):
     return -x
 
 
-def run(location, *args, cwd=None, env=None):
-    """Run ``python -m cachelib --location LOCATION ARGS`` (``_system.run_cli``: in time, with no
-    traceback, failing in one line); return the finished process."""
+def run(location, *args, fresh=False, **options):
+    """Run ``cachelib --location LOCATION ARGS`` in a forked child or, with ``fresh``, as
+    ``python -m cachelib`` in a new interpreter (``options``: its ``cwd`` and ``env``); either
+    way it must end in time, without a traceback, and fail in one line. Return the process."""
     where = () if location is None else ("--location", location)
-    return run_cli(*where, *args, cwd=cwd, env=env)
+    return run_cli(*where, *args, **options) if fresh else fork_cli(*where, *args)
 
 
 @pytest.fixture
@@ -50,7 +52,6 @@ def filled(tmp_path):
         sq(x)
     sq(0)
     sq(1)
-    time.sleep(0.2)  # eviction tells ages apart to about 1%: negate(1) is clearly the newest
     neg(1)
     cache.info()  # counts reach the store about a second after a call; info() writes this process's now
     return location, sq, neg
@@ -86,15 +87,12 @@ def test_info_lists_functions_with_entries_and_hits(filled):
     assert "total: 4 entries" in done.stdout
 
 
-@pytest.mark.slow  # info: see test_info_lists_functions_with_entries_and_hits
 def test_info_of_an_empty_location(tmp_path):
     done = run(tmp_path, "info")
     assert done.returncode == 0, done.stderr
     assert "total: 0 entries" in done.stdout
 
 
-# ls: test_ls_without_a_function_lists_every_entry_with_its_call; --func: test_ls_of_an_unknown_function_fails
-@pytest.mark.slow
 def test_ls_lists_the_entries_of_one_function(filled):
     location, sq, _ = filled
     done = run(location, "ls", "--func", "square")
@@ -127,7 +125,6 @@ def test_clear_one_function(filled):
     assert neg.check_call_in_cache(1)
 
 
-@pytest.mark.slow  # clear: see test_clear_one_function
 def test_clear_everything_keeps_the_location(filled):
     location, sq, neg = filled
     done = run(location, "clear")
@@ -139,7 +136,10 @@ def test_clear_everything_keeps_the_location(filled):
 
 
 def test_prune_max_size(filled):
-    location, _, neg = filled
+    location, sq, neg = filled
+    for path in entry_files(location / sq.namespace):  # last used an hour before negate(1)
+        used = path.stat().st_mtime - 3600
+        os.utime(path, (used, used))
     done = run(location, "prune", "--max-size", "1K")
     assert done.returncode == 0, done.stderr
     remaining = entry_files(location)
@@ -149,7 +149,6 @@ def test_prune_max_size(filled):
     assert "removed 3 entries" in done.stdout
 
 
-@pytest.mark.slow  # prune: see test_prune_max_size
 def test_prune_older_than(filled):
     location, sq, neg = filled
     old = entry_files(location / sq.namespace)
@@ -163,7 +162,6 @@ def test_prune_older_than(filled):
     assert "removed 3 entries" in done.stdout
 
 
-@pytest.mark.slow  # prune: see test_prune_max_size; a usage error: test_missing_location_is_a_usage_error
 def test_prune_without_limits_is_a_usage_error(filled):
     location, _, _ = filled
     done = run(location, "prune")
@@ -194,9 +192,9 @@ def test_verify_clean_then_damaged_then_fixed(filled):
     assert run(location, "verify").returncode == 0
 
 
-@pytest.mark.parametrize("command", slow_except(
-    [["info"], ["ls", "--func", "square"], ["clear"], ["verify"], ["prune", "--max-size", "1K"]], ["info"]
-))
+@pytest.mark.parametrize(
+    "command", [["info"], ["ls", "--func", "square"], ["clear"], ["verify"], ["prune", "--max-size", "1K"]]
+)
 def test_missing_location_is_a_usage_error(tmp_path, command):
     missing = tmp_path / "nowhere"
     done = run(missing, *command)
@@ -209,14 +207,14 @@ def test_missing_location_is_a_usage_error(tmp_path, command):
 def test_location_from_the_environment(filled, tmp_path):
     location, sq, _ = filled
     env = dict(os.environ, CACHELIB_LOCATION=str(location))
-    done = run(None, "info", cwd=tmp_path, env=env)
+    done = run(None, "info", fresh=True, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert sq.name in done.stdout
 
 
 def test_demo_with_location_before_the_command(tmp_path):
     location = tmp_path / "demo"
-    done = run(location, "demo", "--size", "200", cwd=tmp_path)
+    done = run(location, "demo", "--size", "200", fresh=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "hit" in done.stdout
     assert len(entry_files(location)) == 2  # the cache was kept at the location
@@ -225,7 +223,7 @@ def test_demo_with_location_before_the_command(tmp_path):
 @pytest.mark.slow  # demo: see test_demo_with_location_before_the_command
 def test_demo_with_location_after_the_command(tmp_path):
     location = tmp_path / "demo"
-    done = run(None, "demo", "--size", "200", "--location", location, cwd=tmp_path)
+    done = run(None, "demo", "--size", "200", "--location", location, fresh=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "hit" in done.stdout
 
@@ -250,7 +248,6 @@ def test_ls_without_a_function_lists_every_entry_with_its_call(filled):
     assert calls == ["negate(x=1)", "square(x=0)", "square(x=1)", "square(x=2)"]
 
 
-@pytest.mark.slow  # ls: see test_ls_without_a_function_lists_every_entry_with_its_call
 def test_ls_shows_arrays_as_shape_and_dtype(tmp_path):
     location = tmp_path / "cache"
     neg = cachelib.Cache(location).memoize(negate)
@@ -262,7 +259,7 @@ def test_ls_shows_arrays_as_shape_and_dtype(tmp_path):
 
 @pytest.mark.parametrize("command", slow_except(["info", "ls", "clear", "prune", "verify", "demo"], "prune"))
 def test_every_command_has_a_help_that_describes_it_and_its_options(command):
-    done = run(None, command, "--help")
+    done = run(None, command, "--help", fresh=True)
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert f"usage: cachelib {command}" in text
