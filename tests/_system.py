@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import xxhash
 from helpers import files_under, statistics_files
 
 import cachelib
@@ -649,67 +648,3 @@ class Inotify:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-# --- the file format, as docs/FORMAT.rst gives it -----------------------------------------
-
-STREAM_MAGIC = b"\x89CLIB\r\n\x1a"
-RECORD = struct.Struct("<cBHIQ")  # kind, padding, reserved, reserved, length
-
-
-def record(kind: bytes, payload: bytes, offset: int) -> bytes:
-    """One record starting at raw-stream ``offset`` (A records padded to a 64-byte payload)."""
-    padding = (-(offset + RECORD.size)) % 64 if kind == b"A" else 0
-    head = RECORD.pack(kind, padding, 0, 0, len(payload))
-    body = head + bytes(padding) + payload
-    return body + struct.pack("<Q", xxhash.xxh3_64_intdigest(body))
-
-
-def header(version: int = 1) -> bytes:
-    """A raw stream's 16-byte header."""
-    return STREAM_MAGIC + struct.pack("<HHI", version, 0, 0)
-
-
-def end_record(count: int, offset: int) -> bytes:
-    """The E record at ``offset`` after ``count`` records."""
-    return record(b"E", struct.pack("<QQ", count, offset), offset)
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One record of a raw stream found inside a file's bytes (offsets count in those bytes)."""
-
-    kind: bytes
-    head: int  # where its 16-byte header starts
-    payload: int  # where its payload starts (after the padding)
-    length: int
-
-
-def records_in(data: bytes) -> list[Record]:
-    """The records of the uncompressed cachelib stream inside ``data`` (a file or a cache entry)."""
-    offset = data.index(STREAM_MAGIC) + len(header())
-    found = []
-    while offset + RECORD.size <= len(data):
-        kind, padding, _, _, length = RECORD.unpack_from(data, offset)
-        found.append(Record(kind, offset, offset + RECORD.size + padding, length))
-        if kind == b"E":
-            break
-        offset += RECORD.size + padding + length + 8
-    return found
-
-
-def patch_record(data: bytes, rec: Record, new: bytes, at: int = 0) -> list[tuple[int, bytes]]:
-    """The writes that put ``new`` at ``at`` in a record's payload, with the record's checksum fixed."""
-    assert at + len(new) <= rec.length
-    payload = bytearray(data[rec.payload:rec.payload + rec.length])
-    payload[at:at + len(new)] = new
-    checksum = xxhash.xxh3_64_intdigest(data[rec.head:rec.payload] + bytes(payload))
-    return [(rec.payload + at, new), (rec.payload + rec.length, struct.pack("<Q", checksum))]
-
-
-def patched(data: bytes, writes: list[tuple[int, bytes]]) -> bytes:
-    """``data`` with ``writes`` (offset, bytes) applied."""
-    out = bytearray(data)
-    for offset, chunk in writes:
-        out[offset:offset + len(chunk)] = chunk
-    return bytes(out)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import resource
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 
 import cachelib
 from cachelib._entries.envelope import HEADER, HEADER_SIZE, TRAILER
@@ -134,6 +136,97 @@ def entry_stream_offset(data: bytes) -> int:
 def entry_stream(data: bytes) -> bytes:
     """The stream an entry file holds: after its header, metadata and padding, before its trailer."""
     return data[entry_stream_offset(data) : -TRAILER.size]
+
+
+# --- the raw stream, as docs/FORMAT.rst gives it ---------------------------------------
+
+STREAM_MAGIC = b"\x89CLIB\r\n\x1a"
+FORMAT_VERSION = 2
+STREAM_HEADER = struct.Struct("<8sHHI")  # magic, format version, flags, reserved
+RECORD = struct.Struct("<BBHIQ")  # kind, padding, reserved, reserved, payload length
+CHECKSUM = struct.Struct("<Q")  # xxh3-64 of record header, padding and payload
+END = struct.Struct("<QQ")  # records before the end record, offset of the end record
+
+
+def stream_header(version: int = FORMAT_VERSION) -> bytes:
+    """A raw stream's 16-byte header."""
+    return STREAM_HEADER.pack(STREAM_MAGIC, version, 0, 0)
+
+
+def record(kind: str, payload: bytes, position: int, aligned: bool | None = None) -> bytes:
+    """A record with a valid checksum, starting at ``position`` in the stream; an array record
+    (or any, with ``aligned``) is padded so that its payload starts on a 64-byte boundary."""
+    aligned = kind == "A" if aligned is None else aligned
+    padding = (-(position + RECORD.size)) % 64 if aligned else 0
+    head = RECORD.pack(ord(kind), padding, 0, 0, len(payload)) + bytes(padding)
+    return head + payload + CHECKSUM.pack(xxhash.xxh3_64_intdigest(head + payload))
+
+
+def end_record(count: int, position: int) -> bytes:
+    """The end record at ``position`` after ``count`` records."""
+    return record("E", END.pack(count, position), position)
+
+
+def forge(records: list[tuple[str, bytes]], version: int = FORMAT_VERSION) -> bytes:
+    """A complete, checksummed stream of ``records`` (kind, payload) and its end record."""
+    out = bytearray(stream_header(version))
+    for kind, payload in records:
+        out += record(kind, payload, len(out))
+    return bytes(out + end_record(len(records), len(out)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One record of a raw stream found inside some bytes (offsets count in those bytes)."""
+
+    kind: str
+    offset: int  # where its 16-byte header starts
+    padding: int
+    payload: bytes
+
+    @property
+    def length_offset(self) -> int:
+        return self.offset + 8
+
+    @property
+    def payload_offset(self) -> int:
+        return self.offset + RECORD.size + self.padding
+
+    @property
+    def length(self) -> int:
+        return len(self.payload)
+
+
+def records_in(data: bytes) -> list[Record]:
+    """The records, end record included, of the uncompressed stream inside ``data`` (a raw file or
+    a cache entry)."""
+    records = []
+    position = data.index(STREAM_MAGIC) + STREAM_HEADER.size
+    while position + RECORD.size <= len(data):
+        kind, padding, _, _, length = RECORD.unpack_from(data, position)
+        start = position + RECORD.size + padding
+        records.append(Record(chr(kind), position, padding, data[start : start + length]))
+        if kind == ord("E"):
+            break
+        position = start + length + CHECKSUM.size
+    return records
+
+
+def patch_record(data: bytes, found: Record, new: bytes, at: int = 0) -> list[tuple[int, bytes]]:
+    """The writes that put ``new`` at ``at`` in a record's payload, with the record's checksum fixed."""
+    assert at + len(new) <= found.length
+    payload = bytearray(found.payload)
+    payload[at : at + len(new)] = new
+    checksum = xxhash.xxh3_64_intdigest(data[found.offset : found.payload_offset] + bytes(payload))
+    return [(found.payload_offset + at, new), (found.payload_offset + found.length, CHECKSUM.pack(checksum))]
+
+
+def patched(data: bytes, writes: list[tuple[int, bytes]]) -> bytes:
+    """``data`` with ``writes`` (offset, bytes) applied."""
+    out = bytearray(data)
+    for offset, chunk in writes:
+        out[offset : offset + len(chunk)] = chunk
+    return bytes(out)
 
 
 # --- streams --------------------------------------------------------------------------

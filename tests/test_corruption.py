@@ -9,7 +9,6 @@ tests can forge files that are damaged in exactly one way.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import pickle
@@ -23,11 +22,19 @@ import numpy as np
 import pytest
 import xxhash
 from helpers import (
+    CHECKSUM,
+    END,
+    FORMAT_VERSION,
+    STREAM_HEADER,
+    STREAM_MAGIC,
     NonSeekable,
     assert_same,
     dumped_bytes,
     entry_path,
+    forge,
     peak_rss_growth_below,
+    record,
+    records_in,
     reset_peak_rss,
     slow_except,
 )
@@ -36,11 +43,6 @@ import cachelib
 
 pytestmark = pytest.mark.timeout(60)
 
-MAGIC = b"\x89CLIB\r\n\x1a"
-HEADER = struct.Struct("<8sHHI")  # magic, format version, flags, reserved
-RECORD = struct.Struct("<BBHIQ")  # kind, padding, reserved, reserved, payload length
-CHECKSUM = struct.Struct("<Q")  # xxh3-64 of record header, padding and payload
-END = struct.Struct("<QQ")  # records before the end record, offset of the end record
 
 # Two arrays just large enough to be array records, one small enough to sit in the pickle.
 SMALL_VALUE = {
@@ -49,7 +51,6 @@ SMALL_VALUE = {
     "z": np.arange(5, dtype="<i4"),
     "s": "hello",
 }
-FORMAT_VERSION = 2
 VIAS = ["path", "bytesio", "stream"]
 
 
@@ -75,64 +76,19 @@ def small_raw() -> bytes:
 # --- reading and forging records -----------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Record:
-    offset: int
-    kind: int
-    padding: int
-    payload: bytes
-
-    @property
-    def length_offset(self) -> int:
-        return self.offset + 8
-
-    @property
-    def payload_offset(self) -> int:
-        return self.offset + RECORD.size + self.padding
-
-
-def parse(data: bytes) -> list[Record]:
-    """Split a raw cachelib file into its records (the end record included)."""
-    records = []
-    position = HEADER.size
-    while position < len(data):
-        kind, padding, _, _, length = RECORD.unpack_from(data, position)
-        start = position + RECORD.size + padding
-        records.append(Record(position, kind, padding, data[start : start + length]))
-        position = start + length + CHECKSUM.size
-    return records
-
-
-def record(kind: int | str, payload: bytes, position: int, aligned: bool = False) -> bytes:
-    """A record with a valid checksum, starting at ``position`` in the stream."""
-    kind = ord(kind) if isinstance(kind, str) else kind
-    padding = (-(position + RECORD.size)) % 64 if aligned else 0
-    head = RECORD.pack(kind, padding, 0, 0, len(payload)) + bytes(padding)
-    return head + payload + CHECKSUM.pack(xxhash.xxh3_64_intdigest(head + payload))
-
-
-def forge(records: list[tuple[int | str, bytes]], version: int = FORMAT_VERSION) -> bytes:
-    """A complete, checksummed stream of ``records`` (kind, payload) and its end record."""
-    out = bytearray(HEADER.pack(MAGIC, version, 0, 0))
-    for kind, payload in records:
-        out += record(kind, payload, len(out), aligned=kind in ("A", ord("A")))
-    out += record("E", END.pack(len(records), len(out)), len(out))
-    return bytes(out)
-
-
-def body(data: bytes) -> list[tuple[int, bytes]]:
+def body(data: bytes) -> list[tuple[str, bytes]]:
     """The (kind, payload) of every record but the end record."""
-    return [(r.kind, r.payload) for r in parse(data) if r.kind != ord("E")]
+    return [(r.kind, r.payload) for r in records_in(data) if r.kind != "E"]
 
 
 def test_forged_streams_match_what_dump_writes(small_raw):
     """The tests' reading of the format rebuilds dump's bytes exactly (so the forgeries below
     differ from real files only where they mean to)."""
-    kinds = [chr(r.kind) for r in parse(small_raw)]
+    kinds = [r.kind for r in records_in(small_raw)]
     assert kinds == ["A", "A", "P", "E"]
     assert forge(body(small_raw)) == small_raw
-    for r in parse(small_raw):
-        if r.kind == ord("A"):
+    for r in records_in(small_raw):
+        if r.kind == "A":
             assert r.payload_offset % 64 == 0
 
 
@@ -152,7 +108,7 @@ def test_random_bytes(length, tmp_path):
 @pytest.mark.parametrize("prefix", ["cachelib", "zlib", "gzip", "bz2", "lzma", "xz", "zstd", "lz4"])
 def test_a_valid_magic_then_random_bytes(prefix, tmp_path):
     """A cachelib or codec magic number followed by random bytes is a CacheError."""
-    magic = MAGIC if prefix == "cachelib" else cachelib.compressors[prefix].magic
+    magic = STREAM_MAGIC if prefix == "cachelib" else cachelib.compressors[prefix].magic
     for seed in range(40):
         rng = np.random.default_rng([seed, len(prefix)])
         data = magic + rng.bytes(int(rng.integers(0, 600)))
@@ -170,7 +126,7 @@ def test_empty_file(tmp_path):
 
 def test_wrong_magic(small_raw, tmp_path):
     """A file whose magic number is not cachelib's (nor a codec's) is a CorruptFileError."""
-    for magic in (b"NOTCLIB!", MAGIC[:7] + b"\x00", b"\x89PNG\r\n\x1a\n"):
+    for magic in (b"NOTCLIB!", STREAM_MAGIC[:7] + b"\x00", b"\x89PNG\r\n\x1a\n"):
         for via in VIAS:
             with pytest.raises(cachelib.CorruptFileError, match="not a cachelib file"):
                 _load(magic + small_raw[8:], via, tmp_path)
@@ -294,7 +250,7 @@ def test_compressed_every_byte_flipped(codec):
 def test_damaged_array_data_under_mmap_is_found_by_verify(small_raw, tmp_path):
     """Mapped array bytes are read lazily, so mmap_mode="r" does not check them (documented);
     a plain load and cachelib.verify, which never unpickles, both find the damage."""
-    first_array = parse(small_raw)[0]
+    first_array = records_in(small_raw)[0]
     damaged = bytearray(small_raw)
     damaged[first_array.payload_offset] ^= 0xFF
     path = tmp_path / "damaged.pkl"
@@ -331,9 +287,9 @@ def test_future_format_version_inside_a_compressed_file(codec, small_raw):
 )
 def test_invalid_header_fields(field, value, small_raw, tmp_path):
     """Version 0, unknown flag bits and non-zero reserved fields are a CorruptFileError."""
-    magic, version, flags, reserved = HEADER.unpack_from(small_raw)
+    magic, version, flags, reserved = STREAM_HEADER.unpack_from(small_raw)
     fields = {"version": version, "flags": flags, "reserved": reserved, field: value}
-    data = HEADER.pack(magic, fields["version"], fields["flags"], fields["reserved"]) + small_raw[16:]
+    data = STREAM_HEADER.pack(magic, fields["version"], fields["flags"], fields["reserved"]) + small_raw[16:]
     for via in VIAS:
         with pytest.raises(cachelib.CorruptFileError, match="invalid header"):
             _load(data, via, tmp_path)
@@ -343,7 +299,7 @@ def test_invalid_header_fields(field, value, small_raw, tmp_path):
 def test_unknown_record_kind(kind, small_raw, tmp_path):
     """A well-formed, checksummed record of an unknown kind is a CorruptFileError naming it."""
     records = body(small_raw)
-    data = forge([*records[:1], (kind[0], b"payload"), *records[1:]])
+    data = forge([*records[:1], (chr(kind[0]), b"payload"), *records[1:]])
     for via in VIAS:
         with pytest.raises(cachelib.CorruptFileError, match="unknown record kind"):
             _load(data, via, tmp_path)
@@ -370,7 +326,7 @@ def test_end_record_that_miscounts(small_raw, tmp_path):
     """An end record whose count or offset is wrong (checksum valid) is a CorruptFileError."""
     records = body(small_raw)
     good = forge(records)
-    end_offset = parse(good)[-1].offset
+    end_offset = records_in(good)[-1].offset
     for count, offset in [(len(records) + 1, end_offset), (len(records), end_offset - 8), (0, 0)]:
         data = good[:end_offset] + record("E", END.pack(count, offset), end_offset)
         for via in VIAS:
@@ -411,7 +367,7 @@ def test_damaged_pickle_with_valid_checksums(seed, small_raw, tmp_path):
 
 def _with_length(data: bytes, index: int, length: int) -> bytes:
     """``data`` with the length field of its ``index``-th record set to ``length``."""
-    target = parse(data)[index]
+    target = records_in(data)[index]
     patched = bytearray(data)
     patched[target.length_offset : target.length_offset + 8] = struct.pack("<Q", length)
     return bytes(patched)
@@ -644,7 +600,7 @@ def _big_raw() -> tuple[bytes, np.ndarray]:
 def test_a_large_array_record_is_checksummed_over_its_tree():
     """The checksum of an array record of 4 MiB or more is the documented tree checksum."""
     data, array = _big_raw()
-    (big,) = [r for r in parse(data) if r.kind == ord("A")]
+    (big,) = [r for r in records_in(data) if r.kind == "A"]
     head = data[big.offset : big.payload_offset]
     (stored,) = CHECKSUM.unpack_from(data, big.payload_offset + len(big.payload))
     assert big.payload == array.tobytes()
@@ -656,7 +612,7 @@ def test_a_flipped_byte_in_a_large_array_record(where, tmp_path):
     """One flipped byte anywhere in a large record's payload fails its checksum: loaded from a
     path, a BytesIO, a stream, and checked by verify (mapped loads leave it to verify)."""
     data, _ = _big_raw()
-    (big,) = [r for r in parse(data) if r.kind == ord("A")]
+    (big,) = [r for r in records_in(data) if r.kind == "A"]
     damaged = bytearray(data)
     damaged[big.payload_offset + where] ^= 0x40
     for via in VIAS:

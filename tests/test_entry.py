@@ -9,14 +9,14 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import dumped_bytes
+from helpers import dumped_bytes, end_record, record, stream_header
 
 import cachelib
 from cachelib._entries.envelope import parse_entry, read_entry, read_head, verify_entry, write_entry
 from cachelib._entries.signing import Signer
 from cachelib._format import reader
 from cachelib._format.reader import MAX_ARRAY_RUN, parse_bytes, unpickle_parsed
-from cachelib._format.records import ALIGNMENT, ARRAY, CHECKSUM, END, FINAL, HEADER, MAGIC, RECORD
+from cachelib._format.records import RECORD
 
 KEY = "0123456789abcdef0123456789abcdef"
 NAME = f"pkg.f-0123456789ab/01/{KEY}.cl"
@@ -191,18 +191,11 @@ def test_the_restricted_unpickler_runs_nothing(tmp_path):
                          ids=["lowered", "real"])
 def test_a_stream_of_array_records_waiting_for_no_pickle_is_refused_early(limit, monkeypatch):
     """Millions of empty array records are refused after MAX_ARRAY_RUN, before they pile up."""
-    import xxhash
-
     monkeypatch.setattr(reader, "MAX_ARRAY_RUN", limit)
-    out = bytearray(HEADER.pack(MAGIC, 1, 0, 0))
-    records = 0
+    out = bytearray(stream_header(1))
     for _ in range(limit + 10):
-        padding = (-(len(out) + RECORD.size)) % ALIGNMENT
-        header = RECORD.pack(ARRAY, padding, 0, 0, 0) + bytes(padding)
-        out += header + CHECKSUM.pack(xxhash.xxh3_64_intdigest(header))
-        records += 1
-    end = RECORD.pack(FINAL, 0, 0, 0, END.size) + END.pack(records, len(out))
-    out += end + CHECKSUM.pack(xxhash.xxh3_64_intdigest(end))
+        out += record("A", b"", len(out))
+    out += end_record(limit + 10, len(out))
     with pytest.raises(cachelib.CorruptFileError, match="wait for the pickle"):
         cachelib.load(io.BytesIO(bytes(out)))
     path_like = io.BytesIO(bytes(out))

@@ -32,11 +32,8 @@ import pytest
 import zstandard
 from _system import (
     Outcome,
-    end_record,
     fork_cli,
-    header,
     memory_capped,
-    record,
     run_with_timeout,
     snapshot,
     start_child,
@@ -44,7 +41,17 @@ from _system import (
     wait_until,
 )
 from _victims import computations, digest, memoized, plain, square, square_calls, stamp_problem, stamped
-from helpers import entry_files, files_under, new_entry, slow_except, statistics_files
+from helpers import (
+    end_record,
+    entry_files,
+    files_under,
+    forge,
+    new_entry,
+    record,
+    slow_except,
+    statistics_files,
+    stream_header,
+)
 
 import cachelib
 from cachelib._entries import stats as _stats
@@ -731,21 +738,13 @@ def test_a_pickled_memoized_function_stays_small_after_many_hits(tmp_path: Path)
 # --- hostile files for load, under a memory cap -------------------------------------------------
 
 
-def _stream(*records: tuple[bytes, bytes]) -> bytes:
-    data = bytearray(header())
-    for kind, payload in records:
-        data += record(kind, payload, len(data))
-    data += end_record(len(records), len(data))
-    return bytes(data)
-
-
 def _empty_array_records(count: int) -> bytes:
     """A stream of ``count`` empty array records that no pickle uses: 64 raw bytes each."""
-    first = record(b"A", b"", 16)  # records from offset 72 on repeat exactly (same padding)
-    steady = record(b"A", b"", 16 + len(first))
+    first = record("A", b"", 16)  # records from offset 72 on repeat exactly (same padding)
+    steady = record("A", b"", 16 + len(first))
     assert len(steady) == 64
-    body = header() + first + steady * (count - 1)
-    body += record(b"P", pickle.dumps(None, protocol=5), len(body))
+    body = stream_header(1) + first + steady * (count - 1)
+    body += record("P", pickle.dumps(None, protocol=5), len(body))
     return body + end_record(count + 1, len(body))
 
 
@@ -761,17 +760,19 @@ class _Huge:
 def _hostile_files(directory: Path) -> dict[str, Path]:
     """Small files that claim, or expand to, far more than any memory cap."""
     zstd = zstandard.ZstdCompressor(level=3)
-    huge_array = header() + record(b"A", b"", 16)[:8] + (2**62).to_bytes(8, "little") + bytes(100)
-    huge_pickle = header() + b"P\x00\x00\x00\x00\x00\x00\x00" + (2**40).to_bytes(8, "little") + bytes(100)
+    head = stream_header(1)
+    huge_array = head + record("A", b"", 16)[:8] + (2**62).to_bytes(8, "little") + bytes(100)
+    huge_pickle = head + b"P\x00\x00\x00\x00\x00\x00\x00" + (2**40).to_bytes(8, "little") + bytes(100)
     lying_bytes = b"\x80\x05\x8e" + (2**40).to_bytes(8, "little") + b"abc."  # BINBYTES8 of 2**40 bytes
     files = {
         "empty-array-records.zst": zstd.compress(_empty_array_records(1_000_000)),
         "huge-array-length.raw": huge_array,
         "huge-array-length.zst": zstd.compress(huge_array),
         "huge-pickle-record.zst": zstd.compress(huge_pickle),
-        "pickle-claims-2-40-bytes.raw": _stream((b"P", lying_bytes)),
+        "pickle-claims-2-40-bytes.raw": forge([("P", lying_bytes)], version=1),
         "array-claims-2-40-elements.zst": zstd.compress(
-            _stream((b"A", b""), (b"P", pickle.dumps(_Huge(), protocol=5, buffer_callback=lambda _: False)))
+            forge([("A", b""), ("P", pickle.dumps(_Huge(), protocol=5, buffer_callback=lambda _: False))],
+                  version=1)
         ),
     }
     directory.mkdir()

@@ -31,9 +31,6 @@ from _system import (
     cli_here,
     file_state,
     owned_dir,
-    patch_record,
-    patched,
-    records_in,
     run_as,
     run_with_timeout,
     start_child,
@@ -42,7 +39,7 @@ from _system import (
     wait_until,
 )
 from _victims import computations, digest, large, memoized, plain, slow, square
-from helpers import entry_files, new_entry, statistics_files
+from helpers import entry_files, new_entry, patch_record, patched, records_in, statistics_files
 
 import cachelib
 from cachelib._entries import stats as _stats
@@ -74,13 +71,13 @@ def evil_pickle(marker: Path, length: int) -> bytes:
 
 def code_writes(data: bytes, marker: Path) -> list[tuple[int, bytes]]:
     """The writes that turn an entry's first pickle record into ``evil_pickle`` (checksum fixed)."""
-    first = next(r for r in records_in(data) if r.kind == b"P")
+    first = next(r for r in records_in(data) if r.kind == "P")
     return patch_record(data, first, evil_pickle(marker, first.length))
 
 
 def data_writes(data: bytes) -> list[tuple[int, bytes]]:
     """The writes that put 666 in the first 4 KiB of an entry's largest array (checksum fixed)."""
-    array = max((r for r in records_in(data) if r.kind == b"A"), key=lambda r: r.length)
+    array = max((r for r in records_in(data) if r.kind == "A"), key=lambda r: r.length)
     return patch_record(data, array, (666).to_bytes(8, "little") * 512)
 
 
