@@ -471,8 +471,9 @@ def _cli_checked(process: subprocess.CompletedProcess[str], what: str) -> subpro
 
 def fork_cli(*args: Any, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """``run_cli`` in a forked child: the same command line, checked the same way, without the
-    start of a new interpreter (a tenth of the time). For the tests of what commands do to a
-    hostile or broken cache; test_cli runs ``python -m cachelib`` itself."""
+    start of a new interpreter (a tenth of the time). For what commands do to a cache; what
+    depends on how the command line starts (``--help``, the environment, the working
+    directory) is for ``run_cli``."""
     what = f"cachelib {' '.join(map(str, args))}"
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
