@@ -126,6 +126,8 @@ def _big_write(location: str, log: str, mount: Path, mmap_mode: str | None, comp
     return [digest(first), digest(second), after - before]
 
 
+# A 50 MB write each: the fast tier keeps the compressed one (frames); a raw write failing for
+# want of space is test_the_first_call_of_a_fresh_process_on_a_full_disk[miss-bytes].
 @pytest.mark.parametrize(("mmap_mode", "compress"), [
     pytest.param(None, False, id="raw", marks=pytest.mark.slow),
     pytest.param("r", False, id="mmap", marks=pytest.mark.slow),

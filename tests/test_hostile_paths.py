@@ -187,7 +187,7 @@ def test_a_hostile_object_at_an_entry_path_is_a_miss(
     outside.assert_untouched()
 
 
-@pytest.mark.parametrize("kind", slow_except(PLANTED, "fifo"))  # six commands each: about 1.5 s
+@pytest.mark.parametrize("kind", slow_except(PLANTED, "fifo"))  # two children and six commands each
 def test_commands_over_a_hostile_entry(tmp_path: Path, outside: Outside, kind: str) -> None:
     """``info``, ``ls``, ``verify [--fix]``, ``prune`` and ``clear`` step over a hostile entry."""
     location, log = tmp_path / "cache", tmp_path / "log"
@@ -298,7 +298,7 @@ def test_hostile_state_files_never_hurt_a_call(pristine: Path, tmp_path: Path, o
         outside.assert_untouched()
 
 
-@pytest.mark.parametrize("kind", slow_except(PLANTED + CONTENT, "fifo"))
+@pytest.mark.parametrize("kind", slow_except(PLANTED + CONTENT, "fifo"))  # six commands each
 def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outside: Outside,
                                            kind: str) -> None:
     """Every state file hostile at once: each command ends in time, in at most one line."""
@@ -314,7 +314,7 @@ def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outsi
 # --- directories: linked function directories, foreign directories and files --------------
 
 
-@pytest.mark.parametrize("linked", slow_except(["function", "shard"], "shard"))  # five commands each
+@pytest.mark.parametrize("linked", ["function", "shard"])
 def test_a_linked_directory_is_neither_read_written_nor_cleared_through(
     tmp_path: Path, outside: Outside, linked: str
 ) -> None:
@@ -387,8 +387,8 @@ def test_a_directory_that_is_not_a_cache_is_refused(tmp_path: Path, how: str) ->
     assert snapshot(project) == before
 
 
-@pytest.mark.parametrize("command", slow_except([["clear"], ["prune", "--max-size", "0"], ["verify", "--fix"],
-                                                 ["info"], ["ls"]], ["clear"]))
+@pytest.mark.parametrize("command", [["clear"], ["prune", "--max-size", "0"], ["verify", "--fix"],
+                                     ["info"], ["ls"]])
 def test_the_command_line_refuses_a_directory_that_is_not_a_cache(tmp_path: Path, command: list[str]) -> None:
     """Every command pointed at a project directory exits 2 with one line and changes nothing."""
     project = _project(tmp_path / "project")
@@ -441,8 +441,7 @@ def _foreign(location: Path) -> dict[Path, bytes]:
     return planted
 
 
-@pytest.mark.parametrize("how", ["cache.clear", "function.clear", "reduce_size",
-                                 pytest.param("cli clear", marks=pytest.mark.slow), "cli prune"])
+@pytest.mark.parametrize("how", ["cache.clear", "function.clear", "reduce_size", "cli clear", "cli prune"])
 def test_files_that_are_not_cachelibs_survive_clear_and_prune(tmp_path: Path, how: str) -> None:
     """Inside a cache, only cachelib's entries go: everything else stays, byte for byte."""
     location, log = tmp_path / "cache", tmp_path / "log"
@@ -580,8 +579,7 @@ def _dead_pid() -> int:
     return pid
 
 
-@pytest.mark.parametrize("how", ["cache.clear", pytest.param("cli clear", marks=pytest.mark.slow),
-                                 "cli prune"])
+@pytest.mark.parametrize("how", ["cache.clear", "cli clear", "cli prune"])
 def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_path: Path, how: str) -> None:
     """A temporary file of a writer still running is its write in flight: clear and prune leave it alone."""
     location, log = tmp_path / "cache", tmp_path / "log"
@@ -624,7 +622,7 @@ os.waitpid(child, 0)
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare(1) to run a writer in its own pid namespace")
-@pytest.mark.parametrize("how", slow_except(["cache.clear", "cli prune"], "cache.clear"))
+@pytest.mark.parametrize("how", slow_except(["cache.clear", "cli prune"], "cache.clear"))  # an interpreter
 def test_a_writer_in_another_pid_namespace_is_never_taken_for_dead(tmp_path: Path, how: str) -> None:
     """A container sharing the host name: its writer's pid is dead here, alive in its own pid
     namespace. Its temporary file is a write in flight and stays (until ``LEFTOVER_AGE``)."""
