@@ -28,6 +28,7 @@ from .._entries.policy import Entries
 from .._entries.stats import compact_stats
 from .._errors import CacheError, NotACacheError, UnsafeLocationError
 from .._memo.cache import function_info
+from .._memo.summary import depends_summary
 from .._sizes import format_size, parse_size
 from .._stores.locations import StoreOptions, is_url, open_store
 from .._version import __version__
@@ -163,11 +164,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for namespace in namespaces:
         for key, item in entries.entries(namespace):
             try:
-                call = entries.head(namespace, key).metadata.get("call", "")
+                metadata = entries.head(namespace, key).metadata
+                call, depends = metadata.get("call", ""), depends_summary(metadata)
             except (CacheError, OSError, KeyError):
-                call = "(damaged)"
+                call, depends = "(damaged)", ""
             print(f"{namespace}/{key}  {format_size(item.size):>10}  stored {_when(item.stored)}  "
-                  f"used {_when(item.used)}" + (f"  {call}" if call else ""))
+                  f"used {_when(item.used)}" + (f"  {call}" if call else "")
+                  + (f"  [depends on: {depends}]" if depends else ""))
     return 0
 
 
