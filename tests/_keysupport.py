@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,14 @@ class Project:
         """(Re)write one module of the project."""
         (self.root / name).write_text(textwrap.dedent(source).replace("CACHE_DIR", repr(str(self.cache))))
 
-    def run(self) -> dict:
-        """Run the script in a fresh interpreter; return what it printed."""
+    def run(self, python: str = sys.executable) -> dict:
+        """Run the script in a fresh interpreter (``python``); return what it printed."""
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(self.root))
-        return run_python(self.root / "run.py", cwd=self.root, env=env)
+        return run_python(self.root / "run.py", python=str(python), cwd=self.root, env=env)
 
-    def check(self, stored: bool) -> dict:
+    def check(self, stored: bool, python: str = sys.executable) -> dict:
         """Run; assert the memoized result equals the direct one and whether it was stored."""
-        out = self.run()
+        out = self.run(python)
         assert out["memoized"] == out["direct"], out
         assert out["stored"] is stored, out
         return out
