@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from helpers import run_python
 
 # The script prints whether the call was stored before it ran, why it would miss, the
 # memoized result and the result of calling the function directly, as JSON.
@@ -45,19 +44,14 @@ class Project:
         """(Re)write one module of the project."""
         (self.root / name).write_text(textwrap.dedent(source).replace("CACHE_DIR", repr(str(self.cache))))
 
-    def run(self) -> dict:
-        """Run the script in a fresh interpreter; return what it printed."""
+    def run(self, python: str = sys.executable) -> dict:
+        """Run the script in a fresh interpreter (``python``); return what it printed."""
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(self.root))
-        done = subprocess.run(
-            [sys.executable, str(self.root / "run.py")], cwd=self.root, env=env,
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_python(self.root / "run.py", python=str(python), cwd=self.root, env=env)
 
-    def check(self, stored: bool) -> dict:
+    def check(self, stored: bool, python: str = sys.executable) -> dict:
         """Run; assert the memoized result equals the direct one and whether it was stored."""
-        out = self.run()
+        out = self.run(python)
         assert out["memoized"] == out["direct"], out
         assert out["stored"] is stored, out
         return out

@@ -105,6 +105,18 @@ def memoized(location: str, function: Any, **options: Any) -> Any:
     return cachelib.Cache(location, **options).memoize(ignore=["log"])(function)
 
 
+def expensive(key: int, log: str) -> np.ndarray:
+    """Note the computation, then return a result that depends only on ``key`` (800 KB)."""
+    note(log, str(key))
+    return np.full(100_000, float(key)) ** 2
+
+
+def square_calls(location: str, log: str, calls: list[int], **options: Any) -> list[str]:
+    """Call ``square(x)`` for each ``x`` of ``calls`` in a cache at ``location``; the results' digests."""
+    f = memoized(location, square, **options)
+    return [digest(f(x, log=log)) for x in calls]
+
+
 def _warnings(caught: list[warnings.WarningMessage]) -> list[list[str]]:
     return [[w.category.__name__, str(w.message)] for w in caught]
 

@@ -7,10 +7,8 @@ level ranges) from the codecs' own specifications instead of reading them from c
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import itertools
-import math
 import os
 import signal
 import socket
@@ -20,8 +18,8 @@ import time
 import urllib.request
 from typing import Any
 
-import numpy as np
 import pytest
+from helpers import CALLS, CODECS, assert_same, codec_params, compress_params, dumped_bytes
 from hypothesis import settings
 
 import cachelib
@@ -31,21 +29,28 @@ import cachelib._codecs.registry as _compressors
 settings.register_profile("cachelib", database=None, deadline=None, print_blob=True)
 settings.load_profile("cachelib")
 
-# The built-in codecs; test_persistence checks that cachelib registers exactly these.
-CODECS = ("zlib", "gzip", "bz2", "lzma", "xz", "zstd", "lz4")
-
-try:
-    import lz4.frame  # noqa: F401
-
-    HAVE_LZ4 = True
-except ImportError:
-    HAVE_LZ4 = False
-
-_NO_LZ4 = pytest.mark.skipif(not HAVE_LZ4, reason="the optional lz4 package is not installed")
+# --- a cache per test ----------------------------------------------------------------
 
 
-def _codec_param(name: str) -> Any:
-    return pytest.param(name, id=name, marks=[_NO_LZ4] if name == "lz4" else [])
+@pytest.fixture
+def location(tmp_path: Any) -> Any:
+    """Where the test's cache lives: ``tmp_path / "cache"`` (not created yet)."""
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(location: Any) -> cachelib.Cache:
+    """A fresh ``cachelib.Cache`` at ``location``, default options."""
+    return cachelib.Cache(location)
+
+
+@pytest.fixture
+def calls() -> Any:
+    """``helpers.CALLS``, emptied before and after the test: the memoized functions of the tests
+    append their real calls to it."""
+    CALLS.clear()
+    yield CALLS
+    CALLS.clear()
 
 
 # --- codec fixtures -------------------------------------------------------------------
@@ -57,16 +62,13 @@ def codec_names() -> list[str]:
     return list(CODECS)
 
 
-@pytest.fixture(params=[_codec_param(name) for name in CODECS], scope="session")
+@pytest.fixture(params=codec_params(), scope="session")
 def codec(request: pytest.FixtureRequest) -> str:
     """Each built-in codec name in turn (lz4 skipped when it is not installed)."""
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(
-    params=[pytest.param(False, id="raw"), *(_codec_param(name) for name in CODECS)],
-    scope="session",
-)
+@pytest.fixture(params=compress_params(), scope="session")
 def compress(request: pytest.FixtureRequest) -> Any:
     """``False`` (raw) and then each built-in codec name: the ``compress`` argument."""
     return request.param
@@ -112,97 +114,13 @@ def roundtrip(tmp_path_factory: pytest.TempPathFactory):
     return roundtrip
 
 
-@pytest.fixture(scope="session")
-def dumped_bytes():
+@pytest.fixture(name="dumped_bytes", scope="session")
+def dumped_bytes_fixture():
     """Return ``dumped_bytes(value, compress=False)``: the bytes dump writes into a stream."""
-
-    def dumped_bytes(value: Any, compress: Any = False) -> bytes:
-        stream = io.BytesIO()
-        cachelib.dump(value, stream, compress=compress)
-        return stream.getvalue()
-
     return dumped_bytes
 
 
 # --- deep comparison ------------------------------------------------------------------
-
-
-def _same_array(actual: np.ndarray, expected: np.ndarray, where: str, memmap_ok: bool) -> None:
-    expected_type = type(expected)
-    if expected_type is np.memmap:
-        expected_type = np.ndarray  # a memmap is stored and loaded as a plain array
-    if memmap_ok and type(actual) is np.memmap and expected_type is np.ndarray:
-        pass
-    else:
-        assert type(actual) is expected_type, f"{where}: type {type(actual)} != {expected_type}"
-    assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype!r} != {expected.dtype!r}"
-    assert actual.dtype.str == expected.dtype.str, (
-        f"{where}: byte order {actual.dtype.str} != {expected.dtype.str}"
-    )
-    assert actual.dtype.isalignedstruct == expected.dtype.isalignedstruct, f"{where}: align flag"
-    assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
-    if expected.flags.f_contiguous and not expected.flags.c_contiguous:
-        assert actual.flags.f_contiguous, f"{where}: a Fortran-ordered array came back in C order"
-    if expected.dtype.hasobject:
-        for index in np.ndindex(expected.shape):
-            assert_same(actual[index], expected[index], f"{where}[{index}]", memmap_ok)
-        return
-    _same_values(actual, expected, where)
-
-
-def _same_values(actual: np.ndarray, expected: np.ndarray, where: str) -> None:
-    """Compare bit for bit (tells -0.0 from 0.0, keeps NaN payloads and NaT), field by field:
-    the padding bytes of a structured dtype hold no value."""
-    if expected.dtype.names is not None:
-        for name in expected.dtype.names:
-            _same_values(actual[name], expected[name], f"{where}[{name!r}]")
-        return
-    actual_bytes = np.ascontiguousarray(actual).tobytes()
-    expected_bytes = np.ascontiguousarray(expected).tobytes()
-    assert actual_bytes == expected_bytes, f"{where}: values differ:\n{actual!r}\n!=\n{expected!r}"
-
-
-def assert_same(actual: Any, expected: Any, where: str = "value", memmap_ok: bool = False) -> None:
-    """Assert that ``actual`` is an exact copy of ``expected``, recursively.
-
-    Arrays must agree in type (``np.memmap`` inputs compare as ``np.ndarray``; with
-    ``memmap_ok`` an ``np.memmap`` result stands for an ``np.ndarray``), dtype including
-    byte order and alignment, shape, Fortran order where the input was Fortran-only,
-    and every byte of every element. Masked arrays also compare mask and fill value.
-    """
-    if isinstance(expected, np.ma.MaskedArray):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        _same_array(actual.data, expected.data, f"{where}.data", memmap_ok)
-        _same_array(np.ma.getmaskarray(actual), np.ma.getmaskarray(expected), f"{where}.mask", memmap_ok)
-        assert actual.fill_value == expected.fill_value, f"{where}: fill_value"
-        assert actual.fill_value.dtype == expected.fill_value.dtype, f"{where}: fill_value dtype"
-    elif isinstance(expected, np.ndarray):
-        assert isinstance(actual, np.ndarray), f"{where}: {type(actual)} is not an array"
-        _same_array(actual, expected, where, memmap_ok)
-    elif isinstance(expected, np.generic):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert actual.tobytes() == expected.tobytes(), f"{where}: {actual!r} != {expected!r}"
-    elif dataclasses.is_dataclass(expected) and not isinstance(expected, type):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        for field in dataclasses.fields(expected):
-            assert_same(
-                getattr(actual, field.name), getattr(expected, field.name), f"{where}.{field.name}", memmap_ok
-            )
-    elif isinstance(expected, dict):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert list(actual) == list(expected), f"{where}: keys {list(actual)} != {list(expected)}"
-        for key in expected:
-            assert_same(actual[key], expected[key], f"{where}[{key!r}]", memmap_ok)
-    elif isinstance(expected, (list, tuple)):
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert len(actual) == len(expected), f"{where}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_same(a, e, f"{where}[{i}]", memmap_ok)
-    elif isinstance(expected, float) and math.isnan(expected):
-        assert type(actual) is float and math.isnan(actual), f"{where}: {actual!r} is not nan"
-    else:
-        assert type(actual) is type(expected), f"{where}: type {type(actual)} != {type(expected)}"
-        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import _victims
 import numpy as np
 import pytest
 from _system import wait_until
@@ -21,6 +22,12 @@ from _system import wait_until
 import cachelib
 
 pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
+
+# Fresh interpreters racing on S3 for seconds. The fast tier keeps one key computed once under a
+# lease (test_remote's test_concurrent_threads_on_a_remote_key_compute_once), a cache on S3
+# (test_a_remote_cache_computes_once_and_hits[s3]) and a dead holder's lease broken
+# (test_leases's test_a_dead_holder_on_this_host_is_broken_at_once).
+pytestmark = pytest.mark.slow
 
 WORKER = textwrap.dedent('''
     import json, os, sys, time
@@ -151,24 +158,17 @@ def _go_without_waiting(process: subprocess.Popen[str]) -> None:
     process.stdin.flush()
 
 
-def _expensive(key: int, log: str) -> np.ndarray:
-    """Record the computation, then return a result that depends only on ``key``."""
-    with open(log, "a") as handle:
-        handle.write(f"{key}\n")
-    return np.full(100_000, float(key)) ** 2
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_dask_workers_share_an_s3_cache(tmp_path: Path, s3_bucket: tuple[str, dict[str, Any]]) -> None:
     """A dask LocalCluster of two worker processes on one S3 cache computes each key once."""
     distributed = pytest.importorskip("distributed", reason="pip install 'cachelib[dask]'")
     cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    cloudpickle.register_pickle_by_value(_victims)  # workers cannot import the tests' modules
     bucket, options = s3_bucket
     log = tmp_path / "computations.log"
     cache = cachelib.Cache(f"s3://{bucket}/dask", storage_options=options)
-    expensive = cache.memoize(_expensive, ignore=["log"])
+    expensive = cache.memoize(_victims.expensive, ignore=["log"])
     keys = [k % 6 for k in range(24)]
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _system import wait_until
+from _victims import computations, note
 from helpers import entry_path
 
 import cachelib
@@ -21,22 +23,12 @@ from cachelib._entries.budget import clean_leftovers
 fork = multiprocessing.get_context("fork")
 
 
-def _log_call(log: Path, key: object) -> None:
-    """Append one line per real computation; O_APPEND makes each line whole."""
-    with open(log, "a") as handle:
-        handle.write(f"{key}\n")
-
-
-def _computations(log: Path) -> list[str]:
-    return log.read_text().split() if log.exists() else []
-
-
 def _stampede_worker(location: str, log: str, start: float, queue: multiprocessing.Queue) -> None:
     cache = cachelib.Cache(location)
 
     @cache.memoize
     def slow_square(x: int) -> np.ndarray:
-        _log_call(Path(log), x)
+        note(log, str(x))
         time.sleep(0.5)
         return np.full(1000, x * x)
 
@@ -44,6 +36,7 @@ def _stampede_worker(location: str, log: str, start: float, queue: multiprocessi
     queue.put(int(slow_square(7)[0]))
 
 
+@pytest.mark.slow  # eight processes: test_memoize's test_processes_compute_the_same_key_once has four
 @pytest.mark.timeout(60)
 def test_a_stampede_of_eight_processes_computes_once(tmp_path: Path) -> None:
     """Eight processes calling one uncached key at the same moment run it exactly once."""
@@ -61,7 +54,7 @@ def test_a_stampede_of_eight_processes_computes_once(tmp_path: Path) -> None:
         worker.join(10)
         assert worker.exitcode == 0
     assert results == [49] * 8
-    assert _computations(log) == ["7"]
+    assert computations(log) == ["7"]
 
 
 def _hold_key_then_die(location: str, log: str) -> None:
@@ -69,7 +62,7 @@ def _hold_key_then_die(location: str, log: str) -> None:
 
     @cache.memoize
     def slow_square(x: int) -> int:
-        _log_call(Path(log), x)
+        note(log, str(x))
         time.sleep(60)  # killed long before this ends
         return x * x
 
@@ -82,9 +75,7 @@ def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path: Path) -> None:
     location, log = tmp_path / "c", tmp_path / "calls.log"
     holder = fork.Process(target=_hold_key_then_die, args=(str(location), str(log)))
     holder.start()
-    deadline = time.time() + 20
-    while not _computations(log) and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: bool(computations(log)), 20, interval=0.02)
     os.kill(holder.pid, signal.SIGKILL)
     holder.join()
 
@@ -92,13 +83,13 @@ def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path: Path) -> None:
 
     @cache.memoize
     def slow_square(x: int) -> int:
-        _log_call(log, x)
+        note(log, str(x))
         return x * x
 
     started = time.perf_counter()
     assert slow_square(3) == 9
     assert time.perf_counter() - started < 10  # far below the 30 s lock timeout
-    assert _computations(log) == ["3", "3"]
+    assert computations(log) == ["3", "3"]
 
 
 def _big_result(seed: int) -> np.ndarray:
@@ -109,6 +100,10 @@ def _write_then_get_killed(location: str, seed: int) -> None:
     cachelib.Cache(location).memoize(_big_result)(seed)
 
 
+# 200 writers killed one after the other: the fast tier keeps a killed holder
+# (test_a_lock_held_by_a_killed_process_does_not_block) and torn entries (test_durability's
+# test_prefixes_of_a_large_entry_are_misses)
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_sigkill_at_random_points_never_leaves_a_torn_entry(tmp_path: Path) -> None:
     """200 writers killed at random moments: every entry is absent or whole and right."""

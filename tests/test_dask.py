@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import _victims
 import numpy as np
 import pytest
 from _system import wait_until
 
 import cachelib
 
-distributed = pytest.importorskip(
-    "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib[dask]'"
-)
-cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
 
-
-def _expensive(key: int, log: str) -> np.ndarray:
-    """Record the computation, then return a result that depends only on ``key``."""
-    with open(log, "a") as handle:
-        handle.write(f"{key}\n")
-    return np.full(100_000, float(key)) ** 2
-
-
+# A cluster of worker processes. Workers sharing a cache, quickly: test_pickling's
+# test_joblib_parallel_loky_computes_each_distinct_argument_once, test_multiprocessing_pool_shares_the_cache.
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
     """Mapping a memoized function over repeated keys on two worker processes."""
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    # Imported here, not at collection: dask's import takes a second the fast tier does not need.
+    distributed = pytest.importorskip(
+        "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib[dask]'"
+    )
+    cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
+    cloudpickle.register_pickle_by_value(_victims)  # workers cannot import the tests' modules
     log = tmp_path / "computations.log"
     cache = cachelib.Cache(tmp_path / "cache")
-    expensive = cache.memoize(_expensive, ignore=["log"])
+    expensive = cache.memoize(_victims.expensive, ignore=["log"])
     keys = [k % 12 for k in range(60)]  # each of 12 keys asked for 5 times
 
     with distributed.LocalCluster(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Calls, entry_path
+from helpers import CALLS, entry_path
 
 import cachelib
 from cachelib._entries import envelope as _entry
@@ -25,15 +25,6 @@ from cachelib._stores import background
 from cachelib._stores import durability as _durability
 
 pytestmark = pytest.mark.timeout(120)
-
-CALLS = Calls()
-
-
-@pytest.fixture
-def calls():
-    CALLS.clear()
-    yield CALLS
-    CALLS.clear()
 
 
 def _small(x: int) -> dict:
@@ -101,6 +92,7 @@ def _spy_on_fsync(monkeypatch, entry: list[Path]) -> list[tuple[str, bool]]:
 def test_always_syncs_the_file_before_its_rename(tmp_path, calls, monkeypatch):
     """With "always", the entry's bytes are synced, in the caller, before its name appears."""
     compute = cachelib.Cache(tmp_path, fsync="always").memoize(_small)
+    assert background.worker.drain(30)  # syncs queued by earlier tests are not this entry's
     entry = [entry_path(compute, 2)]
     seen = _spy_on_fsync(monkeypatch, entry)
     compute(2)
@@ -124,6 +116,7 @@ def test_background_syncs_after_the_call_returns(tmp_path, calls, monkeypatch):
 def test_never_does_not_sync(tmp_path, calls, monkeypatch):
     """With "never", nothing is synced, now or later."""
     compute = cachelib.Cache(tmp_path, fsync="never").memoize(_small)
+    assert background.worker.drain(30)  # syncs queued by earlier tests are not this entry's
     entry = [entry_path(compute, 4)]
     seen = _spy_on_fsync(monkeypatch, entry)
     compute(4)
@@ -152,6 +145,7 @@ def _assert_miss_then_right(compute, x: int, expected, where: str) -> None:
         assert np.array_equal(value, expected), where
 
 
+@pytest.mark.slow  # a call per byte of the entry: test_prefixes_of_a_large_entry_... is the quick case
 def test_every_prefix_of_an_entry_is_a_miss(tmp_path, calls):
     """An entry cut at any byte (what a crash before its sync can leave) is recomputed, with
     at most a CacheWarning, and the right value is returned: never a wrong or partial hit."""

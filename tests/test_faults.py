@@ -28,14 +28,11 @@ import pytest
 from _system import (
     TESTS,
     ChildFailed,
-    entry_files,
-    files_under,
     fill,
+    fork_cli,
     kept_full,
     leftovers,
-    new_entry,
     readonly,
-    run_cli,
     run_fresh,
     run_with_timeout,
     snapshot,
@@ -44,7 +41,8 @@ from _system import (
     used_bytes,
     wait_until,
 )
-from _victims import block, computations, digest, memoized, square
+from _victims import block, computations, digest, memoized, square, square_calls
+from helpers import entry_files, new_entry, slow_except, statistics_files
 
 import cachelib
 
@@ -71,14 +69,19 @@ def small(tmpfs: Any) -> Path:
 # --- a full filesystem ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("inodes", [False, True], ids=["bytes", "bytes-and-inodes"])
-@pytest.mark.parametrize("call", ["hit", "miss"])
+# Each case starts three interpreters on a full disk: the fast tier keeps a miss out of bytes.
+@pytest.mark.parametrize(("call", "inodes"), [
+    pytest.param("hit", False, id="hit-bytes", marks=pytest.mark.slow),
+    pytest.param("hit", True, id="hit-bytes-and-inodes", marks=pytest.mark.slow),
+    pytest.param("miss", False, id="miss-bytes"),
+    pytest.param("miss", True, id="miss-bytes-and-inodes", marks=pytest.mark.slow),
+])
 def test_the_first_call_of_a_fresh_process_on_a_full_disk(
     small: Path, tmp_path: Path, call: str, inodes: bool
 ) -> None:
     """A fresh interpreter's first calls on a full filesystem return the right result: no SIGBUS."""
     location, log = small / "cache", tmp_path / "log"
-    run_fresh("call", location, options(log), "square:1")
+    run_with_timeout(square_calls, str(location), str(log), [1]).result()  # set-up: forked
     fill(small, inodes=inodes)
     x = 1 if call == "hit" else 2
     fresh = run_fresh("call", location, options(log), f"square:{x}", f"square:{x}")
@@ -102,6 +105,7 @@ def _calls_while_the_disk_fills(location: str, log: str, mount: Path) -> list[st
     return [digest(result) for result in results]
 
 
+@pytest.mark.slow  # waits 1.5 s for statistics: test_the_first_call_..._on_a_full_disk[miss-bytes] is quick
 def test_calls_of_a_running_process_when_the_disk_fills(small: Path, tmp_path: Path) -> None:
     """Hits keep hitting and misses keep computing once the disk is full under a running process."""
     location, log = small / "cache", tmp_path / "log"
@@ -122,8 +126,13 @@ def _big_write(location: str, log: str, mount: Path, mmap_mode: str | None, comp
     return [digest(first), digest(second), after - before]
 
 
-@pytest.mark.parametrize(("mmap_mode", "compress"), [(None, False), ("r", False), (None, "zstd")],
-                         ids=["raw", "mmap", "zstd"])
+# A 50 MB write each: the fast tier keeps the compressed one (frames); a raw write failing for
+# want of space is test_the_first_call_of_a_fresh_process_on_a_full_disk[miss-bytes].
+@pytest.mark.parametrize(("mmap_mode", "compress"), [
+    pytest.param(None, False, id="raw", marks=pytest.mark.slow),
+    pytest.param("r", False, id="mmap", marks=pytest.mark.slow),
+    pytest.param(None, "zstd", id="zstd"),
+])
 def test_a_50_mb_result_on_a_filesystem_too_small_for_it(
     tmpfs: Any, tmp_path: Path, mmap_mode: str | None, compress: Any
 ) -> None:
@@ -160,6 +169,7 @@ def test_reduce_size_on_a_full_disk_frees_it(small: Path, tmp_path: Path) -> Non
     assert leftovers(location) == []
 
 
+@pytest.mark.slow  # two fresh interpreters on a full disk: test_the_first_call_... is the quick case
 def test_a_write_under_bytes_limit_that_fills_the_disk(small: Path, tmp_path: Path) -> None:
     """An entry that takes the last free pages, then the size bookkeeping fails: the result is right."""
     location, log = small / "cache", tmp_path / "log"
@@ -201,6 +211,7 @@ def _wait_for_counts(location: str, expected: tuple[int, int], seconds: float = 
     wait_until(lambda: _counts(location) == expected, seconds, interval=0.1)
 
 
+@pytest.mark.slow  # three fresh interpreters and a count: test_reduce_size_on_a_full_disk_frees_it is quick
 def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     """``cachelib prune`` with nothing to evict on a full disk: no traceback, no temp file, no lost count."""
     location, log = small / "cache", tmp_path / "log"
@@ -208,20 +219,21 @@ def test_prune_on_a_full_disk(small: Path, tmp_path: Path) -> None:
         run_fresh("call", location, options(log), f"square:{x}", f"square:{x}")
     entries = _cache_entries(location)
     filler = fill(small, inodes=True)
-    run_cli("--location", location, "prune", "--older-than", "1000d")
+    fork_cli("--location", location, "prune", "--older-than", "1000d")
     assert leftovers(location) == []
     assert _cache_entries(location) == entries
     filler.remove()
     assert run_with_timeout(_counts, str(location)).result() == (3, 3), "counts lost or counted twice"
 
 
+@pytest.mark.slow  # three fresh interpreters: test_reduce_size_on_a_full_disk_frees_it is the quick case
 def test_prune_that_evicts_on_a_full_disk(small: Path, tmp_path: Path) -> None:
     """``cachelib prune --max-size 0`` on a full disk removes every entry and succeeds."""
     location, log = small / "cache", tmp_path / "log"
     for x in range(3):
         run_fresh("call", location, options(log), f"square:{x}", f"square:{x}")
     fill(small, inodes=True)
-    process = run_cli("--location", location, "prune", "--max-size", "0")
+    process = fork_cli("--location", location, "prune", "--max-size", "0")
     assert process.returncode == 0, process.stderr
     assert entry_files(location) == []
     assert leftovers(location) == []
@@ -237,9 +249,9 @@ class Frozen:
         self.mount = mount
         self.location = mount / "cache"
         self.log = log
-        run_fresh("call", self.location, options(log), "square:1", "square:1")
+        run_with_timeout(square_calls, str(self.location), str(log), [1, 1]).result()  # set-up: forked
         before = entry_files(self.location)
-        run_fresh("call", self.location, options(log), "square:2")
+        run_with_timeout(square_calls, str(self.location), str(log), [2]).result()
         self.damaged = new_entry(self.location, before)
         data = bytearray(self.damaged.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -255,6 +267,7 @@ def frozen(tmpfs: Any, tmp_path: Path) -> Any:
         yield cache
 
 
+@pytest.mark.slow  # a read-only cache: test_misses_compute_... and test_verify_fix_... are the quick cases
 def test_hits_still_hit_on_a_read_only_filesystem(frozen: Frozen) -> None:
     """A read-only remount keeps every intact entry usable: hits, no computation."""
     fresh = run_fresh("call", frozen.location, options(frozen.log), "square:1", "square:1")
@@ -272,16 +285,17 @@ def test_misses_compute_with_a_warning_on_a_read_only_filesystem(frozen: Frozen)
     assert snapshot(frozen.location) == frozen.before
 
 
+@pytest.mark.slow  # the command line on a read-only cache: test_prune_... and test_verify_fix_... are quick
 def test_cachelib_clear_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib clear`` that removes nothing exits non-zero with one line, never "cleared"."""
-    process = run_cli("--location", frozen.location, "clear")
+    process = fork_cli("--location", frozen.location, "clear")
     assert process.returncode != 0
     assert process.stderr.strip(), "the failure is said on stderr"
     assert not re.search(r"^cleared", process.stdout, re.MULTILINE), process.stdout
     assert snapshot(frozen.location) == frozen.before
 
 
-@pytest.mark.parametrize("what", ["cache.clear", "function.clear"])
+@pytest.mark.parametrize("what", slow_except(["cache.clear", "function.clear"], "cache.clear"))
 def test_clear_on_a_read_only_filesystem_is_never_silent(frozen: Frozen, what: str) -> None:
     """``Cache.clear()`` and ``f.clear()`` that cannot remove entries raise a CacheError or warn."""
 
@@ -302,7 +316,7 @@ def test_clear_on_a_read_only_filesystem_is_never_silent(frozen: Frozen, what: s
 
 def test_prune_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> None:
     """``cachelib prune`` that must evict but cannot: non-zero exit, one line, entries still there."""
-    process = run_cli("--location", frozen.location, "prune", "--older-than", "0s")
+    process = fork_cli("--location", frozen.location, "prune", "--older-than", "0s")
     assert process.returncode != 0
     assert process.stderr.strip()
     assert snapshot(frozen.location) == frozen.before
@@ -310,7 +324,7 @@ def test_prune_on_a_read_only_filesystem_fails_in_one_line(frozen: Frozen) -> No
 
 def test_verify_fix_on_a_read_only_filesystem(frozen: Frozen) -> None:
     """``cachelib verify --fix`` finds the damaged entry, cannot remove it, and does not claim it did."""
-    process = run_cli("--location", frozen.location, "verify", "--fix")
+    process = fork_cli("--location", frozen.location, "verify", "--fix")
     assert process.returncode != 0
     claimed = [line for line in process.stdout.splitlines() if line.startswith("removed")]
     assert not claimed, claimed
@@ -318,10 +332,11 @@ def test_verify_fix_on_a_read_only_filesystem(frozen: Frozen) -> None:
     assert snapshot(frozen.location) == frozen.before
 
 
+@pytest.mark.slow  # the command line on a read-only cache: test_prune_... and test_verify_fix_... are quick
 @pytest.mark.parametrize("command", [["info"], ["ls", "--func", "square"], ["verify"]])
 def test_reading_commands_on_a_read_only_filesystem(frozen: Frozen, command: list[str]) -> None:
     """``info``, ``ls`` and ``verify`` work on a read-only cache (verify reports the damaged entry)."""
-    process = run_cli("--location", frozen.location, *command)
+    process = fork_cli("--location", frozen.location, *command)
     assert process.returncode == (1 if command == ["verify"] else 0), process.stderr
     if command != ["verify"]:
         assert "square" in process.stdout
@@ -368,10 +383,9 @@ def _tamper(path: Path, round_: int) -> None:
         pass
 
 
-def _statistics_files(location: Path) -> list[Path]:
-    return [p for p in files_under(location) if "stats" in p.relative_to(location).parts[:-1]]
-
-
+# A stress test, 5 s of calls while the files change: test_hostile_paths's
+# test_hostile_state_files_never_hurt_a_call[garbage] gives each call damaged statistics quickly.
+@pytest.mark.slow
 def test_statistics_files_changed_under_a_running_process(tmp_path: Path) -> None:
     """Truncating, replacing or removing statistics files never makes a call fail, hang or die."""
     location = tmp_path / "cache"
@@ -379,7 +393,7 @@ def test_statistics_files_changed_under_a_running_process(tmp_path: Path) -> Non
     deadline = time.monotonic() + 5.0
     round_ = 0
     while time.monotonic() < deadline:
-        for path in _statistics_files(location):
+        for path in statistics_files(location):
             _tamper(path, round_)
             round_ += 1
         time.sleep(0.01)
@@ -392,7 +406,7 @@ def test_statistics_files_changed_under_a_running_process(tmp_path: Path) -> Non
     hits, misses = run_with_timeout(_counts, str(location)).result()
     assert hits >= 0 and misses >= 0
     for command in (["info"], ["prune", "--older-than", "1000d"], ["verify"]):
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
 
 
 def test_forked_workers_count_every_call(tmp_path: Path) -> None:
@@ -404,19 +418,21 @@ def test_forked_workers_count_every_call(tmp_path: Path) -> None:
     assert run_with_timeout(_counts, str(location)).result() == (3, 4)
 
 
+@pytest.mark.slow  # 31 processes: test_forked_workers_count_every_call is the quick case
 def test_counts_of_many_finished_processes_are_folded(tmp_path: Path) -> None:
     """After 31 processes, ``info()`` counts them all and leaves few statistics files behind."""
     location = tmp_path / "cache"
     run_fresh("workers", location, 30, timeout=120)
     long_ago = time.time() - 2 * 86400
-    for path in _statistics_files(location):
+    for path in statistics_files(location):
         os.utime(path, (long_ago, long_ago), follow_symlinks=False)
     assert run_with_timeout(_counts, str(location)).result() == (30, 31)
-    remaining = _statistics_files(location)
+    remaining = statistics_files(location)
     assert len(remaining) <= 4, remaining
     assert run_with_timeout(_counts, str(location)).result() == (30, 31)
 
 
+@pytest.mark.slow  # waits a second for the counts: test_forked_workers_count_every_call is the quick case
 def test_counts_survive_sigkill_after_they_were_written(tmp_path: Path) -> None:
     """A process killed with SIGKILL keeps the counts it made seconds before dying."""
     location = tmp_path / "cache"

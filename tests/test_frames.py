@@ -5,7 +5,7 @@ stay within the memory bounds, and a damaged frame is a CorruptFileError.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import io
 import os
 import shutil
@@ -15,6 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 from _system import memory_capped
+from helpers import NonSeekable, assert_same, codec_params, dumped_bytes, peak_rss_growth, reset_peak_rss
 
 import cachelib
 from cachelib._codecs import pool as _pool
@@ -26,12 +27,13 @@ MAGIC = {"zstd": b"\x28\xb5\x2f\xfd", "lz4": b"\x04\x22\x4d\x18"}
 TOOLS = {"zstd": ["zstd", "-d", "-c", "-q"], "lz4": ["lz4", "-d", "-c", "-q"]}
 
 
-@pytest.fixture(params=["zstd", pytest.param("lz4", marks=pytest.mark.skipif(
-    not __import__("importlib").util.find_spec("lz4"), reason="the optional lz4 package is not installed"))])
+@pytest.fixture(params=codec_params(["zstd", "lz4"]))
 def codec(request):
+    """The codecs that write frames of their own (conftest's ``codec``, narrowed)."""
     return request.param
 
 
+@functools.cache  # made once (a tenth of a second): the tests only dump it and compare with it
 def _value(megabytes: int = 11, seed: int = 0) -> dict:
     """A value of several frames: smooth (compressible) floats, noise, and small parts."""
     rng = np.random.default_rng(seed)
@@ -44,25 +46,11 @@ def _value(megabytes: int = 11, seed: int = 0) -> dict:
     }
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a["names"] == b["names"] and all(np.array_equal(a[k], b[k]) for k in ("smooth", "noise", "small"))
-
-
-def _dumped(value, codec: str) -> bytes:
-    stream = io.BytesIO()
-    cachelib.dump(value, stream, compress=codec)
-    return stream.getvalue()
-
-
-def _raw(value) -> bytes:
-    return _dumped(value, False)
-
-
 def test_a_large_value_is_written_as_several_frames(codec):
     """A value of 11 MiB becomes one frame per 4 MiB of raw stream, each a standard frame."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     frames = data.count(MAGIC[codec])
-    assert frames >= -(-len(_raw(_value())) // FRAME)
+    assert frames >= -(-len(dumped_bytes(_value())) // FRAME)
     assert data.startswith(MAGIC[codec])
 
 
@@ -70,10 +58,10 @@ def test_a_large_value_is_written_as_several_frames(codec):
 def test_the_file_does_not_depend_on_the_threads(codec, threads, monkeypatch):
     """The same value gives the same bytes with 1, 2 or 5 threads, and loads back."""
     monkeypatch.setenv(_pool.THREADS_VARIABLE, "1")
-    reference = _dumped(_value(), codec)
+    reference = dumped_bytes(_value(), codec)
     monkeypatch.setenv(_pool.THREADS_VARIABLE, threads)
-    assert _dumped(_value(), codec) == reference
-    assert _same(cachelib.load(io.BytesIO(reference)), _value())
+    assert dumped_bytes(_value(), codec) == reference
+    assert_same(cachelib.load(io.BytesIO(reference)), _value())
 
 
 @pytest.mark.parametrize("via", ["path", "stream"])
@@ -83,21 +71,10 @@ def test_frames_load_from_a_path_and_a_pipe(codec, via, tmp_path, monkeypatch):
     path = tmp_path / "value.bin"
     cachelib.dump(_value(), path, compress=codec)
     if via == "path":
-        assert _same(cachelib.load(path), _value())
+        assert_same(cachelib.load(path), _value())
         return
-    with open(path, "rb") as handle, io.BufferedReader(_Pipe(handle.read())) as pipe:
-        assert _same(cachelib.load(pipe), _value())
-
-
-class _Pipe(io.RawIOBase):
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        return self._data.readinto(buffer)
+    with open(path, "rb") as handle, io.BufferedReader(NonSeekable(handle.read())) as pipe:
+        assert_same(cachelib.load(pipe), _value())
 
 
 @pytest.mark.parametrize("where", ["dump", "cache"])
@@ -109,16 +86,16 @@ def test_the_codec_tool_decodes_the_frames(codec, where, tmp_path):
     path = tmp_path / "value.bin"
     cachelib.dump(_value(), path, compress=codec)
     decoded = subprocess.run([*TOOLS[codec], str(path)], capture_output=True, check=True).stdout
-    assert decoded == _raw(_value())
-    assert _same(cachelib.load(io.BytesIO(decoded)), _value())
+    assert decoded == dumped_bytes(_value())
+    assert_same(cachelib.load(io.BytesIO(decoded)), _value())
 
 
 ENCODERS = [
-    ["zstd", "-3"], ["zstd", "-19", "--check"], ["zstd", "--no-check", "--no-content-size"],
-    ["zstd", "--fast=5", "-B1000000"],
+    ["zstd", "-3"], pytest.param(["zstd", "-19", "--check"], marks=pytest.mark.slow),  # level 19: seconds
+    ["zstd", "--no-check", "--no-content-size"], ["zstd", "--fast=5", "-B1000000"],
     ["lz4", "--content-size"], ["lz4", "--content-size", "-BX", "-B4"],
     ["lz4", "--content-size", "-BD", "-B5", "--no-frame-crc"], ["lz4", "-9", "-B7"],
-    ["lz4", "--content-size", "-12", "-B6"],
+    pytest.param(["lz4", "--content-size", "-12", "-B6"], marks=pytest.mark.slow),  # level 12: a second
 ]
 
 
@@ -131,13 +108,13 @@ def test_files_the_codec_tool_wrote_load(command, tmp_path):
         pytest.importorskip("lz4", reason="the optional lz4 package is not installed")
     if shutil.which(command[0]) is None:
         pytest.skip(f"the {command[0]} command-line tool is not installed")
-    raw = _raw(_value(megabytes=6))
+    raw = dumped_bytes(_value(megabytes=6))
     cut = len(raw) // 3
     encoded = b"".join(
         subprocess.run([*command, "-c", "-q"], input=part, capture_output=True, check=True).stdout
         for part in (raw[:cut], raw[cut:])
     )
-    assert _same(cachelib.load(io.BytesIO(encoded)), _value(megabytes=6))
+    assert_same(cachelib.load(io.BytesIO(encoded)), _value(megabytes=6))
     with pytest.raises(cachelib.CorruptFileError):
         cachelib.load(io.BytesIO(encoded[: len(encoded) - 7]))
 
@@ -161,41 +138,41 @@ def _stream_compressed(codec: str, data: bytes) -> bytes:
 def test_a_frame_without_content_size_is_streamed(codec):
     """A file written as one streamed frame (no content size, as the codecs' streaming APIs and
     older cachelib write it) loads through the codec's streaming reader."""
-    assert _same(cachelib.load(io.BytesIO(_stream_compressed(codec, _raw(_value())))), _value())
+    assert_same(cachelib.load(io.BytesIO(_stream_compressed(codec, dumped_bytes(_value())))), _value())
 
 
 def test_frames_then_a_streamed_frame(codec):
     """Frames taken whole, then a frame without a content size: the reader hands the rest to the
     codec's streaming reader at that frame boundary."""
-    raw = _raw(_value())
+    raw = dumped_bytes(_value())
     one_shot = io.BytesIO()
     writer = cachelib.compressors[codec].open_writer(one_shot)
     writer.write(raw[: 2 * FRAME])
     writer.close()
     data = one_shot.getvalue() + _stream_compressed(codec, raw[2 * FRAME :])
-    assert _same(cachelib.load(io.BytesIO(data)), _value())
+    assert_same(cachelib.load(io.BytesIO(data)), _value())
 
 
 def test_skippable_frames_are_skipped(codec):
     """Skippable frames (magic 0x184D2A5?, both formats) between and after frames are ignored,
     as the codecs' tools ignore them (a file must still start with a frame: its magic names
     the codec)."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     magic = MAGIC[codec]
     second = data.index(magic, 1)
     skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
     patched = data[:second] + skippable + data[second:] + skippable
-    assert _same(cachelib.load(io.BytesIO(patched)), _value())
+    assert_same(cachelib.load(io.BytesIO(patched)), _value())
 
 
 def test_a_long_skippable_frame_is_skipped_in_pieces(codec, tmp_path):
     """A skippable frame longer than the read-ahead is passed over; one claiming 4 GiB in a small
     file is a CorruptFileError in 256 MiB of memory, never an attempt to read it in one piece."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     second = data.index(MAGIC[codec], 1)
     padding = os.urandom(3 << 20)
     long = data[:second] + struct.pack("<II", 0x184D2A51, len(padding)) + padding + data[second:]
-    assert _same(cachelib.load(io.BytesIO(long)), _value())
+    assert_same(cachelib.load(io.BytesIO(long)), _value())
     lying = tmp_path / "lying"
     lying.write_bytes(data[:second] + struct.pack("<II", 0x184D2A51, 0xFFFFFFF0) + data[second:])
     outcome = memory_capped(256 << 20, cachelib.load, str(lying))
@@ -205,7 +182,7 @@ def test_a_long_skippable_frame_is_skipped_in_pieces(codec, tmp_path):
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.7, 0.95, 0.9999])
 def test_a_multi_frame_file_cut_short(codec, fraction):
     """A multi-frame file cut anywhere (inside a block, between frames) is a CorruptFileError."""
-    data = _dumped(_value(), codec)
+    data = dumped_bytes(_value(), codec)
     with pytest.raises(cachelib.CorruptFileError):
         cachelib.load(io.BytesIO(data[: int(len(data) * fraction)]))
 
@@ -213,7 +190,7 @@ def test_a_multi_frame_file_cut_short(codec, fraction):
 def test_a_frame_that_holds_more_than_its_header_says():
     """A zstd frame whose header claims fewer bytes than it decompresses to is a CorruptFileError
     (nothing is decompressed past the claimed size)."""
-    data = bytearray(_dumped(_value(), "zstd"))
+    data = bytearray(dumped_bytes(_value(), "zstd"))
     descriptor = data[4]
     assert descriptor >> 6 == 2  # a 4-byte content size follows the window descriptor
     position = 5 + (0 if descriptor & 0x20 else 1)
@@ -238,7 +215,7 @@ def test_a_large_frame_whose_header_lies_about_its_size(codec, delta):
     """A full frame in the middle of a stream claiming more or fewer bytes than it holds (still a
     size the reader decodes whole, on the pool for zstd) is a CorruptFileError, never a value
     shifted by the difference."""
-    data = bytearray(_dumped(_value(), codec))
+    data = bytearray(dumped_bytes(_value(), codec))
     second = data.index(MAGIC[codec], 1)
     field = _content_size_field(bytes(data), second, codec)
     width = field.stop - field.start
@@ -252,7 +229,7 @@ def test_a_large_frame_whose_header_lies_about_its_size(codec, delta):
 def test_a_frame_claiming_a_huge_content_size_is_not_allocated():
     """A frame whose header claims 2**60 bytes is streamed, never allocated whole: the load
     fails as a damaged file, without the memory."""
-    data = _dumped({"a": np.zeros(1000)}, "zstd")
+    data = dumped_bytes({"a": np.zeros(1000)}, "zstd")
     descriptor = data[4]
     single = descriptor & 0x20
     size_bytes = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
@@ -267,39 +244,18 @@ def test_a_frame_claiming_a_huge_content_size_is_not_allocated():
 # --- memory -------------------------------------------------------------------------------
 
 
-def _vm_hwm_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise KeyError("VmHWM")
-
-
-@contextlib.contextmanager
-def _peak_growth(result: list[int]):
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _vm_hwm_kib()
-    yield
-    result.append((_vm_hwm_kib() - before) * 1024)
-
-
+@pytest.mark.slow  # 256 MiB: test_the_file_does_not_depend_on_the_threads has frames in flight quickly
 def test_frames_in_flight_stay_within_the_memory_bounds(codec, tmp_path, monkeypatch):
     """Dumping 256 MiB adds at most 5% + 64 MB to the peak; loading it, one copy + 5% + 64 MB
     (DESIGN.md), with 4 threads and so 5 frames in flight each way."""
-    try:
-        _vm_hwm_kib()
-        open("/proc/self/clear_refs", "w").close()
-    except OSError:
+    if not reset_peak_rss():
         pytest.skip("the peak RSS of this process cannot be reset (/proc/self/clear_refs)")
     monkeypatch.setenv(_pool.THREADS_VARIABLE, "4")
     array = np.random.default_rng(1).standard_normal(32 << 20)  # 256 MiB, hardly compressible
     path = tmp_path / "big.bin"
-    dumped: list[int] = []
-    with _peak_growth(dumped):
+    with peak_rss_growth() as dumped:
         cachelib.dump(array, path, compress=codec)
-    loaded: list[int] = []
-    with _peak_growth(loaded):
+    with peak_rss_growth() as loaded:
         result = cachelib.load(path)
     assert np.array_equal(result, array)
     bound = 0.05 * array.nbytes + 64e6

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import entry_path
+from helpers import assert_same, dumped_bytes, entry_path, peak_rss_growth_below, reset_peak_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,28 +26,7 @@ VALUE = {
 }
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray):
-        return (
-            isinstance(b, np.ndarray)
-            and a.dtype == b.dtype
-            and a.shape == b.shape
-            and all(_same(x, y) for x, y in zip(a.ravel().tolist(), b.ravel().tolist()))
-        )
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
-
-
-def _encoded(compress: Any) -> bytes:
-    buffer = io.BytesIO()
-    cachelib.dump(VALUE, buffer, compress=compress)
-    return buffer.getvalue()
-
-
-SAMPLES = {name: _encoded(compress) for name, compress in
+SAMPLES = {name: dumped_bytes(VALUE, compress) for name, compress in
            [("raw", False), ("zstd", "zstd"), ("gzip", "gzip"), ("xz", "xz")]}
 
 mutation = st.one_of(
@@ -93,33 +72,23 @@ def test_a_mutated_file_loads_right_or_raises_a_cache_error(sample: str, steps: 
             loaded = cachelib.load(io.BytesIO(data))
         except cachelib.CacheError:
             return
-    assert _same(loaded, VALUE), f"a mutated {sample} file loaded as a different value"
+    assert_same(loaded, VALUE, f"the value a mutated {sample} file loaded")
 
 
 @pytest.mark.timeout(120)
 def test_mutated_files_stay_within_bounded_memory(tmp_path: Path) -> None:
     """Huge lengths planted in a file raise CacheError without a huge allocation."""
-    status = Path("/proc/self/status")
-    if not status.exists():
+    if not reset_peak_rss():
         pytest.skip("needs Linux /proc to read the peak RSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _peak_rss()
     raw = SAMPLES["raw"]
-    for offset in range(16, len(raw) - 8, 3):
-        for huge in (2**40, 2**62):
-            data = raw[:offset] + huge.to_bytes(8, "little") + raw[offset + 8 :]
-            path = tmp_path / "f.pkl"
-            path.write_bytes(data)
-            with contextlib.suppress(cachelib.CacheError):
-                cachelib.load(path)
-    assert _peak_rss() - before < 200 * 2**20
-
-
-def _peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/self/status")
+    with peak_rss_growth_below(200):
+        for offset in range(16, len(raw) - 8, 3):
+            for huge in (2**40, 2**62):
+                data = raw[:offset] + huge.to_bytes(8, "little") + raw[offset + 8 :]
+                path = tmp_path / "f.pkl"
+                path.write_bytes(data)
+                with contextlib.suppress(cachelib.CacheError):
+                    cachelib.load(path)
 
 
 @pytest.mark.timeout(120)

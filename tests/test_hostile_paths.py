@@ -32,22 +32,29 @@ import pytest
 import zstandard
 from _system import (
     Outcome,
-    end_record,
-    entry_files,
-    files_under,
-    header,
+    fork_cli,
     memory_capped,
-    new_entry,
-    record,
-    run_cli,
     run_with_timeout,
     snapshot,
     start_child,
+    wait_for_new_statistics,
     wait_until,
 )
-from _victims import computations, digest, memoized, plain, square, stamp_problem, stamped
+from _victims import computations, digest, memoized, plain, square, square_calls, stamp_problem, stamped
+from helpers import (
+    end_record,
+    entry_files,
+    files_under,
+    forge,
+    new_entry,
+    record,
+    slow_except,
+    statistics_files,
+    stream_header,
+)
 
 import cachelib
+from cachelib._entries import stats as _stats
 from cachelib._stores.local import temporary_name
 
 pytestmark = pytest.mark.timeout(240)
@@ -147,15 +154,10 @@ def outside(tmp_path: Path) -> Outside:
     return Outside(tmp_path / "home")
 
 
-def _calls(location: str, log: str, calls: list[int], **options: Any) -> list[str]:
-    f = memoized(location, square, **options)
-    return [digest(f(x, log=log)) for x in calls]
-
-
 def _stored(location: Path, log: Path, x: int, **options: Any) -> Path:
     """Store square(x) from a child; return its entry file."""
     before = entry_files(location)
-    run_with_timeout(_calls, str(location), str(log), [x], **options).result()
+    run_with_timeout(square_calls, str(location), str(log), [x], **options).result()
     return new_entry(location, before)
 
 
@@ -179,13 +181,13 @@ def test_a_hostile_object_at_an_entry_path_is_a_miss(
     outside.target.write_bytes(forged.read_bytes())  # a valid entry of another call: followed, it lies
     outside.before = snapshot(outside.directory)
     plant(entry, kind, outside)
-    outcome = run_with_timeout(_calls, str(location), str(log), [1, 1], mmap_mode=mmap_mode)
+    outcome = run_with_timeout(square_calls, str(location), str(log), [1, 1], mmap_mode=mmap_mode)
     assert _right(outcome, [1, 1]), "a hostile object at an entry's path is a miss with a warning"
     assert computations(log)[:3] == ["square 1", "square 2", "square 1"], "the planted object was used"
     outside.assert_untouched()
 
 
-@pytest.mark.parametrize("kind", PLANTED)
+@pytest.mark.parametrize("kind", slow_except(PLANTED, "fifo"))  # two children and six commands each
 def test_commands_over_a_hostile_entry(tmp_path: Path, outside: Outside, kind: str) -> None:
     """``info``, ``ls``, ``verify [--fix]``, ``prune`` and ``clear`` step over a hostile entry."""
     location, log = tmp_path / "cache", tmp_path / "log"
@@ -196,7 +198,7 @@ def test_commands_over_a_hostile_entry(tmp_path: Path, outside: Outside, kind: s
                     ["clear"]):
         if not os.path.lexists(entry):  # a command replaced or removed it: plant it again
             plant(entry, kind, outside)
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
         if kind == "directory":
             assert (entry / "inside").exists(), f"{command} removed a directory that is not cachelib's"
     outside.assert_untouched()
@@ -210,7 +212,7 @@ def test_a_hostile_object_at_a_lock_path(tmp_path: Path, outside: Outside, kind:
     entry = _stored(location, log, 1, lock=lock)
     os.unlink(entry)
     plant(entry.with_suffix(".lock"), kind, outside)
-    outcome = run_with_timeout(_calls, str(location), str(log), [1, 1], lock=lock, lock_timeout=600,
+    outcome = run_with_timeout(square_calls, str(location), str(log), [1, 1], lock=lock, lock_timeout=600,
                                timeout=60)
     _right(outcome, [1, 1])
     assert computations(log)[:2] == ["square 1", "square 1"]
@@ -243,16 +245,6 @@ def _state_files(location: Path) -> list[Path]:
     return [p for p in files_under(location) if not p.name.endswith(".cl")]
 
 
-def _statistics(location: Path) -> set[Path]:
-    return {p for p in _state_files(location) if "stats" in p.parts}
-
-
-def _wait_for_new_statistics(location: Path, seen: set[Path], seconds: float = 30.0) -> None:
-    """Return once a statistics file not in ``seen`` exists (they are written about 1 s after a
-    call), or after ``seconds``."""
-    wait_until(lambda: not _statistics(location) <= seen, seconds)
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with entries, markers, a size record and statistics (folded and not): copy it to use it."""
@@ -260,16 +252,17 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     location, log = directory / "cache", directory / "log"
 
     def fill() -> None:
+        _stats._FLUSH_EVERY = 0.05  # in this child only: its statistics are written at once, not after 1 s
         cache = cachelib.Cache(str(location), bytes_limit="10M")
         f = cache.memoize(ignore=["log"])(square)
         f(1, log=str(log))
         f(1, log=str(log))
         f(2, log=str(log))
-        _wait_for_new_statistics(location, set())  # the statistics are written
+        wait_for_new_statistics(location)  # the statistics are written
         cache.info()  # ... and folded
-        folded = _statistics(location)
+        folded = statistics_files(location)
         f(2, log=str(log))
-        _wait_for_new_statistics(location, folded)  # one more counts file, not folded yet
+        wait_for_new_statistics(location, folded)  # one more counts file, not folded yet
         cache.reduce_size(bytes_limit="10M")
 
     run_with_timeout(fill).result()
@@ -284,7 +277,7 @@ def _copy(pristine: Path, to: Path) -> Path:
     return to
 
 
-@pytest.mark.parametrize("kind", PLANTED + CONTENT)
+@pytest.mark.parametrize("kind", slow_except(PLANTED + CONTENT, "garbage"))  # a child per state file: 1 s
 def test_hostile_state_files_never_hurt_a_call(pristine: Path, tmp_path: Path, outside: Outside,
                                                kind: str) -> None:
     """Each marker, the size record and each statistics file, made hostile in turn: calls stay right."""
@@ -305,7 +298,7 @@ def test_hostile_state_files_never_hurt_a_call(pristine: Path, tmp_path: Path, o
         outside.assert_untouched()
 
 
-@pytest.mark.parametrize("kind", PLANTED + CONTENT)
+@pytest.mark.parametrize("kind", slow_except(PLANTED + CONTENT, "fifo"))  # six commands each
 def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outside: Outside,
                                            kind: str) -> None:
     """Every state file hostile at once: each command ends in time, in at most one line."""
@@ -314,7 +307,7 @@ def test_commands_over_hostile_state_files(pristine: Path, tmp_path: Path, outsi
         plant(state, kind, outside)
     for command in (["info"], ["ls"], ["verify"], ["verify", "--fix"], ["prune", "--max-size", "1M"],
                     ["clear"]):
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
     outside.assert_untouched()
 
 
@@ -351,7 +344,7 @@ def test_a_linked_directory_is_neither_read_written_nor_cleared_through(
     assert computations(log)[:2] == ["square 1", "square 1"], "a hit was read through the link"
     assert report["entries"] == 0, "info() counted entries through the link"
     for command in (["info"], ["ls"], ["verify", "--fix"], ["prune", "--max-size", "0"], ["clear"]):
-        run_cli("--location", location, *command)
+        fork_cli("--location", location, *command)
     outside.assert_untouched()
 
 
@@ -400,7 +393,7 @@ def test_the_command_line_refuses_a_directory_that_is_not_a_cache(tmp_path: Path
     """Every command pointed at a project directory exits 2 with one line and changes nothing."""
     project = _project(tmp_path / "project")
     before = snapshot(project)
-    process = run_cli("--location", project, *command)
+    process = fork_cli("--location", project, *command)
     assert process.returncode == 2, (process.stdout, process.stderr)
     assert process.stderr.strip()
     assert snapshot(project) == before
@@ -423,8 +416,8 @@ def test_memoizing_into_a_project_directory_then_clearing_keeps_the_project(tmp_
     outcome = run_with_timeout(use_then_clear)
     outcome.result()
     outcome.cache_warnings()
-    run_cli("--location", project, "clear")
-    run_cli("--location", project, "prune", "--max-size", "0")
+    fork_cli("--location", project, "clear")
+    fork_cli("--location", project, "prune", "--max-size", "0")
     after = snapshot(project)
     changed = {path: state for path, state in before.items() if path != "." and after.get(path) != state}
     assert not changed, f"the project lost or changed {sorted(changed)}"
@@ -452,7 +445,7 @@ def _foreign(location: Path) -> dict[Path, bytes]:
 def test_files_that_are_not_cachelibs_survive_clear_and_prune(tmp_path: Path, how: str) -> None:
     """Inside a cache, only cachelib's entries go: everything else stays, byte for byte."""
     location, log = tmp_path / "cache", tmp_path / "log"
-    run_with_timeout(_calls, str(location), str(log), [1, 2, 3]).result()
+    run_with_timeout(square_calls, str(location), str(log), [1, 2, 3]).result()
     planted = _foreign(location)
 
     def clear() -> None:
@@ -466,7 +459,7 @@ def test_files_that_are_not_cachelibs_survive_clear_and_prune(tmp_path: Path, ho
 
     if how.startswith("cli"):
         command = ["clear"] if how == "cli clear" else ["prune", "--max-size", "0"]
-        assert run_cli("--location", location, *command).returncode == 0
+        assert fork_cli("--location", location, *command).returncode == 0
     else:
         run_with_timeout(clear).result()
     assert {path: path.read_bytes() for path in planted} == planted
@@ -556,14 +549,15 @@ def _call_slow_stamped(location: str, log: str, delay: float) -> tuple[str | Non
     return stamp_problem(result, memmap=True), result["token"]
 
 
+# The first call computes for 3 s, the time the second needs to reach its lock: clear sparing a
+# write in flight is test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones[cache.clear].
+@pytest.mark.slow
 def test_clearing_while_a_result_is_computed_keeps_its_lock(tmp_path: Path) -> None:
     """``clear`` leaves a held lock: a caller arriving after it waits for the result, never recomputing it."""
     location, log = str(tmp_path / "cache"), str(tmp_path / "log")
     first = start_child(_call_slow_stamped, location, log, 3.0)
-    deadline = time.monotonic() + 30
-    while computations(log) != ["stamped 1"]:
-        assert time.monotonic() < deadline, "the first call never started computing"
-        time.sleep(0.01)
+    wait_until(lambda: computations(log) == ["stamped 1"], 30, interval=0.01)
+    assert computations(log) == ["stamped 1"], "the first call never started computing"
     locks = [p for p in files_under(Path(location)) if p.name.endswith(".lock")]
     assert len(locks) == 1
     cachelib.Cache(location).clear()
@@ -589,7 +583,7 @@ def _dead_pid() -> int:
 def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_path: Path, how: str) -> None:
     """A temporary file of a writer still running is its write in flight: clear and prune leave it alone."""
     location, log = tmp_path / "cache", tmp_path / "log"
-    run_with_timeout(_calls, str(location), str(log), [1]).result()
+    run_with_timeout(square_calls, str(location), str(log), [1]).result()
     entry = entry_files(location)[0]
     live = entry.with_name(temporary_name(entry.name))
     dead = entry.with_name(temporary_name(entry.name, _dead_pid()))
@@ -598,7 +592,7 @@ def test_clear_removes_a_dead_writers_temporary_file_and_keeps_a_live_ones(tmp_p
         path.chmod(0o600)
     if how.startswith("cli"):
         command = ["clear"] if how == "cli clear" else ["prune", "--max-size", "0"]
-        assert run_cli("--location", location, *command).returncode == 0
+        assert fork_cli("--location", location, *command).returncode == 0
     else:
         run_with_timeout(cachelib.Cache(str(location)).clear).result()
     assert not entry.exists()
@@ -628,12 +622,12 @@ os.waitpid(child, 0)
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare(1) to run a writer in its own pid namespace")
-@pytest.mark.parametrize("how", ["cache.clear", "cli prune"])
+@pytest.mark.parametrize("how", slow_except(["cache.clear", "cli prune"], "cache.clear"))  # an interpreter
 def test_a_writer_in_another_pid_namespace_is_never_taken_for_dead(tmp_path: Path, how: str) -> None:
     """A container sharing the host name: its writer's pid is dead here, alive in its own pid
     namespace. Its temporary file is a write in flight and stays (until ``LEFTOVER_AGE``)."""
     location, log = tmp_path / "cache", tmp_path / "log"
-    run_with_timeout(_calls, str(location), str(log), [1]).result()
+    run_with_timeout(square_calls, str(location), str(log), [1]).result()
     entry = entry_files(location)[0]
     pid = _dead_pid()
     command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _IN_ANOTHER_NAMESPACE,
@@ -646,7 +640,7 @@ def test_a_writer_in_another_pid_namespace_is_never_taken_for_dead(tmp_path: Pat
                 pytest.skip(f"the pid namespace gave pid {got}, not {pid}")
             assert not os.path.exists(f"/proc/{pid}"), "the pid is taken here: not a dead one"
             if how == "cli prune":
-                assert run_cli("--location", location, "prune", "--max-size", "0").returncode == 0
+                assert fork_cli("--location", location, "prune", "--max-size", "0").returncode == 0
             else:
                 run_with_timeout(cachelib.Cache(str(location)).clear).result()
             assert not entry.exists()
@@ -701,6 +695,9 @@ def _hammer_threads(location: str, seconds: float, clearing: bool) -> dict[str, 
     return {"errors": errors, "wrong": wrong, "calls": calls[0], "warnings": seen}
 
 
+# A stress test, 4 s of calls and 1 s more to warm up: threads on one cache, quickly, are
+# test_memoize's test_threads_compute_a_slow_call_once[file] and test_lock_none_works.
+@pytest.mark.slow
 @pytest.mark.parametrize("clearing", [False, True], ids=["hits-and-misses", "with-clears"])
 def test_threads_hammering_one_cache(tmp_path: Path, clearing: bool) -> None:
     """Eight threads (and a clearing one) over 400 small keys with a 1 us switch interval: all right."""
@@ -739,21 +736,13 @@ def test_a_pickled_memoized_function_stays_small_after_many_hits(tmp_path: Path)
 # --- hostile files for load, under a memory cap -------------------------------------------------
 
 
-def _stream(*records: tuple[bytes, bytes]) -> bytes:
-    data = bytearray(header())
-    for kind, payload in records:
-        data += record(kind, payload, len(data))
-    data += end_record(len(records), len(data))
-    return bytes(data)
-
-
 def _empty_array_records(count: int) -> bytes:
     """A stream of ``count`` empty array records that no pickle uses: 64 raw bytes each."""
-    first = record(b"A", b"", 16)  # records from offset 72 on repeat exactly (same padding)
-    steady = record(b"A", b"", 16 + len(first))
+    first = record("A", b"", 16)  # records from offset 72 on repeat exactly (same padding)
+    steady = record("A", b"", 16 + len(first))
     assert len(steady) == 64
-    body = header() + first + steady * (count - 1)
-    body += record(b"P", pickle.dumps(None, protocol=5), len(body))
+    body = stream_header(1) + first + steady * (count - 1)
+    body += record("P", pickle.dumps(None, protocol=5), len(body))
     return body + end_record(count + 1, len(body))
 
 
@@ -769,17 +758,19 @@ class _Huge:
 def _hostile_files(directory: Path) -> dict[str, Path]:
     """Small files that claim, or expand to, far more than any memory cap."""
     zstd = zstandard.ZstdCompressor(level=3)
-    huge_array = header() + record(b"A", b"", 16)[:8] + (2**62).to_bytes(8, "little") + bytes(100)
-    huge_pickle = header() + b"P\x00\x00\x00\x00\x00\x00\x00" + (2**40).to_bytes(8, "little") + bytes(100)
+    head = stream_header(1)
+    huge_array = head + record("A", b"", 16)[:8] + (2**62).to_bytes(8, "little") + bytes(100)
+    huge_pickle = head + b"P\x00\x00\x00\x00\x00\x00\x00" + (2**40).to_bytes(8, "little") + bytes(100)
     lying_bytes = b"\x80\x05\x8e" + (2**40).to_bytes(8, "little") + b"abc."  # BINBYTES8 of 2**40 bytes
     files = {
         "empty-array-records.zst": zstd.compress(_empty_array_records(1_000_000)),
         "huge-array-length.raw": huge_array,
         "huge-array-length.zst": zstd.compress(huge_array),
         "huge-pickle-record.zst": zstd.compress(huge_pickle),
-        "pickle-claims-2-40-bytes.raw": _stream((b"P", lying_bytes)),
+        "pickle-claims-2-40-bytes.raw": forge([("P", lying_bytes)], version=1),
         "array-claims-2-40-elements.zst": zstd.compress(
-            _stream((b"A", b""), (b"P", pickle.dumps(_Huge(), protocol=5, buffer_callback=lambda _: False)))
+            forge([("A", b""), ("P", pickle.dumps(_Huge(), protocol=5, buffer_callback=lambda _: False))],
+                  version=1)
         ),
     }
     directory.mkdir()
@@ -797,13 +788,16 @@ def hostile_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # Lies in the stream's records (``verify`` sees them) and in the pickle (only ``load`` does).
-STREAM_LIES = ["empty-array-records.zst", "huge-array-length.raw", "huge-array-length.zst",
+_MILLION_RECORDS = "empty-array-records.zst"  # a million records to read: about a second
+STREAM_LIES = [_MILLION_RECORDS, "huge-array-length.raw", "huge-array-length.zst",
                "huge-pickle-record.zst"]
 PICKLE_LIES = ["pickle-claims-2-40-bytes.raw", "array-claims-2-40-elements.zst"]
 
 
-@pytest.mark.parametrize(("reader", "name"), [*(("load", name) for name in STREAM_LIES + PICKLE_LIES),
-                                              *(("verify", name) for name in STREAM_LIES)])
+@pytest.mark.parametrize(("reader", "name"), [
+    *(pytest.param(reader, name, marks=[pytest.mark.slow] if name == _MILLION_RECORDS else [])
+      for reader, names in (("load", STREAM_LIES + PICKLE_LIES), ("verify", STREAM_LIES)) for name in names)
+])
 def test_hostile_files_fail_as_corrupt_under_a_memory_cap(hostile_files: dict[str, Path], reader: str,
                                                           name: str) -> None:
     """``load`` and ``verify`` of a hostile file raise CorruptFileError in 384 MiB, never MemoryError."""

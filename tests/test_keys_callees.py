@@ -30,11 +30,6 @@ def _module(name: str, source: str) -> types.ModuleType:
 
 
 @pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
-
-
-@pytest.fixture
 def user_module():
     created = []
 
@@ -236,15 +231,22 @@ def work(x):
 """
 
 
+# Four fresh interpreters a case, about a second: the fast tier keeps an edited helper (the same
+# process checks every kind of change quickly, above).
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "module, old, new, why",
     [
         ("helpers.py", "return x * SCALE", "return x * SCALE + 1", "helper `prep` edited"),
-        ("helpers.py", "SCALE = 2", "SCALE = 5", "constant `helpers.SCALE` changed"),
-        ("helpers.py", "SIDES = 4", "SIDES = 6", "class attribute `Shape.SIDES` changed"),
-        ("helpers.py", "return x * self.SIDES", "return x * self.SIDES * 2", "helper `Shape.area` edited"),
-        ("main.py", "OFFSET = 1", "OFFSET = 7", "constant `OFFSET` changed"),
-        ("main.py", "+ OFFSET\n", "- OFFSET\n", "new code version"),
+        pytest.param("helpers.py", "SCALE = 2", "SCALE = 5", "constant `helpers.SCALE` changed", marks=_SLOW),
+        pytest.param("helpers.py", "SIDES = 4", "SIDES = 6", "class attribute `Shape.SIDES` changed",
+                     marks=_SLOW),
+        pytest.param("helpers.py", "return x * self.SIDES", "return x * self.SIDES * 2",
+                     "helper `Shape.area` edited", marks=_SLOW),
+        pytest.param("main.py", "OFFSET = 1", "OFFSET = 7", "constant `OFFSET` changed", marks=_SLOW),
+        pytest.param("main.py", "+ OFFSET\n", "- OFFSET\n", "new code version", marks=_SLOW),
     ],
 )
 def test_an_edit_between_processes_misses_and_a_revert_hits(tmp_path, module, old, new, why):

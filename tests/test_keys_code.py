@@ -9,25 +9,19 @@ wrapper is bound with its own signature.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 from _keysupport import Project
+from helpers import run_python
 
 import cachelib
 
 pytestmark = pytest.mark.timeout(120)
 
 h = cachelib.hash
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 def _define(source: str, name: str = "f"):
@@ -185,12 +179,10 @@ if __name__ == "__main__":
 
 
 def _run(*arguments, cwd):
-    done = subprocess.run([sys.executable, *arguments], cwd=cwd, capture_output=True, text=True,
-                          timeout=100, check=False, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_python(*arguments, cwd=cwd, timeout=100, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
 
 
+@pytest.mark.slow  # fresh interpreters: test_one_script_keeps_its_entries_... is the quick case
 def test_two_scripts_main_functions_never_share_entries(tmp_path):
     location = str(tmp_path / "cache")
     for name, data in (("first", [1]), ("second", [100])):

@@ -6,7 +6,6 @@ Each is part of every key of the function and named by ``explain``; two states o
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,11 +17,6 @@ from _keysupport import Project
 import cachelib
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 def test_a_glob_misses_when_a_matched_file_changes_appears_or_goes(tmp_path, cache, monkeypatch):
@@ -217,22 +211,11 @@ def test_a_package_upgrade_misses_where_it_was_declared_and_says_both_versions(t
     project = Project(tmp_path / "project")
     project.write("main.py", _MAIN)
     _install(wheels, python, "1.0", 10)
-    first = _run_with(project, python)
-    assert first["stored"] is False and first["memoized"] == 10
-    assert _run_with(project, python)["stored"] is True
+    assert project.check(stored=False, python=python)["memoized"] == 10
+    project.check(stored=True, python=python)
     _install(wheels, python, "2.0", 20)
-    upgraded = _run_with(project, python)
-    assert upgraded["stored"] is False and upgraded["memoized"] == 20
+    upgraded = project.check(stored=False, python=python)
+    assert upgraded["memoized"] == 20
     assert "package `cachelib-throwaway` 1.0 → 2.0" in upgraded["explain"]
     _install(wheels, python, "1.0", 10)  # downgraded again: its entry is still there
-    assert _run_with(project, python)["stored"] is True
-
-
-def _run_with(project: Project, python) -> dict:
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(project.root))
-    done = subprocess.run([str(python), str(project.root / "run.py")], cwd=project.root, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["memoized"] == out["direct"], out
-    return out
+    project.check(stored=True, python=python)

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import assert_distinct_hashes
 
 import cachelib
 
@@ -31,13 +32,6 @@ _ML_TYPES = [name for name in ("bfloat16", "float8_e4m3fn", "float8_e4m3b11fnuz"
              if ml_dtypes is not None and hasattr(ml_dtypes, name)]
 
 
-def _distinct(values: list) -> None:
-    digests = [h(v) for v in values]
-    for i in range(len(values)):
-        for j in range(i + 1, len(values)):
-            assert digests[i] != digests[j], f"{values[i]!r} and {values[j]!r} hash alike"
-
-
 @needs_ml_dtypes
 def test_every_ml_dtypes_type_has_its_own_key():
     """An int4 call must never return the float8 result: equal bytes, other dtypes."""
@@ -45,8 +39,8 @@ def test_every_ml_dtypes_type_has_its_own_key():
     one_byte = [raw.view(getattr(ml_dtypes, name)) for name in _ML_TYPES
                 if np.dtype(getattr(ml_dtypes, name)).itemsize == 1]
     assert len(one_byte) >= 4
-    _distinct([*one_byte, raw, raw.view(np.int8), raw.view("V1")])
-    _distinct([np.dtype(getattr(ml_dtypes, name)) for name in _ML_TYPES])
+    assert_distinct_hashes([*one_byte, raw, raw.view(np.int8), raw.view("V1")])
+    assert_distinct_hashes([np.dtype(getattr(ml_dtypes, name)) for name in _ML_TYPES])
 
 
 @needs_ml_dtypes
@@ -71,19 +65,21 @@ def test_string_dtype_arrays_hash_their_strings_not_their_pointers():
 def test_string_dtype_na_object_variants_hash_apart():
     dtypes = [StringDType(), StringDType(na_object=None), StringDType(na_object=np.nan),
               StringDType(na_object=""), StringDType(na_object="NA"), StringDType(coerce=False)]
-    _distinct(dtypes)
-    _distinct([np.array(["x"], dtype=d) for d in dtypes])
+    assert_distinct_hashes(dtypes)
+    assert_distinct_hashes([np.array(["x"], dtype=d) for d in dtypes])
     with_nan = np.array(["x", np.nan], dtype=StringDType(na_object=np.nan))
     assert h(with_nan) == h(np.array(["x", np.nan], dtype=StringDType(na_object=np.nan)))
     assert h(with_nan) != h(np.array(["x", "nan"], dtype=StringDType(na_object=np.nan)))
 
 
 def test_subarray_dtypes_hash_apart():
-    _distinct([np.dtype(("<i4", (3,))), np.dtype(("<f4", (3,))), np.dtype("V12"), np.dtype(("<i4", (1, 3)))])
+    assert_distinct_hashes(
+        [np.dtype(("<i4", (3,))), np.dtype(("<f4", (3,))), np.dtype("V12"), np.dtype(("<i4", (1, 3)))]
+    )
 
 
 def test_structured_dtypes_differ_by_names_offsets_titles_and_alignment():
-    _distinct([
+    assert_distinct_hashes([
         np.dtype([("a", "<i4"), ("b", "<f8")]),
         np.dtype([("b", "<i4"), ("a", "<f8")]),
         np.dtype([("a", "<i4"), ("b", "<f8")], align=True),

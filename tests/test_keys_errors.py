@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 
 import cachelib
+from cachelib._keys import encoding
 
 pytestmark = pytest.mark.timeout(60)
 
 h = cachelib.hash
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 class _Exploding:
@@ -43,7 +39,12 @@ def test_any_failure_while_hashing_is_an_unhashable_error_naming_the_path(error)
     assert isinstance(info.value, TypeError)
 
 
-def test_an_endless_reduction_is_refused_not_a_recursion_error():
+# The real limit takes seconds to reach: the fast tier lowers it, the slow tier reaches it.
+@pytest.mark.parametrize("limit", [1_000, pytest.param(None, marks=pytest.mark.slow)],
+                         ids=["lowered", "real"])
+def test_an_endless_reduction_is_refused_not_a_recursion_error(limit, monkeypatch):
+    if limit is not None:
+        monkeypatch.setattr(encoding, "_MAX_DEPTH", limit)
     with pytest.raises(cachelib.UnhashableError):
         h(_Endless())
 

@@ -75,11 +75,6 @@ def test_methods_keep_their_class_in_the_name():
 # --- on a real cache -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
-
-
 SCALE = 2
 
 

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pytest
 from _keysupport import Project
-from _system import arena, owned_dir, run_as, users
+from _system import arena, fork_cli, owned_dir, run_as, users
 
 import cachelib
 from cachelib._keys import files
@@ -99,11 +99,6 @@ def test_a_file_edited_between_runs_misses_and_says_which(tmp_path, reader):
 
 
 # --- one process: every way a file can change ---------------------------------------------------
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 @pytest.fixture
@@ -435,8 +430,8 @@ def test_ls_names_what_each_entry_depends_on(tmp_path, monkeypatch):
         return int(np.fromfile(path, np.int64).sum())
 
     total(str(data))
-    done = subprocess.run([sys.executable, "-m", "cachelib", "--location", str(tmp_path / "cache"), "ls"],
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = fork_cli("--location", tmp_path / "cache", "ls")
+    assert done.returncode == 0, done.stderr
     assert "[depends on: files inputs.bin; declared environment CACHELIB_TEST_MODE]" in done.stdout
 
 

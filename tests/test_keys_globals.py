@@ -12,9 +12,6 @@ it applies, in the same process (a notebook cell run again).
 from __future__ import annotations
 
 import functools
-import json
-import subprocess
-import sys
 import textwrap
 import threading
 import warnings
@@ -23,6 +20,7 @@ import numpy as np
 import pytest
 from _keysupport import Project
 from _keysupport import agrees as _agrees
+from helpers import run_python, slow_except
 
 import cachelib
 
@@ -97,8 +95,16 @@ def _source(imports: str, definitions: str, expression: str) -> str:
     return _MAIN.format(imports=imports, definitions=definitions, expression=expression)
 
 
-@pytest.mark.parametrize(("imports", "definitions", "expression", "old", "new", "why"),
-                         [pytest.param(*case[1:], id=case[0]) for case in _EDITS])
+# Four fresh interpreters a case, about two seconds: the fast tier keeps a value keyed by value
+# and user code reached through a container; library objects by reference and the other kinds
+# are keyed on the same paths by the in-process tests below and in test_keys_callees.
+_QUICK_EDITS = {"dict config", "functions in a tuple"}
+
+
+@pytest.mark.parametrize(("imports", "definitions", "expression", "old", "new", "why"), [
+    pytest.param(*case[1:], id=case[0], marks=[] if case[0] in _QUICK_EDITS else [pytest.mark.slow])
+    for case in _EDITS
+])
 def test_an_edit_of_what_a_function_reads_misses_and_a_revert_hits(
     tmp_path, imports, definitions, expression, old, new, why
 ):
@@ -119,12 +125,12 @@ def test_an_edit_of_what_a_function_reads_misses_and_a_revert_hits(
 _HELPERS = "def h(v):\n    return v + 1\n"
 
 
-@pytest.mark.parametrize("body", [
+@pytest.mark.parametrize("body", slow_except([
     "from helpers import h\n    return h(x)",
     "import helpers\n    return helpers.h(x)",
     "from tools.inner import h\n    return h(x)",  # a namespace package: no __init__.py
     "import tools.inner\n    return tools.inner.h(x)",
-])
+], "from helpers import h\n    return h(x)", "import tools.inner\n    return tools.inner.h(x)"))  # as above
 def test_code_imported_in_the_function_body_is_followed(tmp_path, body):
     """An import inside the function, of a module or of a namespace package: an edit of the
     imported helper misses, its revert hits."""
@@ -177,9 +183,7 @@ print(json.dumps([work.check_call_in_cache(2), work(2)]))
 def test_a_class_without_methods_in_python_c_is_user_code(tmp_path):
     """``class CFG: lr = 0.1`` in a notebook or ``python -c`` is followed as it is in a script."""
     def run(lr: float) -> list:
-        done = subprocess.run([sys.executable, "-c", _NOTEBOOK.format(lr=lr), str(tmp_path / "cache")],
-                              capture_output=True, text=True, timeout=60, check=True)
-        return json.loads(done.stdout)
+        return run_python("-c", _NOTEBOOK.format(lr=lr), tmp_path / "cache")
 
     assert run(0.1) == [False, 0.2]
     assert run(0.1) == [True, 0.2]
@@ -188,11 +192,6 @@ def test_a_class_without_methods_in_python_c_is_user_code(tmp_path):
 
 
 # --- in the same process: a notebook cell run again ------------------------------------------------
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 def _notebook(source: str) -> dict:

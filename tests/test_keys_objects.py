@@ -22,15 +22,11 @@ import textwrap
 from unittest import mock
 
 import pytest
+from helpers import run_python
 
 import cachelib
 
 h = cachelib.hash
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
 
 
 @dataclasses.dataclass
@@ -180,13 +176,11 @@ _POLARS_MEMORY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a 320 MB frame: test_polars_frames_hash_by_their_arrow_buffers is the quick case
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_polars_frames_are_hashed_without_a_copy():
     pytest.importorskip("polars", reason="polars is not installed")
-    done = subprocess.run([sys.executable, "-c", _POLARS_MEMORY], capture_output=True, text=True,
-                          timeout=100, check=False)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) < 64 * 2**20  # far below the frame's 320 MB
+    assert run_python("-c", _POLARS_MEMORY, timeout=100) < 64 * 2**20  # far below the frame's 320 MB
 
 
 def test_pandas_frames_hash_their_columns_in_order():

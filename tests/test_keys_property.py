@@ -203,9 +203,7 @@ def _near(value: object, choice: int) -> object:
     return copy.deepcopy(value)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(first=TOP, second=TOP, mode=st.integers(0, 2), choice=st.integers(0, 11))
-def test_equal_hashes_exactly_for_interchangeable_values(first, second, mode, choice):
+def _equal_hashes_exactly_for_interchangeable_values(first, second, mode, choice):
     if mode == 0:
         other = copy.deepcopy(first)
     elif mode == 1:
@@ -217,3 +215,12 @@ def test_equal_hashes_exactly_for_interchangeable_values(first, second, mode, ch
         other = second
     same = interchangeable(first, other)
     assert (cachelib.hash(first) == cachelib.hash(other)) == same, (first, other)
+
+
+@pytest.mark.parametrize("examples", [40, pytest.param(400, marks=pytest.mark.slow)])  # 400: seconds
+def test_equal_hashes_exactly_for_interchangeable_values(examples):
+    settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])(
+        given(first=TOP, second=TOP, mode=st.integers(0, 2), choice=st.integers(0, 11))(
+            _equal_hashes_exactly_for_interchangeable_values
+        )
+    )()

@@ -9,7 +9,6 @@ meaning does. Code whose file changed since it was imported is keyed by its byte
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 from cachelib._keys.code import bytecode_digest, code_digest
 
@@ -159,10 +159,7 @@ def test_another_python_version_hits_what_this_one_stored(tmp_path, python):
     data.write_text("1.5")
 
     def run(interpreter: str) -> dict:
-        done = subprocess.run([interpreter, str(script), str(cache), str(data)], capture_output=True,
-                              text=True, timeout=90, check=False)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_python(script, cache, data, python=interpreter, timeout=90)
 
     first = run(sys.executable)
     assert first["stored"] is False

@@ -21,11 +21,6 @@ import cachelib
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return cachelib.Cache(tmp_path / "cache")
-
-
 def test_rebinding_a_nonlocal_misses(cache):
     def make():
         amount = 1
@@ -211,9 +206,14 @@ work = cache.memoize(_work)
 @pytest.mark.parametrize(
     "old, new, why",
     [
-        ("amount = 1", "amount = 4", "helper `make` edited"),
-        ("self.factor = 3", "self.factor = 5", "helper `Scaler.__init__` edited"),
-        ("functools.partial(pow, 2)", "functools.partial(pow, 3)", "new code version"),
+        # Four fresh interpreters a case, about a second. An edit between processes stays in the fast
+        # tier in test_keys_callees (helper `prep` edited); these kinds of state are checked in one
+        # process above (test_mutating_a_callable_objects_attributes_misses, test_a_partials_...).
+        pytest.param("amount = 1", "amount = 4", "helper `make` edited", marks=pytest.mark.slow),
+        pytest.param("self.factor = 3", "self.factor = 5", "helper `Scaler.__init__` edited",
+                     marks=pytest.mark.slow),
+        pytest.param("functools.partial(pow, 2)", "functools.partial(pow, 3)", "new code version",
+                     marks=pytest.mark.slow),
     ],
 )
 def test_state_edited_between_processes_misses_and_a_revert_hits(tmp_path, old, new, why):

@@ -20,65 +20,25 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import Calls
+from _system import wait_until
+from helpers import CALLS, Calls, entry_files, entry_stream, entry_stream_offset, new_entry, slow_except
 
 import cachelib
+from cachelib._entries.envelope import HEADER_SIZE
 from cachelib._sizes import parse_size
 
 pytestmark = pytest.mark.timeout(60)
 
 FORK = multiprocessing.get_context("fork")
 CACHELIB_MAGIC = b"\x89CLIB\r\n\x1a"
-ENTRY_MAGIC = b"\x89CLENT\r\n"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-
-def entry_stream(data: bytes) -> bytes:
-    """The stream an entry file holds: after its 64-byte header and metadata, 64-byte aligned."""
-    assert data[:8] == ENTRY_MAGIC
-    metadata_length = int.from_bytes(data[12:16], "little")
-    start = -(-(64 + metadata_length) // 64) * 64
-    return data[start:-48]
-SIGNATURE_BLOCK = 64  # bytes before the stream of a signed entry (see cachelib._entries.signing)
-
-# Real calls are counted in a module global, never in a closure: closure values are
-# part of every key (hashed when the function is memoized), globals are not.
-CALLS = Calls()
+# Real calls are counted in CALLS (the ``calls`` fixture), never in a closure.
 _GUARD = threading.Lock()
-
-
-@pytest.fixture
-def location(tmp_path):
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def cache(location):
-    return cachelib.Cache(location)
-
-
-@pytest.fixture
-def calls():
-    """The list every memoized function of these tests appends its real calls to."""
-    CALLS.clear()
-    yield CALLS
-    CALLS.clear()
-
-
-def entry_files(root) -> list:
-    """Every entry file (``*.cl``) under ``root``, sorted."""
-    return sorted(p for p in root.rglob("*.cl") if p.is_file())
 
 
 def tmp_files(root) -> list:
     return sorted(p for p in root.rglob("*.tmp"))
-
-
-def only_new_entry(root, before: list):
-    """The one entry file that appeared since ``before`` was listed."""
-    new = sorted(set(entry_files(root)) - set(before))
-    assert len(new) == 1, new
-    return new[0]
 
 
 class no_warnings(warnings.catch_warnings):
@@ -479,11 +439,11 @@ def test_per_function_compress_overrides_the_cache(location):
 
     before = entry_files(location)
     assert np.array_equal(packed(1), np.ones(10000))
-    data = entry_stream(only_new_entry(location, before).read_bytes())
+    data = entry_stream(new_entry(location, before).read_bytes())
     assert data[:4] == ZSTD_MAGIC
     before = entry_files(location)
     assert np.array_equal(raw(1), np.ones(10000))
-    assert entry_stream(only_new_entry(location, before).read_bytes())[:8] == CACHELIB_MAGIC
+    assert entry_stream(new_entry(location, before).read_bytes())[:8] == CACHELIB_MAGIC
     assert np.array_equal(packed(1), np.ones(10000))  # and it reads back
 
 
@@ -1012,7 +972,9 @@ def test_signed_cache_hits_with_mmap(location, calls):
     del first, second
 
 
-@pytest.mark.parametrize("where", ["magic", "tag_start", "tag_end", "stream_start", "middle", "last"])
+@pytest.mark.parametrize(
+    "where", ["magic", "tag_start", "tag_end", "metadata_start", "stream_start", "middle", "last"]
+)
 def test_signed_entry_with_a_flipped_byte_is_refused_before_unpickling(location, tracked, where, calls):
     f = _signed_function(location, os.urandom(32))
     f(1)
@@ -1022,7 +984,8 @@ def test_signed_entry_with_a_flipped_byte_is_refused_before_unpickling(location,
         "magic": 0,
         "tag_start": 8,
         "tag_end": 39,
-        "stream_start": SIGNATURE_BLOCK,
+        "metadata_start": HEADER_SIZE,
+        "stream_start": entry_stream_offset(data),
         "middle": len(data) // 2,
         "last": len(data) - 1,
     }[where]
@@ -1057,10 +1020,10 @@ def test_signed_entry_copied_to_another_key_is_refused(location, tracked, calls)
     f = _signed_function(location, os.urandom(32))
     before = entry_files(location)
     f(1)
-    one = only_new_entry(location, before)
+    one = new_entry(location, before)
     before = entry_files(location)
     f(2)
-    two = only_new_entry(location, before)
+    two = new_entry(location, before)
     tracked.clear()
     shutil.copyfile(one, two)
     with pytest.warns(cachelib.CacheWarning):
@@ -1136,7 +1099,7 @@ def _run_threads(target, count):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("lock", ["file", "soft"])
+@pytest.mark.parametrize("lock", slow_except(["file", "soft"], "file"))  # soft locks poll: a second
 def test_threads_compute_a_slow_call_once(location, lock, calls):
     cache = cachelib.Cache(location, lock=lock)
 
@@ -1230,6 +1193,7 @@ def test_processes_compute_the_same_key_once(tmp_path, location):
     assert len(_log_lines(log)) == 1
 
 
+@pytest.mark.slow  # two processes computing for a second each; test_processes_compute_the_same_key_once locks
 @pytest.mark.timeout(60)
 def test_processes_compute_different_keys_concurrently(tmp_path, location):
     seconds = 1.0
@@ -1256,29 +1220,36 @@ def test_processes_compute_different_keys_concurrently(tmp_path, location):
     assert max(starts) < min(ends), "the two computations did not overlap"
 
 
-def _hold_key_in_child(tmp_path, location, seconds):
-    """Start a child computing ``compute(1)``; return (process, log, compute) once it holds the lock."""
+def _hold_key_in_child(tmp_path, location):
+    """Start a child computing ``compute(1)`` that holds the key's lock until ``release()`` is called;
+    return (process, log, compute, release) once it holds the lock. In this process, ``compute``
+    computes at once."""
     log = tmp_path / "log.txt"
     marker = tmp_path / "started"
-    logged = _logged_computation(log, seconds)
+    released = tmp_path / "released"
+    logged = _logged_computation(log, 0.0)
+    parent = os.getpid()
 
     def compute(x):
-        marker.write_text("x")
+        if os.getpid() != parent:  # the child: hold the lock until the test releases it
+            marker.write_text("x")
+            wait_until(released.exists, 30, interval=0.01)
         return logged(x)
+
+    def release():
+        released.write_text("x")
 
     holder = cachelib.Cache(location).memoize(compute)
     process = FORK.Process(target=holder, args=(1,))
     process.start()
-    deadline = time.monotonic() + 20
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the child never started computing"
-        time.sleep(0.01)
-    return process, log, compute
+    wait_until(marker.exists, 20, interval=0.01)
+    assert marker.exists(), "the child never started computing"
+    return process, log, compute, release
 
 
 @pytest.mark.timeout(60)
 def test_lock_timeout_raise(tmp_path, location):
-    process, log, compute = _hold_key_in_child(tmp_path, location, 6.0)
+    process, log, compute, release = _hold_key_in_child(tmp_path, location)
     try:
         impatient = cachelib.Cache(location, lock_timeout=0.2, on_lock_timeout="raise").memoize(compute)
         started = time.perf_counter()
@@ -1287,9 +1258,10 @@ def test_lock_timeout_raise(tmp_path, location):
         elapsed = time.perf_counter() - started
         assert isinstance(info.value, TimeoutError)
         assert isinstance(info.value, cachelib.CacheError)
-        assert 0.15 <= elapsed < 5.0, elapsed  # gave up after lock_timeout, not after the child's 6 s
+        assert 0.15 <= elapsed < 5.0, elapsed  # gave up after lock_timeout, not when the child was done
         assert _log_lines(log) == []  # the caller did not compute
     finally:
+        release()
         process.join(30)
     assert process.exitcode == 0
     assert len(_log_lines(log)) == 1
@@ -1299,13 +1271,14 @@ def test_lock_timeout_raise(tmp_path, location):
 
 @pytest.mark.timeout(60)
 def test_lock_timeout_compute_computes_anyway(tmp_path, location):
-    process, log, compute = _hold_key_in_child(tmp_path, location, 2.0)
+    process, log, compute, release = _hold_key_in_child(tmp_path, location)
     try:
         impatient = cachelib.Cache(location, lock_timeout=0.2).memoize(compute)
         assert impatient(1) == 3
         # This process computed it itself (a wait for the child would have been a hit).
         assert os.getpid() in [int(line[0]) for line in _log_lines(log)]
     finally:
+        release()
         process.join(30)
     assert process.exitcode == 0
     assert len(_log_lines(log)) == 2
@@ -1356,7 +1329,7 @@ def _five_entries(cache, location):
     for x in range(5):
         before = entry_files(location)
         f(x)
-        paths[x] = only_new_entry(location, before)
+        paths[x] = new_entry(location, before)
     for x, path in paths.items():
         moment = now - 1000 + 10 * x
         os.utime(path, (moment, moment))

@@ -1,7 +1,7 @@
 """``cachelib.Memory``: joblib.Memory's documented interface and meanings, on a ``Cache``.
 
 Written from joblib's documentation (``Memory``, ``MemorizedFunc``, ``MemorizedResult``,
-``expires_after``); every test counts the real calls in the module global ``CALLS``.
+``expires_after``); every test counts the real calls in ``helpers.CALLS`` (the ``calls`` fixture).
 """
 
 from __future__ import annotations
@@ -17,21 +17,11 @@ import zlib
 
 import numpy as np
 import pytest
-from helpers import Calls, entry_path
+from helpers import CALLS, entry_path, entry_stream
 
 import cachelib
 
 pytestmark = pytest.mark.timeout(60)
-
-CALLS = Calls()
-ENTRY_MAGIC = b"\x89CLENT\r\n"
-
-
-def entry_stream(data: bytes) -> bytes:
-    """The result's stream inside an entry file (after its header and metadata, 64-byte aligned)."""
-    assert data[:8] == ENTRY_MAGIC
-    metadata_length = int.from_bytes(data[12:16], "little")
-    return data[-(-(64 + metadata_length) // 64) * 64 : -48]
 
 
 def square(x, y=1):
@@ -42,18 +32,6 @@ def square(x, y=1):
 def ones(n):
     CALLS.append(n)
     return np.ones(n)
-
-
-@pytest.fixture
-def calls():
-    CALLS.clear()
-    yield CALLS
-    CALLS.clear()
-
-
-@pytest.fixture
-def location(tmp_path):
-    return tmp_path / "cache"
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from helpers import compress_params, peak_rss_growth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -209,6 +210,9 @@ ROUNDTRIP_CASES: dict[str, Callable[[], Any]] = {
 }
 
 
+# Every case through every codec is 520 tests: the fast tier takes them raw and through zstd; the
+# other codecs run in the fast tier in the tests below (streams, strided views, memmaps, files).
+@pytest.mark.parametrize("compress", compress_params(fast=["zstd"]))
 @pytest.mark.parametrize("case", list(ROUNDTRIP_CASES))
 def test_roundtrip_is_exact(case, compress, roundtrip, same):
     """A value written to a path and read back is an exact copy: values, dtype with byte
@@ -336,6 +340,7 @@ def _laid_out_arrays(draw: Any) -> np.ndarray:
     return array.T if layout == "transpose" else array
 
 
+@pytest.mark.parametrize("compress", compress_params(fast=["zstd"]))  # 60 examples a codec: seconds
 @settings(max_examples=60)
 @given(array=_laid_out_arrays())
 def test_property_any_array_roundtrips(array, compress, roundtrip, same):
@@ -1191,18 +1196,13 @@ def test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records(t
 def _dump_growth_mib(count: int, path: str) -> float:
     """Peak RSS growth (MiB) of dumping ``count`` tiny arrays, in this (forked) process."""
     value = _many_small_arrays(count)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _status_kib("VmRSS")
-    cachelib.dump(value, path)
-    return (_status_kib("VmHWM") - before) / 1024
+    with peak_rss_growth() as growth:
+        cachelib.dump(value, path)
+    return growth[0] / 2**20
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(status.read().split(f"{field}:")[1].split()[0])
-
-
+# 200,000 arrays: test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records is the quick case
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
 def test_dumping_200000_small_arrays_adds_less_than_64_mib(tmp_path):
     """What the pickler keeps for in-band buffers is bounded (a few hundred bytes each: 80 MiB here)."""

@@ -67,6 +67,7 @@ def test_joblib_parallel_loky_computes_each_distinct_argument_once(tmp_path):
     assert sorted(calls) == [str(x) for x in range(6)]
 
 
+@pytest.mark.slow  # loky workers: test_joblib_parallel_loky_... is the quick case
 def test_recursive_main_function_runs_in_loky_workers(tmp_path):
     done, _ = run_script(tmp_path, """
         if __name__ == "__main__":

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -15,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _system import run_cli
 
 import cachelib
 from cachelib._cli.main import main
@@ -26,7 +25,9 @@ from cachelib._stores.fsspec_store import FsspecStore
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture(params=["memory", "s3"])
+# S3 on moto takes a fraction of a second to seconds a test: the fast tier runs memory:// and, for
+# S3, test_a_remote_cache_computes_once_and_hits (parametrized below) and the missing bucket.
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.slow)])
 def remote(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """``(url, storage_options)`` of a fresh remote location: memory://, then S3 on moto."""
     if request.param == "memory":
@@ -45,6 +46,7 @@ def _counting(cache: cachelib.Cache, **options: Any) -> tuple[Any, list[Any]]:
     return cache.memoize(compute, ignore=["calls"], **options), calls  # the log is not an input
 
 
+@pytest.mark.parametrize("remote", ["memory", "s3"], indirect=True)
 def test_a_remote_cache_computes_once_and_hits(remote: tuple[str, dict[str, Any]], same: Any) -> None:
     """Misses store, hits load the same value, small and large (streamed) results alike."""
     url, options = remote
@@ -128,6 +130,9 @@ def test_clear_and_function_clear_remove_remote_entries(remote: tuple[str, dict[
     assert cache.info().entries == 2
 
 
+# Four stores a second apart: eviction's choice is test_memoize's (reduce_size, bytes_limit), the
+# store's listing test_info_counts_entries_and_calls_from_the_store's.
+@pytest.mark.slow
 def test_eviction_keeps_a_remote_cache_within_limits(remote: tuple[str, dict[str, Any]]) -> None:
     """``reduce_size`` and ``bytes_limit`` evict the oldest-stored entries of a remote cache."""
     url, options = remote
@@ -309,6 +314,7 @@ def test_the_command_line_works_on_a_memory_url(capsys: pytest.CaptureFixture[st
     assert "no cache at" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two fresh interpreters on S3: test_the_command_line_works_on_a_memory_url
 def test_the_command_line_reaches_s3_through_fsspec_configuration(
     s3_bucket: tuple[str, dict[str, Any]]
 ) -> None:
@@ -318,12 +324,10 @@ def test_the_command_line_reaches_s3_through_fsspec_configuration(
     compute, _ = _counting(cachelib.Cache(url, storage_options=options))
     compute(1), compute(2)
     env = {**os.environ, "FSSPEC_S3": json.dumps(options)}
-    run = subprocess.run([sys.executable, "-m", "cachelib", "info", url], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = run_cli("info", url, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "total: 2 entries" in run.stdout
-    run = subprocess.run([sys.executable, "-m", "cachelib", "verify", url], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = run_cli("verify", url, env=env, timeout=120)
     assert run.returncode == 0 and "2 entries checked, 0 damaged" in run.stdout, run.stderr
 
 

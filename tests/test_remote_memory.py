@@ -9,13 +9,12 @@ copy of the result + 5% + 64 MB.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_python
 
 pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
 
@@ -65,16 +64,12 @@ CHILD = textwrap.dedent('''
 def _peaks(tmp_path: Path, bucket: str, options: dict[str, Any], size: int) -> dict[str, int]:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    run = subprocess.run(
-        [sys.executable, str(script), f"s3://{bucket}/memory", json.dumps(options), str(size)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_python(script, f"s3://{bucket}/memory", json.dumps(options), size,  # type: ignore[no-any-return]
+                      timeout=600)
 
 
 @pytest.mark.parametrize("size", [
-    pytest.param(96 * MB, id="96MB"),
+    pytest.param(96 * MB, id="96MB", marks=pytest.mark.slow),
     pytest.param(400 * MB, id="400MB", marks=pytest.mark.slow),
 ])
 @pytest.mark.timeout(600)

@@ -82,6 +82,7 @@ def test_make_pipeline_second_fit_refits_nothing(memory, data, tmp_path):
     np.testing.assert_array_equal(first.predict(X), second.predict(X))
 
 
+@pytest.mark.slow  # worker processes: test_pipeline_second_fit_refits_nothing is the quick case
 def test_grid_search_in_two_processes_fits_each_split_once(memory, data, tmp_path):
     X, y = data
     log = tmp_path / "fits.log"

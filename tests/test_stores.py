@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,26 @@ class TestS3Store(StoreContract):
     def store(self, s3_bucket: tuple[str, dict[str, Any]]) -> Any:
         bucket, options = s3_bucket
         return fsspec_store.FsspecStore(f"s3://{bucket}/prefix", options)
+
+
+def _marked_slow(test: Any) -> Any:
+    """A StoreContract test as a function of its own, marked slow (the contract's stays unmarked)."""
+
+    @functools.wraps(test)
+    def slow_test(*args: Any, **kwargs: Any) -> Any:
+        return test(*args, **kwargs)
+
+    return pytest.mark.slow(slow_test)
+
+
+# Every test against the S3 server takes a tenth of a second to seconds: the fast tier keeps what
+# only S3 does (conditional creates and multipart uploads, completed or aborted, reads pinned to
+# one version, listings); memory:// runs the whole contract quickly.
+S3_QUICK = {"test_the_first_exclusive_writer_wins", "test_a_failed_write_leaves_nothing",
+            "test_a_reader_sees_one_version", "test_list_yields_the_objects_under_a_prefix"}
+for _name in dir(StoreContract):
+    if _name.startswith("test_") and _name not in S3_QUICK:
+        setattr(TestS3Store, _name, _marked_slow(getattr(StoreContract, _name)))
 
 
 class TestGenericFsspecStore(StoreContract):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # mypy takes seconds; no quicker check sees types
 pytest.importorskip("mypy", reason="mypy (the test extra) is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]

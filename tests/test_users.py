@@ -31,21 +31,20 @@ from _system import (
     Users,
     arena,
     cli_here,
-    entry_files,
     file_state,
-    new_entry,
     owned_dir,
-    patch_record,
-    patched,
-    records_in,
     run_as,
     run_with_timeout,
     start_child,
     users,
+    wait_for_new_statistics,
+    wait_until,
 )
 from _victims import computations, digest, large, memoized, plain, slow, square
+from helpers import entry_files, new_entry, patch_record, patched, records_in, statistics_files
 
 import cachelib
+from cachelib._entries import stats as _stats
 from cachelib._entries.names import entry as entry_name
 
 __all__ = ["arena", "users"]  # the fixtures, imported so that the tests here can use them
@@ -75,13 +74,13 @@ def evil_pickle(marker: Path, length: int) -> bytes:
 
 def code_writes(data: bytes, marker: Path) -> list[tuple[int, bytes]]:
     """The writes that turn an entry's first pickle record into ``evil_pickle`` (checksum fixed)."""
-    first = next(r for r in records_in(data) if r.kind == b"P")
+    first = next(r for r in records_in(data) if r.kind == "P")
     return patch_record(data, first, evil_pickle(marker, first.length))
 
 
 def data_writes(data: bytes) -> list[tuple[int, bytes]]:
     """The writes that put 666 in the first 4 KiB of an entry's largest array (checksum fixed)."""
-    array = max((r for r in records_in(data) if r.kind == b"A"), key=lambda r: r.length)
+    array = max((r for r in records_in(data) if r.kind == "A"), key=lambda r: r.length)
     return patch_record(data, array, (666).to_bytes(8, "little") * 512)
 
 
@@ -301,6 +300,9 @@ def _clear(location: str, **options: Any) -> None:
     cachelib.Cache(location, **options).clear()
 
 
+# Each case races for 5 s: signed entries refuse a flipped byte, a copy or another secret quickly in
+# test_memoize (test_signed_entry_with_a_flipped_byte_is_refused_before_unpickling and the tests after it).
+@pytest.mark.slow
 @pytest.mark.parametrize(("attack", "payload", "mmap_mode"), [
     ("pwrite", "code", None), ("pwrite", "data", None), ("pwrite", "data", "r"),
     ("rename", "code", None), ("rename", "data", "r"),
@@ -408,10 +410,8 @@ def test_a_killed_soft_lock_holder_does_not_make_the_next_caller_wait(
     holding = getattr(users, holder)
     child = start_child(_hold, str(lab), log_of(logs, holding), GROUP, user=holding, umask=0o002)
     try:
-        deadline = time.monotonic() + 30
-        while not list(lab.rglob("*.lock")):
-            assert time.monotonic() < deadline, "the holder never took the lock"
-            time.sleep(0.05)
+        wait_until(lambda: any(lab.rglob("*.lock")), 30)
+        assert any(lab.rglob("*.lock")), "the holder never took the lock"
     finally:
         child.kill()
     outcome = run_as(users.alice, _after_holder, str(lab), log_of(logs, users.alice), GROUP, umask=0o002,
@@ -425,20 +425,22 @@ def test_a_killed_soft_lock_holder_does_not_make_the_next_caller_wait(
 
 def _use_everything(location: str, log: str, options: dict[str, Any]) -> None:
     """Create everything a cache creates: entries, markers, locks, leases, statistics, size records."""
+    _stats._FLUSH_EVERY = 0.05  # in this child only: its statistics are written at once, not after 1 s
     cache = cachelib.Cache(location, bytes_limit="10M", **options)
     f = cache.memoize(ignore=["log"])(square)
     soft = cachelib.Cache(location, lock="soft", **options).memoize(ignore=["log"])(plain)
     f(1, log=log)
     f(1, log=log)
     soft(2, log=log)
-    time.sleep(1.5)
+    wait_for_new_statistics(Path(location))
     cache.info()
     cache.reduce_size(bytes_limit="10M")
     shared = ["--share", options["share"]] if options.get("share") else []
     for command in (["prune", "--older-than", "1000d"], ["verify", "--fix"], ["info"]):
         cli_here("--location", location, *command, *shared)
+    folded = statistics_files(Path(location))
     f(3, log=log)
-    time.sleep(1.5)  # a statistics file not folded yet
+    wait_for_new_statistics(Path(location), folded)  # a statistics file not folded yet
 
 
 def _modes(root: Path, below_only: bool = False) -> dict[str, tuple[str, int, int, int]]:
@@ -514,6 +516,7 @@ def _replay(location: str, log: str, how: str, options: dict[str, Any]) -> list[
     return [in_cache, digest(f(1, log=log))]
 
 
+@pytest.mark.slow  # waits for expiry: test_memoize's test_expiry_reads_the_time_stored_inside_the_entry
 @pytest.mark.parametrize("how", ["touch", "restore"])
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_an_expired_entry_is_not_revived_by_touching_or_restoring_it(tmp_path: Path, how: str,
@@ -527,6 +530,7 @@ def test_an_expired_entry_is_not_revived_by_touching_or_restoring_it(tmp_path: P
     assert len(computations(log)) == (2 if how == "touch" else 3)
 
 
+@pytest.mark.slow  # waits for expiry: test_memoize's test_expiry_reads_the_time_stored_inside_the_entry
 def test_a_member_replaying_an_expired_entry_does_not_revive_it(arena: Path, users: Users, lab: Path,
                                                                 logs: Path) -> None:
     """Bob plants his saved copy of alice's expired (validly signed) entry: she recomputes."""
