@@ -222,9 +222,9 @@ def s3_endpoint() -> Any:
     import logging
 
     server_module = pytest.importorskip(
-        "moto.server", reason="S3 tests need moto's server: pip install 'cachelib[test]'"
+        "moto.server", reason="S3 tests need moto's server: pip install 'cachelib-numpy[test]'"
     )
-    pytest.importorskip("s3fs", reason="S3 tests need s3fs: pip install 'cachelib[s3]'")
+    pytest.importorskip("s3fs", reason="S3 tests need s3fs: pip install 'cachelib-numpy[s3]'")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never look for credentials off-host
     port = _free_port()

@@ -12,7 +12,7 @@ from _system import wait_until
 import cachelib
 
 distributed = pytest.importorskip(
-    "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib[dask]'"
+    "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib-numpy[dask]'"
 )
 cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
 

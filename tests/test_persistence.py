@@ -19,7 +19,8 @@ import sys
 import threading
 import warnings
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest

@@ -20,7 +20,7 @@ import cachelib
 from cachelib._cli.main import main
 from cachelib._entries import names
 
-pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
+pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib-numpy[fsspec]'")
 from cachelib._stores.fsspec_store import FsspecStore
 
 SECRET = b"0123456789abcdef0123456789abcdef"

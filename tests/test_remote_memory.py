@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
+pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib-numpy[fsspec]'")
 
 MB = 1 << 20
 CHILD = textwrap.dedent('''

@@ -12,7 +12,7 @@ from store_contract import StoreContract
 from cachelib._stores.local import LocalStore
 
 fsspec_store = pytest.importorskip("cachelib._stores.fsspec_store", reason="fsspec stores need fsspec")
-pytest.importorskip("fsspec", reason="fsspec stores need fsspec: pip install 'cachelib[fsspec]'")
+pytest.importorskip("fsspec", reason="fsspec stores need fsspec: pip install 'cachelib-numpy[fsspec]'")
 
 
 class TestLocalStore(StoreContract):
@@ -87,5 +87,5 @@ def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         return value * 2
 
-    s3fs = pytest.importorskip("s3fs", reason="an async filesystem: pip install 'cachelib[s3]'")
+    s3fs = pytest.importorskip("s3fs", reason="an async filesystem: pip install 'cachelib-numpy[s3]'")
     assert fsspec_compat.run_on_loop(s3fs.S3FileSystem(anon=True, skip_instance_cache=True), answer, 21) == 42
