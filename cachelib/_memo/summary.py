@@ -56,7 +56,7 @@ class _Short(reprlib.Repr):
         if shape is not None:
             dtype = getattr(x, "dtype", None)
             return f"{type(x).__name__}(shape={shape}" + (f", dtype={dtype})" if dtype is not None else ")")
-        if type(x).__repr__ is object.__repr__ and not isinstance(x, type):
+        if getattr(type(x), "__repr__", None) is object.__repr__ and not isinstance(x, type):
             return self._object(x, level)
         return super().repr1(x, level)
 
