@@ -221,15 +221,14 @@ def test_cache_of_a_memoized_function_wraps_the_original(memory, calls):
     assert calls == [2]
 
 
-def test_per_function_verbose_overrides_the_memory(location, caplog):
-    """Verbose functions report through the printing ``cachelib.verbose1`` logger, quiet ones not."""
+def test_per_function_verbose_overrides_the_memory(location, capsys):
+    """Verbose functions print (to stderr, through ``cachelib.verbose1``), quiet ones not."""
     chatty = cachelib.Memory(location, verbose=0).cache(square, verbose=1)
     silent = cachelib.Memory(location, verbose=1).cache(ones, verbose=0)
-    with caplog.at_level(logging.DEBUG, logger="cachelib"):
-        silent(3)
-        chatty(7)
-    printed = [r.getMessage() for r in caplog.records if r.name.startswith("cachelib.verbose")]
-    assert len(printed) == 1 and printed[0].startswith("miss square"), printed
+    silent(3)
+    chatty(7)
+    printed = capsys.readouterr().err.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("[cachelib] miss square"), printed
 
 
 def test_eval_memoizes_the_call(memory, calls):

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, overload
@@ -45,8 +46,9 @@ class Cache:
 
     ``location=None`` disables caching: memoized functions just call through.
     ``compress`` and ``mmap_mode`` are defaults each ``memoize`` may override;
-    ``verbose`` makes this cache print (1 misses, 2 hits too); records always go to
-    the ``cachelib`` logger family, quiet unless configured.
+    ``verbose`` makes this cache print to stderr (1 misses, 2 hits too), through
+    loggers of its own that never reach the application's handlers a second time;
+    a quiet cache's records go to the ``cachelib`` logger, silent unless configured.
     ``lock_timeout`` bounds how long a caller waits for another process computing
     the same call; after it the caller computes anyway, or raises ``LockTimeout``
     with ``on_lock_timeout="raise"``. ``lock="soft"`` suits filesystems without
@@ -285,18 +287,38 @@ def _check_no_store_options(location: Any, share: Any, fsync: Any, storage_optio
         )
 
 
-def verbose_logger(verbose: int) -> logging.Logger:
-    """The ``cachelib`` logger, or for ``verbose`` 1 or more a printing child of it.
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (a notebook's, pytest's capture, a redirect)."""
 
-    ``cachelib.verbose1`` prints misses, ``cachelib.verbose2`` hits too.
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("[cachelib] %(message)s"))
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def verbose_logger(verbose: int) -> logging.Logger:
+    """The ``cachelib`` logger, or for ``verbose`` 1 or more a child of it that prints to stderr.
+
+    ``cachelib.verbose1`` prints misses, ``cachelib.verbose2`` hits too. They do not
+    propagate: whatever handlers the application set up (``logging.basicConfig``, a
+    notebook's, a dask worker's) never print a verbose line a second time. An
+    application that wants these lines in its own handlers adds them to those loggers.
     """
     if not verbose:
         return logger
     level = min(int(verbose), 2)
     chatty = logging.getLogger(f"cachelib.verbose{level}")
     if not chatty.handlers:
-        chatty.addHandler(logging.StreamHandler())
+        chatty.addHandler(_Stderr())
         chatty.setLevel(logging.DEBUG if level > 1 else logging.INFO)
+        chatty.propagate = False
     return chatty
 
 

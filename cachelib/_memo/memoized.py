@@ -34,6 +34,8 @@ from .._errors import (
 )
 from .._keys.calls import CallKeyer, function_identity, unwrap
 from .._keys.explain import explain_miss
+from .._sizes import format_size
+from .._text import duration
 from .._typing import P, R
 from .info import FunctionInfo
 from .options import MemoizeOptions
@@ -216,7 +218,7 @@ class MemoizedFunction(Generic[P, R]):
         self._recorder.record_hit(_seconds(metadata))
         logger = self.logger
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
+            logger.debug("hit %s: loaded in %s", self.__qualname__, duration(time.perf_counter() - started))
         return True, result
 
     def _acquire(self, key: str) -> Any:
@@ -300,10 +302,9 @@ class MemoizedFunction(Generic[P, R]):
                 stacklevel=3,
             )
             return result
-        self.logger.info(
-            "miss %s (%s): computed in %.3f s, stored %d bytes in %.3f s",
-            self.__qualname__, why or "not stored yet", seconds, size, time.perf_counter() - started,
-        )
+        stored_in = duration(time.perf_counter() - started)
+        self.logger.info("miss %s: %s; computed in %s, stored %s in %s", call or self.__qualname__,
+                         why or "not stored yet", duration(seconds), format_size(size), stored_in)
         self.cache._after_store(size)
         return returned
 
