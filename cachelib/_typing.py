@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, Union
 
-__all__ = ["Loadable", "MmapMode", "P", "R", "ReadableFile", "S", "Sink", "Source", "T"]
+__all__ = ["Loadable", "MmapMode", "P", "Q", "R", "ReadableFile", "S", "Sink", "Source", "T"]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")  # the parameters of a memoized method once bound (P without self)
 R = TypeVar("R")
 S = TypeVar("S")  # the instance a memoized method is bound to
 T = TypeVar("T")

@@ -18,7 +18,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, Protocol, TypeVar, cast, overload
+from typing import Any, Concatenate, Generic, Protocol, TypeVar, cast, overload
 
 from .._codecs.registry import Compressor
 from .._entries.policy import Entries, Missing
@@ -36,7 +36,7 @@ from .._keys.calls import CallKeyer, function_identity, unwrap
 from .._keys.explain import explain_miss
 from .._sizes import format_size
 from .._text import duration
-from .._typing import P, R
+from .._typing import P, Q, R, S, T
 from .info import FunctionInfo
 from .options import MemoizeOptions
 from .pickling import reduce_wrapper
@@ -141,7 +141,9 @@ class MemoizedFunction(Generic[P, R]):
     def __get__(self: M, instance: None, owner: type | None = None) -> M: ...
 
     @overload
-    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., R]: ...
+    def __get__(
+        self: MemoizedFunction[Concatenate[S, Q], T], instance: S, owner: type | None = None
+    ) -> Callable[Q, T]: ...
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """Bind like a function, so that decorated methods receive ``self``."""
