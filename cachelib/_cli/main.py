@@ -306,7 +306,7 @@ _COMMANDS = {
     "verify": ("check every entry's integrity without unpickling (exit 1 if any is damaged)",
                "Check every checksum (and, with the secret, every signature) without unpickling."),
     "demo": ("memoize a real computation and show hits, mmap and info",
-             "Memoize an SVD and an FFT, and show a miss, a hit, a memory-mapped hit and info."),
+             "Memoize an SVD and an FFT (a few seconds), and show misses, hits, a memory-mapped hit and info."),
 }
 
 
@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true",
                          help="print one JSON document (its schema is in the documentation) instead of text")
     demo = command("demo")
-    demo.add_argument("--size", type=int, default=1200, metavar="N",
-                      help="matrix size of the demo's SVD (default 1200)")
+    demo.add_argument("--size", type=int, default=600, metavar="N",
+                      help="matrix size of the demo's SVD (default 600)")
     return parser
 
 
