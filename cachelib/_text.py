@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 import unicodedata
+from collections.abc import Iterable, Sequence
 
-__all__ = ["age", "duration", "plural", "printable"]
+__all__ = ["age", "duration", "plural", "printable", "table_lines"]
 
-_IRREGULAR = {"entry": "entries"}
+_IRREGULAR = {"entry": "entries", "miss": "misses"}
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -82,3 +83,21 @@ def _escape(ch: str) -> str:
     if unicodedata.category(ch) == "Zs":  # other spaces are harmless, but visible as escapes
         return ch
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def table_lines(
+    header: Sequence[str], rows: Sequence[Sequence[object]], left: Iterable[int] = (0,)
+) -> list[str]:
+    """A table as lines of text: each column as wide as its widest cell, the ``left`` ones left-aligned.
+
+    Every cell is made ``printable``; the last column is not padded.
+    """
+    shown = [[printable(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header))]
+    aligned = frozenset(left)
+    lines = []
+    for row in shown:
+        cells = [cell if i == len(row) - 1 else cell.ljust(w) if i in aligned else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return lines

@@ -32,9 +32,9 @@ from .._errors import CacheError, NotACacheError, UnsafeLocationError
 from .._memo.cache import function_info
 from .._sizes import format_size, parse_size
 from .._stores.locations import StoreOptions, is_url, open_store
-from .._text import age, duration, plural, printable
+from .._text import age, plural, printable, table_lines
 from .._version import __version__
-from .report import JsonList, Table, iso_time, table
+from .report import JsonList, Table, iso_time
 
 __all__ = ["main"]
 
@@ -148,9 +148,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"cache at {printable(entries.store.url)}")
     header = ("function", "entries", "size", "hits", "misses", "saved", "oldest", "newest")
-    table(header, [(r.name, f"{r.entries:,}", format_size(r.bytes), f"{r.hits:,}", f"{r.misses:,}",
-                    duration(r.saved_seconds), age(r.oldest), age(r.newest)) for _, r in rows],
-          left=[0], out=sys.stdout)
+    for line in table_lines(header, [r.cells() for _, r in rows], left=[0]):
+        print(line)
     print(f"total: {plural(total_entries, 'entry')}, {format_size(total_bytes)}")
     return 0
 
@@ -306,7 +305,7 @@ _COMMANDS = {
     "verify": ("check every entry's integrity without unpickling (exit 1 if any is damaged)",
                "Check every checksum (and, with the secret, every signature) without unpickling."),
     "demo": ("memoize a real computation and show hits, mmap and info",
-             "Memoize an SVD and an FFT (a few seconds), and show misses, hits, a memory-mapped hit and info."),
+             "Memoize an SVD and an FFT (a few seconds): misses, hits, a memory-mapped hit and info."),
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from .._text import printable
 
-__all__ = ["JsonList", "Table", "iso_time", "load_schema", "table"]
+__all__ = ["JsonList", "Table", "iso_time", "load_schema"]
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -65,14 +65,6 @@ class Table:
             else:
                 shown.append(text.rjust(width))
         print("  ".join(shown).rstrip(), file=self._out)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[object]], left: Iterable[int], out: TextIO) -> None:
-    """Print a whole table, each column as wide as its widest cell."""
-    widths = [max([len(printable(row[i])) for row in rows] + [0]) for i in range(len(header))]
-    printer = Table(header, widths, left, out)
-    for row in rows:
-        printer.row(row)
 
 
 class JsonList:

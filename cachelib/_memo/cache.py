@@ -23,9 +23,10 @@ from .._entries.policy import Entries
 from .._entries.stats import compact_stats, read_stats
 from .._errors import CacheError, CacheWarning, InvalidOptionError
 from .._format.persistence import resolve_compress
-from .._sizes import parse_size
+from .._sizes import format_size, parse_size
 from .._stores.base import Store
 from .._stores.locations import StoreOptions, open_store
+from .display import describe_options, html_fields
 from .info import CacheInfo, FunctionInfo
 from .memoized import AsyncMemoizedFunction, MemoizedFunction, memoized
 from .options import MemoizeArguments, MemoizeOptions, checked_mmap_mode, seconds_of
@@ -115,6 +116,14 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({self.location!r})"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: where the cache stores, its defaults and the functions memoized so far."""
+        fields = [("location", self.location or "none: functions just call"),
+                  *describe_options(self.compressor, self.mmap_mode, self.expires_after),
+                  ("bytes_limit", format_size(self.bytes_limit) if self.bytes_limit is not None else "none"),
+                  ("functions", ", ".join(sorted(self._functions)) or "none memoized yet")]
+        return html_fields("cachelib.Cache", fields)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle settings only: a worker's cache registers its own functions."""

@@ -37,6 +37,7 @@ from .._keys.explain import explain_miss
 from .._sizes import format_size
 from .._text import duration
 from .._typing import P, Q, R, S, T
+from .display import Explanation, describe_options, html_fields
 from .info import FunctionInfo
 from .options import MemoizeOptions
 from .pickling import reduce_wrapper
@@ -114,6 +115,16 @@ class MemoizedFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the function, where it stores, its options, and what it has stored."""
+        options = self.options
+        fields = [("function", self.name), ("cache", self.cache.location or "none: calls compute"),
+                  *describe_options(options.compressor, options.mmap_mode, options.expires_after),
+                  ("ignore", ", ".join(options.ignore) or "-")]
+        if self.cache.entries is not None:
+            fields.append(("stored", str(self.cache_info()).split(": ", 1)[-1]))
+        return html_fields(f"cachelib: memoized {self.__qualname__}", fields)
 
     def __reduce__(self) -> Any:
         """Pickle by name, or by value where other processes cannot import it (``_memo.pickling``).
@@ -361,10 +372,10 @@ class MemoizedFunction(Generic[P, R]):
         try:
             parts = self._keyer.key_parts(args, kwargs)
         except UnhashableError as exc:
-            return f"the call cannot be keyed: {exc}"
+            return Explanation(f"the call cannot be keyed: {exc}")
         if self.check_call_in_cache(*args, **kwargs):
-            return "the call hits: its entry is stored"
-        return explain_miss(parts, self._stored_key_parts())
+            return Explanation("the call hits: its entry is stored")
+        return Explanation(explain_miss(parts, self._stored_key_parts()))
 
     def _stored_key_parts(self) -> Iterator[dict[str, str]]:
         """Yield the key parts recorded by this function's most recent entries (newest first).
