@@ -156,6 +156,10 @@ class MemorizedFunc(MemoizedFunction[P, R], JoblibLogger):
         return verbose_logger(self._verbose)
 
     @property
+    def _chatty(self) -> bool:
+        return bool(self._verbose)
+
+    @property
     def func(self) -> Callable[P, R]:
         """The original, undecorated function (joblib's name for ``__wrapped__``)."""
         return self.__wrapped__

@@ -6,7 +6,7 @@ just stored it), computes, publishes, and lets go: one path (``Miss``) for sync
 calls, ``async def`` calls and ``Memory.call``, with the function run by the caller
 so that one cachelib frame stands between a call and the function. The function's
 own exceptions are never cached, and a failure to store warns but still returns
-the result.
+the result. A verbose function's long loads and stores show progress (``progress``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from .display import Explanation, describe_options, html_fields
 from .info import FunctionInfo
 from .options import MemoizeOptions
 from .pickling import reduce_wrapper
+from .progress import showing_progress
 from .summary import CallSummary
 
 __all__ = ["AsyncMemoizedFunction", "CacheSettings", "MemoizedFunction", "Miss", "memoized"]
@@ -173,6 +174,11 @@ class MemoizedFunction(Generic[P, R]):
         """Where this function reports its hits and misses (its cache's logger)."""
         return self.cache.logger
 
+    @property
+    def _chatty(self) -> bool:
+        """Whether the user asked this function for output (``verbose``): long loads and stores show."""
+        return bool(self.cache.verbose)
+
     # -- keys ------------------------------------------------------------------------------
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -212,9 +218,10 @@ class MemoizedFunction(Generic[P, R]):
         if entries is None:
             return False, None
         try:
-            metadata, result = entries.get(
-                self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after
-            )
+            with showing_progress(f"loading {self.__qualname__}", self._chatty):
+                metadata, result = entries.get(
+                    self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after
+                )
         except Missing:
             return False, None
         except FileAccessError as exc:
@@ -294,10 +301,11 @@ class MemoizedFunction(Generic[P, R]):
             metadata["call"] = call
         self._recorder.record(False, seconds)
         try:
-            size, returned = self._entries.put(
-                self.namespace, key, result, metadata, self.compressor,
-                about=self._about, mmap_mode=self.mmap_mode,
-            )
+            with showing_progress(f"storing {call or self.__qualname__}", self._chatty):
+                size, returned = self._entries.put(
+                    self.namespace, key, result, metadata, self.compressor,
+                    about=self._about, mmap_mode=self.mmap_mode,
+                )
         except SerializationError as exc:
             raise SerializationError(
                 f"the result of {self.__qualname__} (a {type(result).__module__}."
