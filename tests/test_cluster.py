@@ -171,7 +171,7 @@ def test_dask_workers_share_an_s3_cache(tmp_path: Path, s3_bucket: tuple[str, di
     expensive = cache.memoize(_expensive, ignore=["log"])
     keys = [k % 6 for k in range(24)]
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
     ) as cluster, distributed.Client(cluster) as client:
         results = client.gather(client.map(expensive, keys, log=str(log), pure=False))
         # Workers write their call counts about a second after a call: wait for them

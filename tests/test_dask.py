@@ -34,7 +34,7 @@ def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
     keys = [k % 12 for k in range(60)]  # each of 12 keys asked for 5 times
 
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
     ) as cluster, distributed.Client(cluster) as client:
         futures = client.map(expensive, keys, log=str(log), pure=False)
         results = client.gather(futures)

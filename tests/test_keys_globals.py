@@ -363,3 +363,16 @@ def test_ignore_names_must_be_read_or_defined(cache):
     with pytest.raises(cachelib.InvalidOptionError, match="does not take or read"):
         cache.memoize(cell["work"], ignore=["NOWHERE"])
     cache.memoize(cell["work"], ignore=["LIMIT", "helpers.SCALE"])  # defined, or another module's
+
+
+def test_no_module_of_cachelib_counts_as_user_code():
+    """cachelib's own modules, in every layer, are library code: never followed, never recorded."""
+    import pkgutil
+
+    from cachelib._keys.code import is_user_file
+
+    modules = [info.name for info in pkgutil.walk_packages(cachelib.__path__, "cachelib.")]
+    assert len(modules) > 30
+    for name in modules:
+        module = __import__(name, fromlist=["_"])
+        assert not is_user_file(module.__file__), name

@@ -96,7 +96,7 @@ def _library_roots() -> tuple[str, ...]:
     paths = {sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths.update(getattr(site, "getsitepackages", list)())
     paths.add(getattr(site, "getusersitepackages", lambda: None)())
-    paths.add(os.path.dirname(os.path.abspath(__file__)))  # cachelib itself
+    paths.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cachelib itself
     return tuple(os.path.join(os.path.realpath(path), "") for path in paths if path)
 
 
