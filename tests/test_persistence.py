@@ -147,7 +147,7 @@ ROUNDTRIP_CASES: dict[str, Callable[[], Any]] = {
         [np.array(["2000-01-01", "NaT"], f"{o}M8[{u}]") for o in "<>" for u in "YDh"]
         + [np.array([0, 2**62], "M8[ns]")]
     ),
-    "timedelta64": lambda: np.array([0, -5, 2**40, np.timedelta64("NaT")], ">m8[ms]"),
+    "timedelta64": lambda: np.array([0, -5, 2**40, np.timedelta64("NaT", "ms")], ">m8[ms]"),
     "unicode": lambda: np.array(["", "abc", "été", "ünïcödé \U0001f40d"]),
     "unicode-big-endian": lambda: np.array(["\u03b1", "\u03b2\u03b3"], ">U2"),
     "bytes": lambda: np.array([b"", b"a\x00b", b"\xff" * 5]),
