@@ -218,7 +218,7 @@ class MemoizedFunction(Generic[P, R]):
         if entries is None:
             return False, None
         try:
-            with showing_progress(f"loading {self.__qualname__}", self._chatty):
+            with showing_progress("loading", self.__qualname__, self._chatty):
                 metadata, result = entries.get(
                     self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after
                 )
@@ -301,7 +301,7 @@ class MemoizedFunction(Generic[P, R]):
             metadata["call"] = call
         self._recorder.record(False, seconds)
         try:
-            with showing_progress(f"storing {call or self.__qualname__}", self._chatty):
+            with showing_progress("storing", call or self.__qualname__, self._chatty):
                 size, returned = self._entries.put(
                     self.namespace, key, result, metadata, self.compressor,
                     about=self._about, mmap_mode=self.mmap_mode,

@@ -99,6 +99,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_progress._reset)
 
 
-def showing_progress(label: str, verbose: bool) -> contextlib.AbstractContextManager[None]:
-    """Note an operation (``"loading f"``) while it runs, shown if long and ``verbose``."""
-    return _progress.track(label) if verbose else contextlib.nullcontext()
+_QUIET = contextlib.nullcontext()
+
+
+def showing_progress(action: str, what: str, verbose: bool) -> contextlib.AbstractContextManager[None]:
+    """Note an operation (``"loading", "f"``) while it runs, shown if long and ``verbose``.
+
+    A quiet call costs one test: nothing is made, not even the label.
+    """
+    return _progress.track(f"{action} {what}") if verbose else _QUIET
