@@ -30,6 +30,7 @@ from .._entries.policy import Entries
 from .._entries.stats import compact_stats
 from .._errors import CacheError, NotACacheError, UnsafeLocationError
 from .._memo.cache import function_info
+from .._memo.info import HEADER
 from .._sizes import format_size, parse_size
 from .._stores.locations import StoreOptions, is_url, open_store
 from .._text import age, plural, printable, table_lines
@@ -147,8 +148,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"cache at {printable(entries.store.url)}")
-    header = ("function", "entries", "size", "hits", "misses", "saved", "oldest", "newest")
-    for line in table_lines(header, [r.cells() for _, r in rows], left=[0]):
+    for line in table_lines(HEADER, [r.cells() for _, r in rows], left=[0]):
         print(line)
     print(f"total: {plural(total_entries, 'entry')}, {format_size(total_bytes)}")
     return 0
