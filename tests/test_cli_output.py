@@ -1,6 +1,7 @@
 """What the command line prints: JSON that follows its schemas, and nothing a terminal would act on.
 
-Each command runs as a real subprocess; its output is read as bytes.
+The escaping is checked on the bytes a real subprocess writes; the JSON documents are
+read from ``main`` run in this process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 import cachelib
+from cachelib._cli.main import main
 from cachelib._cli.report import load_schema
 from cachelib._text import age, duration, plural, printable
 
@@ -52,6 +54,16 @@ def validate(document, command: str) -> None:
     jsonschema.validate(document, load_schema(command), format_checker=jsonschema.FormatChecker())
 
 
+def json_of(capsys, location, *args: str, status: int = 0):
+    """Run ``cachelib ARGS --json LOCATION`` in this process; its document, checked against the schema."""
+    assert main([*args, "--json", str(location)]) == status
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    document = json.loads(out)
+    validate(document, args[0])
+    return document
+
+
 @pytest.mark.parametrize("command", [["info"], ["ls"], ["verify"], ["clear", "--func", "evil.name"]])
 def test_text_from_a_cache_reaches_the_terminal_escaped(planted, command):
     location, _ = planted
@@ -66,47 +78,35 @@ def test_text_from_a_cache_reaches_the_terminal_escaped(planted, command):
         assert done.stdout.count(b"\n") == 4  # location, header, two entries: no injected line break
 
 
-@pytest.mark.parametrize("command", ["info", "ls", "verify"])
-def test_json_keeps_the_text_exactly_escaped_by_json(planted, command):
+def test_json_keeps_the_text_exactly_escaped_by_json(planted, capsys):
     location, honest = planted
-    done = cli(location, command, "--json")
-    assert done.returncode == 0, done.stderr
-    assert b"\x1b" not in done.stdout and b"\x07" not in done.stdout
-    document = json.loads(done.stdout)
-    validate(document, command)
-    if command == "ls":
-        by_function = {entry["function"]: entry for entry in document["entries"]}
-        assert by_function[EVIL]["call"] == EVIL
-        assert by_function[honest.name]["call"] == "square(x=3)"
-        assert by_function[honest.name]["key"] == honest.cache_key(3)
-    if command == "info":
-        assert {f["function"] for f in document["functions"]} == {EVIL, honest.name}
-        assert document["entries"] == 2
+    by_function = {entry["function"]: entry for entry in json_of(capsys, location, "ls")["entries"]}
+    assert by_function[EVIL]["call"] == EVIL
+    assert by_function[honest.name]["call"] == "square(x=3)"
+    assert by_function[honest.name]["key"] == honest.cache_key(3)
+    info = json_of(capsys, location, "info")
+    assert {f["function"] for f in info["functions"]} == {EVIL, honest.name}
+    assert info["entries"] == 2
+    assert json_of(capsys, location, "verify")["checked"] == 2
 
 
-def test_json_of_verify_reports_damage_and_fixes(planted):
+def test_json_of_verify_reports_damage_and_fixes(planted, capsys):
     location, honest = planted
     path = location / honest.namespace / honest.cache_key(3)[:2] / f"{honest.cache_key(3)}.cl"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    damaged = cli(location, "verify", "--json")
-    assert damaged.returncode == 1
-    document = json.loads(damaged.stdout)
-    validate(document, "verify")
+    document = json_of(capsys, location, "verify", status=1)
     assert (document["checked"], document["damaged_count"], document["removed"]) == (2, 1, 0)
     assert [d["path"] for d in document["damaged"]] == [str(path)]
-    fixed = json.loads(cli(location, "verify", "--fix", "--json").stdout)
-    validate(fixed, "verify")
+    fixed = json_of(capsys, location, "verify", "--fix")
     assert fixed["damaged"][0]["removed"] is True
     assert not path.exists()
 
 
-def test_json_of_an_empty_location(tmp_path):
+def test_json_of_an_empty_location(tmp_path, capsys):
     for command in ("info", "ls", "verify"):
-        done = cli(tmp_path, command, "--json")
-        assert done.returncode == 0, done.stderr
-        validate(json.loads(done.stdout), command)
+        json_of(capsys, tmp_path, command)
 
 
 def test_human_forms():
