@@ -1223,4 +1223,5 @@ def test_arrays_whose_dtypes_print_alike_keep_each_its_own_dtype(tmp_path):
         loaded = cachelib.load(path, mmap_mode=mode)
         assert [a.dtype for a in loaded] == [a.dtype for a in value]
         assert [type(a.dtype) for a in loaded] == [type(a.dtype) for a in value]
-        assert [a.dtype.metadata for a in loaded] == [a.dtype.metadata for a in value]
+        # Empty metadata is no metadata (keys agree); numpy 2.2's own pickle gives datetimes an empty one.
+        assert [a.dtype.metadata or None for a in loaded] == [a.dtype.metadata or None for a in value]
