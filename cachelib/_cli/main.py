@@ -29,7 +29,7 @@ from .._entries.budget import SizeBudget, clean_leftovers, evict
 from .._entries.policy import Entries
 from .._entries.stats import compact_stats
 from .._errors import CacheError, NotACacheError, UnsafeLocationError
-from .._memo.cache import function_info
+from .._memo.cache import function_info, function_name
 from .._memo.info import HEADER
 from .._sizes import format_size, parse_size
 from .._stores.locations import StoreOptions, is_url, open_store
@@ -164,7 +164,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"cachelib: no function named {printable(repr(args.func))} in {printable(entries.store.url)}; "
               "see 'cachelib info'", file=sys.stderr)
         return 1
-    functions = sorted((_function_name(entries, ns), ns) for ns in namespaces)
+    functions = sorted((function_name(entries, ns), ns) for ns in namespaces)
     if args.json:
         listing = JsonList({"location": entries.store.url}, "entries", sys.stdout)
     else:
@@ -187,12 +187,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         listing.close()
     return 0
-
-
-def _function_name(entries: Entries, namespace: str) -> str:
-    """A function's qualified name, as its marker records it (else its directory's name)."""
-    name = entries.about(namespace).get("function")
-    return name if isinstance(name, str) and name else namespace.rsplit("-", 1)[0]
 
 
 def _call_of(entries: Entries, namespace: str, key: str) -> tuple[str | None, bool]:

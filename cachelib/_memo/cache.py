@@ -331,10 +331,15 @@ def verbose_logger(verbose: int) -> logging.Logger:
     return chatty
 
 
+def function_name(entries: Entries, namespace: str) -> str:
+    """A function's qualified name, as its marker records it (else its directory's name)."""
+    name = entries.about(namespace).get("function")
+    return name if isinstance(name, str) and name else namespace.rsplit("-", 1)[0]
+
+
 def function_info(entries: Entries, namespace: str) -> FunctionInfo:
     """Summarise one function: entries on disk and recorded calls."""
-    name = entries.about(namespace).get("function")
-    info = FunctionInfo(name if isinstance(name, str) and name else namespace.rsplit("-", 1)[0])
+    info = FunctionInfo(function_name(entries, namespace))
     for _, item in entries.entries(namespace):
         info.entries += 1
         info.bytes += item.size
