@@ -211,10 +211,12 @@ def test_a_stream_of_array_records_waiting_for_no_pickle_is_refused_early():
 
 
 def test_metadata_and_header_limits(tmp_path):
+    head, _ = read_back(entry_bytes(metadata={"x": "y" * 70_000}))  # the recorded files of a big call
+    assert head.metadata["x"] == "y" * 70_000
     with pytest.raises(cachelib.CacheError):
-        entry_bytes(metadata={"x": "y" * 70_000})
+        entry_bytes(metadata={"x": "y" * ((1 << 24) + 1)})
     data = bytearray(entry_bytes())
-    data[12:16] = struct.pack("<I", 1 << 20)  # a metadata length beyond the limit
+    data[12:16] = struct.pack("<I", 1 << 20)  # a metadata length beyond the file
     with pytest.raises(cachelib.CorruptFileError):
         read_back(bytes(data))
     assert os.listdir(tmp_path) == []

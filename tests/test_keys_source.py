@@ -104,6 +104,7 @@ import cachelib
 
 cache = cachelib.Cache(sys.argv[1])
 SCALE = 3
+NAMES = {"h": "helper"}
 
 class Model:
     weight = 2.0
@@ -122,7 +123,9 @@ def work(x, *, offset=1):
     except ValueError:
         values = []
     else:
-        values.append(helper(x))
+        values.append(globals()[NAMES["h"]](x))  # found by name at run time: recorded
+    with open(sys.argv[2]) as handle:  # a file read: recorded
+        values.append(float(handle.read()))
     return float(np.sum(values)) + offset
 
 stored = work.check_call_in_cache(4)
@@ -152,11 +155,12 @@ def test_another_python_version_hits_what_this_one_stored(tmp_path, python):
     """The same script under this Python and another minor version: the second hits the first's entry."""
     script = tmp_path / "shared.py"
     script.write_text(_SCRIPT)
-    cache = tmp_path / "cache"
+    cache, data = tmp_path / "cache", tmp_path / "data.txt"
+    data.write_text("1.5")
 
     def run(interpreter: str) -> dict:
-        done = subprocess.run([interpreter, str(script), str(cache)], capture_output=True, text=True,
-                              timeout=90, check=False)
+        done = subprocess.run([interpreter, str(script), str(cache), str(data)], capture_output=True,
+                              text=True, timeout=90, check=False)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -166,5 +170,9 @@ def test_another_python_version_hits_what_this_one_stored(tmp_path, python):
     assert other["python"] != first["python"]
     assert other["stored"] is True, other
     assert other["value"] == first["value"]
-    script.write_text(_SCRIPT.replace("values.append(helper(x))", "values.append(helper(x) + 1)"))
-    assert run(python)["stored"] is False  # an edit still misses there
+    data.write_text("2.5")
+    assert run(python)["stored"] is False  # a file edited since misses there
+    script.write_text(_SCRIPT.replace("return sum(squares) * SCALE", "return sum(squares) * SCALE + 1"))
+    edited = run(python)
+    assert edited["stored"] is False  # and so does an edit of code found at run time
+    assert run(sys.executable)["stored"] is True  # which this version then hits

@@ -31,6 +31,7 @@ from .._entries.stats import compact_stats
 from .._errors import CacheError, NotACacheError, UnsafeLocationError
 from .._memo.cache import function_info, function_name
 from .._memo.info import HEADER
+from .._memo.summary import depends_summary
 from .._sizes import format_size, parse_size
 from .._stores.locations import StoreOptions, is_url, open_store
 from .._text import age, plural, printable, table_lines
@@ -170,32 +171,35 @@ def cmd_ls(args: argparse.Namespace) -> int:
     else:
         print(f"cache at {printable(entries.store.url)}")
         width = max([len(printable(name)) for name, _ in functions] + [0])
-        header = ("function", "key", "size", "stored", "used", "call")
+        header = ("function", "key", "size", "stored", "used", "call [depends on]")
         rows = Table(header, (width, 32, 10, _AGE_WIDTH, _AGE_WIDTH, 0), left=[0, 1], out=sys.stdout)
     for name, namespace in functions:
         for key, item in sorted(entries.entries(namespace), key=lambda pair: (pair[1].stored, pair[0])):
-            call, damaged = _call_of(entries, namespace, key)
+            call, depends, damaged = _described(entries, namespace, key)
             used = item.used if item.used > item.stored else None
             if args.json:
                 record = {"function": name, "directory": namespace, "key": key,
                           "path": _where(entries, namespace, key), "bytes": item.size,
-                          "stored": iso_time(item.stored), "used": iso_time(used), "call": call}
+                          "stored": iso_time(item.stored), "used": iso_time(used), "call": call,
+                          "depends": depends}
                 listing.add({**record, "damaged": True} if damaged else record)
             else:
-                shown = "(damaged)" if damaged else (call or "")
+                shown = (call or "") + (f"  [depends on: {depends}]" if depends else "")
+                shown = "(damaged)" if damaged else shown
                 rows.row((name, key, format_size(item.size), age(item.stored), age(used), shown))
     if args.json:
         listing.close()
     return 0
 
 
-def _call_of(entries: Entries, namespace: str, key: str) -> tuple[str | None, bool]:
-    """An entry's call summary (None if it recorded none), and whether its header is damaged."""
+def _described(entries: Entries, namespace: str, key: str) -> tuple[str | None, str | None, bool]:
+    """An entry's call summary and what it depends on (None if not recorded), and whether it is damaged."""
     try:
-        call = entries.head(namespace, key).metadata.get("call")
+        metadata = entries.head(namespace, key).metadata
     except (CacheError, OSError, KeyError):
-        return None, True
-    return (call if isinstance(call, str) and call else None), False
+        return None, None, True
+    call = metadata.get("call")
+    return (call if isinstance(call, str) and call else None), depends_summary(metadata) or None, False
 
 
 def cmd_clear(args: argparse.Namespace) -> int:

@@ -63,7 +63,7 @@ CHECKSUM = struct.Struct("<Q")  # xxh3_64 of HEADER and metadata
 HEADER_SIZE = HEADER.size + CHECKSUM.size  # 64
 TRAILER_MAGIC = b"\x89CLEND\r\n"
 TRAILER = struct.Struct(f"<8sQ{MAC_SIZE}s")  # magic, raw stream length, MAC
-METADATA_MAX = 1 << 16
+METADATA_MAX = 1 << 24  # room for the files of a call that reads thousands (_keys.files.MAX_FILES)
 _ALIGNMENT = 64
 
 

@@ -17,7 +17,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from . import names
 from .envelope import EntryHead, parse_entry, read_entry, read_head, verify_entry, write_entry
 from .signing import Signer
 
-__all__ = ["LEFTOVER_AGE", "ClearReport", "Entries", "Missing"]
+__all__ = ["LEFTOVER_AGE", "Check", "ClearReport", "Entries", "Missing", "Stale"]
 
 LOCK_KINDS = ("file", "soft", "none")
 _LOCATION_TEXT = b"cachelib location 1\n"
@@ -43,6 +43,21 @@ LEFTOVER_AGE = 3600.0  # seconds after which a temp or lock file is presumed lef
 
 class Missing(KeyError):
     """No usable entry: none stored, or expired."""
+
+
+class Stale(Missing):
+    """An entry whose recorded dependencies changed: ``reason`` says which."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.args[0], self.reason)
+
+
+Check = Callable[[dict[str, Any]], "str | None"]
+"""Called with an entry's metadata before its value is read: None to use it, else why not."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +177,12 @@ class Entries:
     # -- reading ---------------------------------------------------------------------------
 
     def get(
-        self, namespace: str, key: str, *, mmap_mode: str | None = None, max_age: float | None = None
+        self, namespace: str, key: str, *, mmap_mode: str | None = None, max_age: float | None = None,
+        check: Check | None = None,
     ) -> tuple[dict[str, Any], Any]:
         """Return ``(metadata, value)`` of an entry; ``Missing`` if there is none usable.
 
+        ``check`` sees the metadata before the value is read (``Stale`` if it refuses).
         Raises a ``CacheError`` for an entry that is damaged, forged or untrusted.
         """
         name = names.entry(namespace, key)
@@ -181,12 +198,16 @@ class Entries:
             now = time.time()
             if max_age is not None and now - known.stored > max_age:
                 raise Missing(name)
+            if check is not None:
+                _check_metadata(check, known.metadata, name)
             if now - used > _ACCESS_RESOLUTION:
                 self.store.touch(name)
             return known.metadata, unpickle_parsed(known.parsed, fresh=True, restricted=not known.own)
         with self._open(name) as handle:
             head = read_head(handle.file, handle.size)
             _check_head(head, key, max_age, name)
+            if check is not None:
+                _check_metadata(check, head.metadata, name)
             mapped = mmap_mode if handle.mappable else None
             if self.signer is None and handle.own:
                 value = read_entry(handle.file, handle.size, head, mmap_mode=mapped)
@@ -227,11 +248,15 @@ class Entries:
         _check_head(head, key, None, name)
         return head
 
-    def contains(self, namespace: str, key: str, max_age: float | None = None) -> bool:
-        """True if an intact-looking, unexpired entry is stored for ``key``."""
+    def contains(
+        self, namespace: str, key: str, max_age: float | None = None, check: Check | None = None
+    ) -> bool:
+        """True if an intact-looking, unexpired entry is stored for ``key`` (and ``check`` accepts it)."""
         try:
             head = self.head(namespace, key)
             _check_age(head.stored, max_age, namespace)
+            if check is not None:
+                _check_metadata(check, head.metadata, namespace)
         except (Missing, CacheError, OSError):
             return False
         return True
@@ -422,6 +447,12 @@ class Entries:
         with self._memo_lock:
             self._memo.pop(name, None)
         return self.store.delete(name)
+
+
+def _check_metadata(check: Check, metadata: dict[str, Any], name: str) -> None:
+    reason = check(metadata)
+    if reason is not None:
+        raise Stale(name, reason)
 
 
 def _check_age(stored: float, max_age: float | None, name: str) -> None:

@@ -27,6 +27,7 @@ import xxhash
 
 from .._errors import InvalidOptionError, UnhashableError
 from .code import cell_value, code_digest, full_name, global_references, module_name, passes_through
+from .declared import NOTHING_DECLARED, Declared
 from .encoding import Hasher, scalars_encoding
 from .hashing import short_digest
 from .reach import Reached, Reacher, reached, unkeyed_values, values_digest
@@ -127,17 +128,19 @@ class CallKeyer:
     ones), closure variables and globals (bare for the function's module, as a
     warning names them otherwise) left out of the key; ``track_callees=False`` keys
     on the function's own code only, not on what it reaches; ``strict`` refuses
-    (``UnhashableError``) a function that reads a global no rule can key.
+    (``UnhashableError``) a function that reads a global no rule can key;
+    ``declared`` are the dependencies ``depends_on`` names, read at each call.
     """
 
     def __init__(
         self, func: Callable[..., Any], ignore: Iterable[str] = (), track_callees: bool = True,
-        strict: bool = False,
+        strict: bool = False, declared: Declared = NOTHING_DECLARED,
     ) -> None:
         self._func = func
         self._ignore = frozenset(ignore)
         self._strict = strict
         self._track = track_callees
+        self._declared = declared
         self._where = getattr(func, "__qualname__", None) or full_name(func)
         target = unwrap(func)
         # A plain function is keyed through its parts (fast); anything else is hashed whole.
@@ -176,7 +179,8 @@ class CallKeyer:
             )
         # Globals and class attributes named in ``ignore``, left out wherever the code reaches them.
         ignored = frozenset(self._ignore - names - freevars)
-        self._follow = Reacher(self._strict, ignored) if self._track else None
+        self.follow = Reacher(self._strict, ignored)  # how recorded code is keyed, tracked or not
+        self._follow = self.follow if self._track else None
         self._kept = [p.name not in self._ignore and not self._ignored_var(p) for p in parameters]
         self._kept_names = [p.name for p, kept in zip(parameters, self._kept) if kept]
         # The fast path: only positional-or-keyword parameters, each kept.
@@ -276,14 +280,25 @@ class CallKeyer:
             state += flat
         return state
 
+    def covered_codes(self) -> frozenset[types.CodeType]:
+        """The code the key follows by itself (what a recording of the call need not name again)."""
+        root = self._root if self._root is not None else unwrap(self._func)
+        code = getattr(root, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            return frozenset()
+        if self._follow is None or not isinstance(root, types.FunctionType):
+            return frozenset([code])
+        return frozenset([code, *self._callees(root).codes])
+
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Return the cache key of one call (32 hex digits)."""
         values = self.bound_values(args, kwargs)
         flat = scalars_encoding(values)
+        declared = self._declared.digest() if self._declared else b""
         if flat is not None:
-            return xxhash.xxh3_128_hexdigest(self._prefix + self._state(None) + flat)
+            return xxhash.xxh3_128_hexdigest(self._prefix + self._state(None) + declared + flat)
         hasher = Hasher(self._follow)
-        hasher._put(self._prefix + self._state(hasher))
+        hasher._put(self._prefix + self._state(hasher) + declared)
         try:
             hasher.update(values)
         except UnhashableError as exc:
@@ -320,6 +335,8 @@ class CallKeyer:
                 parts.update(known.parts)
                 for label, value in known.values:
                     parts[label] = short_digest(value, self._follow)
+        if self._declared:
+            parts.update(self._declared.parts())
         return parts
 
     def _argument_name(self, exc: UnhashableError) -> str:

@@ -26,6 +26,7 @@ from .source import source_digest
 
 __all__ = [
     "EMPTY_CELL",
+    "LIBRARY_ROOTS",
     "adopt_digests",
     "bytecode_digest",
     "cell_value",
@@ -100,7 +101,8 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(os.path.join(os.path.realpath(path), "") for path in paths if path)
 
 
-_LIBRARY_ROOTS = _library_roots()
+LIBRARY_ROOTS = _library_roots()
+"""Where the standard library, installed packages and cachelib live (real paths ending in a separator)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,7 +114,7 @@ def is_user_file(filename: str) -> bool:
     """
     if filename.startswith("<"):
         return not filename.startswith("<frozen")
-    return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
+    return not os.path.realpath(filename).startswith(LIBRARY_ROOTS)
 
 
 def is_user_function(func: Any) -> bool:

@@ -1,7 +1,8 @@
 """Why a call missed: compare the parts of its key with those of the stored entries.
 
 Rule: a pure function of key parts (``CallKeyer.key_parts``: names mapped to short
-digests, never values); it knows nothing of paths or stores. The nearest entries
+digests, or to the names and versions of library objects and packages; never
+argument values); it knows nothing of paths or stores. The nearest entries
 are those that differ in the fewest parts; the answer names each difference in
 words ("argument `x` changed", "helper `prep` edited", "new code version").
 """
@@ -28,6 +29,12 @@ _PHRASES = {
     "default": ("default `{}` changed", "new default `{}`", "no default `{}` any more"),
     "library": ("library object `{}` is now `{}`", "now reads library object `{}` (`{}`)",
                 "no longer reads library object `{}`"),
+    "file": ("file `{}` changed", "now depends on file `{}`", "no longer depends on file `{}`"),
+    "environment": ("environment `{}` changed", "now depends on environment `{}`",
+                    "no longer depends on environment `{}`"),
+    "package": ("package `{0}` {2} → {1}", "now depends on package `{}` ({})",
+                "no longer depends on package `{}`"),
+    "token": ("token `{}` changed", "now depends on token `{}`", "no longer depends on token `{}`"),
 }
 _WHOLE = {
     "code": "new code version",
@@ -35,10 +42,11 @@ _WHOLE = {
 }
 
 
-def _describe(name: str, how: int, now: str = "") -> str:
+def _describe(name: str, how: int, now: str = "", before: str = "") -> str:
     """Describe part ``name`` that changed (0), appeared (1) or disappeared (2).
 
-    ``now`` is the part's value in the call: for a library object, the name it is bound to.
+    ``now`` and ``before`` are the part's value in the call and in the entry: for a
+    library object the name it is bound to, for a package its version.
     """
     if name in _WHOLE:
         return _WHOLE[name] if how == 0 else f"{name} {('changed', 'added', 'removed')[how]}"
@@ -47,7 +55,7 @@ def _describe(name: str, how: int, now: str = "") -> str:
         what = _short(what)
     default = (f"{kind} `{{}}` changed", f"new {kind} `{{}}`", f"no {kind} `{{}}` any more")
     phrases = _PHRASES.get(kind, default)
-    return phrases[how].format(what, now)
+    return phrases[how].format(what, now, before)
 
 
 def _short(qualified: str) -> str:
@@ -69,9 +77,10 @@ def differences(parts: Mapping[str, str], stored: Mapping[str, str]) -> list[str
         elif name not in parts:
             described.append((name, _describe(name, 2)))
         elif parts[name] != stored[name]:
-            described.append((name, _describe(name, 0, parts[name])))
+            described.append((name, _describe(name, 0, parts[name], stored[name])))
     order = {"argument": 0, "code": 1, "callable": 1, "closure": 2, "helper": 3, "class": 3, "library": 3,
-             "constant": 4, "global": 4, "attribute": 4, "default": 4}
+             "constant": 4, "global": 4, "attribute": 4, "default": 4, "file": 5, "environment": 5,
+             "package": 5, "token": 5}
     described.sort(key=lambda item: order.get(item[0].partition(" ")[0], 5))
     return [text for _, text in described]
 

@@ -136,7 +136,7 @@ class Reached:
         self.parts = parts
         self.values = values
         self.unkeyed = unkeyed
-        self.codes = codes  # the code of the user functions reached
+        self.codes = codes  # the code of the user functions reached (not the root's own)
         self._checks = checks
 
     def is_current(self) -> bool:
@@ -317,9 +317,9 @@ class _Walk:
             return
         self.seen.add(id(func))
         code = func.__code__
-        self.codes.append(code)
         name = self._name(func)
-        if not root:
+        if not root:  # the root's code is the key of the table that keeps this walk: never in it
+            self.codes.append(code)
             self.checks.append((_FUNCTION_ATTRIBUTES, func, _FUNCTION_ATTRIBUTES(func)))
             self.parts[f"helper {full_name(func)}"] = code_digest(code).hex()[:12]
             defaults = func.__defaults__ or ()

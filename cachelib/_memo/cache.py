@@ -23,6 +23,7 @@ from .._entries.policy import Entries
 from .._entries.stats import compact_stats, read_stats
 from .._errors import CacheError, CacheWarning, InvalidOptionError
 from .._format.persistence import resolve_compress
+from .._keys.declared import Declared
 from .._sizes import format_size, parse_size
 from .._stores.base import Store
 from .._stores.locations import StoreOptions, open_store
@@ -68,6 +69,10 @@ class Cache:
     with ``storage_options`` for its filesystem, or ``store=`` may give any ``Store``.
     On an object store, concurrent callers of one key across machines compute it once
     through leases; ``mmap_mode`` loads into memory there (nothing is mapped remotely).
+
+    ``depends_on`` declares what every function of this cache depends on besides its
+    arguments and code (paths and globs, ``"env:NAME"``, ``"package:NAME"``, callables
+    returning a token); ``memoize(depends_on=...)`` adds to it.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class Cache:
         strict: bool = False,
         store: Store | None = None,
         storage_options: dict[str, Any] | None = None,
+        depends_on: Any = None,
     ) -> None:
         store_options = StoreOptions.resolved(storage_options, share, fsync)
         if store is not None:
@@ -105,6 +111,7 @@ class Cache:
         self._defaults = MemoizeOptions(
             compressor=resolve_compress(compress), mmap_mode=checked_mmap_mode(mmap_mode),
             expires_after=seconds_of(expires_after, "expires_after"),
+            depends_on=Declared.of(depends_on),
         )
         self.bytes_limit = parse_size(bytes_limit) if bytes_limit is not None else None
         if on_lock_timeout not in _LOCK_TIMEOUT_ACTIONS:
@@ -198,7 +205,13 @@ class Cache:
         * ``compress``, ``mmap_mode``, ``expires_after``: this function's own, over the
           cache's defaults;
         * ``track_callees=False`` keys on the function's own code only: edits of the
-          helpers it calls and of the constants it reads then hit old entries.
+          helpers it calls and of the constants it reads then hit old entries;
+        * ``depends_on``: files, globs and directories (by content), ``"env:NAME"``,
+          ``"package:NAME"`` (its installed version) and callables returning a token,
+          added to what the cache declares, all part of every key;
+        * ``track_runtime=False`` / ``track_files=False``: do not record, during a miss,
+          the user code that runs beyond what the key follows / the files it reads
+          (each checked on every hit otherwise).
 
         ``cache.cache`` is the same method under joblib.Memory's name, so that
         scikit-learn's ``memory=`` takes a ``Cache``.

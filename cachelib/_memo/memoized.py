@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, Generic, Protocol, TypeVar, cast, overload
 
 from .._codecs.registry import Compressor
-from .._entries.policy import Entries, Missing
+from .._entries.policy import Entries, Missing, Stale
 from .._entries.stats import CallStats, StatsRecorder
 from .._errors import (
     CacheError,
@@ -33,7 +33,9 @@ from .._errors import (
     warn,
 )
 from .._keys.calls import CallKeyer, function_identity, unwrap
+from .._keys.depends import Recorded, Recording, Validator, note_hit, recording_now
 from .._keys.explain import explain_miss
+from .._keys.files import ignore_files_under
 from .._sizes import format_size
 from .._text import duration
 from .._typing import P, Q, R, S, T
@@ -98,7 +100,15 @@ class MemoizedFunction(Generic[P, R]):
             self.__module__ = getattr(inner, "__module__", None) or ""
         self.cache = cache
         self.options = options  # resolved: a pickled copy behaves the same in a worker
-        self._keyer = CallKeyer(func, options.ignore, options.track_callees, strict=cache.strict)
+        self._keyer = CallKeyer(
+            func, options.ignore, options.track_callees, strict=cache.strict, declared=options.depends_on
+        )
+        self._validator = Validator(self._keyer.follow)
+        self._stale: tuple[str, str] | None = None  # (key, why) of the last entry found stale
+        self._unstorable: set[str] = set()  # why results could not be stored, each said once
+        location = cache.location
+        if location and "://" not in location:
+            ignore_files_under(location)  # its own entries are never a dependency
         self._summary = CallSummary(func, options.ignore)
         self.name, identity = function_identity(func)
         self.namespace = f"{self.name}-{identity}"
@@ -220,8 +230,12 @@ class MemoizedFunction(Generic[P, R]):
         try:
             with showing_progress("loading", self.__qualname__, self._chatty):
                 metadata, result = entries.get(
-                    self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after
+                    self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after,
+                    check=self._check_depends,
                 )
+        except Stale as exc:
+            self._stale = (key, exc.reason)
+            return False, None
         except Missing:
             return False, None
         except FileAccessError as exc:
@@ -236,10 +250,38 @@ class MemoizedFunction(Generic[P, R]):
                 )
             return False, None
         self._recorder.record_hit(_seconds(metadata))
+        if recording_now():  # a call that records depends on what this hit depended on
+            note_hit(metadata.get("depends"), unwrap(self.__wrapped__), self._keyer.follow)
         logger = self.logger
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("hit %s: loaded in %s", self.__qualname__, duration(time.perf_counter() - started))
         return True, result
+
+    def _check_depends(self, metadata: dict[str, Any]) -> str | None:
+        """None if what the entry's call recorded still holds (code run, files read), else what changed."""
+        items = metadata.get("depends")
+        return None if items is None else self._validator.stale(items)
+
+    def _recording(self) -> Recording | None:
+        """A recording of what a miss runs and reads, or None when this function tracks neither."""
+        options = self.options
+        code = options.track_runtime and options.track_callees  # keyed on its own code: nothing else
+        if not (code or options.track_files):
+            return None
+        return Recording(code, options.track_files, self._keyer.covered_codes(), self._keyer.follow)
+
+    def _storable(self, recorded: Recorded | None) -> bool:
+        """False (said once per reason) when what the call read cannot be checked on later hits."""
+        if recorded is None or not recorded.problems:
+            return True
+        problem = recorded.problems[0]
+        if problem not in self._unstorable:
+            self._unstorable.add(problem)
+            warn(
+                f"the results of {self.__qualname__} are not stored: {problem}; pass track_files=False to "
+                "store them regardless (its hits then ignore the files it reads)"
+            )
+        return False
 
     def _acquire(self, key: str) -> Any:
         """Return the held lock of ``key``, or None to compute without one."""
@@ -288,11 +330,13 @@ class MemoizedFunction(Generic[P, R]):
         parts: dict[str, str] | None = None,
         call: str | None = None,
         why: str = "",
+        recorded: Recorded | None = None,
     ) -> Any:
         """Publish ``result``; return it (as stored memmaps when ``mmap_mode`` asks).
 
-        ``parts`` are the key's parts (for ``explain``) and ``call`` the call's short
-        summary (``_memo.summary``), both kept in the entry's metadata.
+        ``parts`` are the key's parts (for ``explain``), ``call`` the call's short
+        summary (``_memo.summary``) and ``recorded`` what the call ran and read beyond
+        its key (``_keys.depends``), all kept in the entry's metadata.
         """
         started = time.perf_counter()
         metadata: dict[str, Any] = {"function": self.__qualname__, "compute_seconds": seconds,
@@ -300,6 +344,12 @@ class MemoizedFunction(Generic[P, R]):
         if call is not None:
             metadata["call"] = call
         self._recorder.record(False, seconds)
+        if not self._storable(recorded):
+            return result
+        if recorded is not None and recorded.items:
+            metadata["depends"] = recorded.items
+        if recorded is not None and not recorded.complete:
+            metadata["depends_complete"] = False
         try:
             with showing_progress("storing", call or self.__qualname__, self._chatty):
                 size, returned = self._entries.put(
@@ -331,12 +381,18 @@ class MemoizedFunction(Generic[P, R]):
 
     # -- why a call misses -------------------------------------------------------------------
 
-    def _miss_parts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, str], str]:
+    def _miss_parts(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str
+    ) -> tuple[dict[str, str], str]:
         """The key parts of a call that missed (stored with its entry), and why it missed when verbose."""
         try:
             parts = self._keyer.key_parts(args, kwargs)
             verbose = self.logger.isEnabledFor(logging.INFO)
-            why = explain_miss(parts, self._stored_key_parts()) if verbose else ""
+            stale = self._stale
+            if stale is not None and stale[0] == key:
+                why = stale[1]
+            else:
+                why = explain_miss(parts, self._stored_key_parts()) if verbose else ""
         except Exception as exc:  # an explanation must never cost the call its result
             self.logger.debug("cannot explain the miss of %s: %r", self.__qualname__, exc)
             return {}, ""
@@ -379,10 +435,18 @@ class MemoizedFunction(Generic[P, R]):
         """
         try:
             parts = self._keyer.key_parts(args, kwargs)
+            key = self._key(args, kwargs)
         except UnhashableError as exc:
             return Explanation(f"the call cannot be keyed: {exc}")
-        if self.check_call_in_cache(*args, **kwargs):
-            return Explanation("the call hits: its entry is stored")
+        entries = self.cache.entries
+        if entries is not None and not self._refused:
+            try:
+                head = entries.head(self.namespace, key)
+            except (Missing, CacheError, OSError):
+                pass
+            else:
+                stale = self._check_depends(head.metadata)
+                return Explanation("the call hits: its entry is stored" if stale is None else stale)
         return Explanation(explain_miss(parts, self._stored_key_parts()))
 
     def _stored_key_parts(self) -> Iterator[dict[str, str]]:
@@ -403,7 +467,8 @@ class MemoizedFunction(Generic[P, R]):
         """Return True if this call's result is stored (and not expired)."""
         if self.cache.entries is None or self._refused:
             return False
-        return self.cache.entries.contains(self.namespace, self._key(args, kwargs), self.expires_after)
+        key = self._key(args, kwargs)
+        return self.cache.entries.contains(self.namespace, key, self.expires_after, self._check_depends)
 
     def clear(self) -> None:
         """Remove every stored result of this function (all versions of its code)."""
@@ -450,8 +515,8 @@ class Miss:
     function) and hands the result to ``store``, which returns what the call returns.
     """
 
-    __slots__ = ("_args", "_call", "_function", "_key", "_kwargs", "_lock", "_locked", "_parts", "_started",
-                 "_why", "hit", "seconds", "value")
+    __slots__ = ("_args", "_call", "_function", "_key", "_kwargs", "_lock", "_locked", "_parts", "_recording",
+                 "_started", "_why", "hit", "seconds", "value")
 
     def __init__(
         self, function: MemoizedFunction[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -460,6 +525,7 @@ class Miss:
         self._function, self._key, self._args, self._kwargs = function, key, args, kwargs
         self._locked = locked
         self._lock: Any = None
+        self._recording: Recording | None = None
         self.hit, self.value = False, None
         self.seconds = 0.0  # how long the function computed, once stored
 
@@ -470,9 +536,12 @@ class Miss:
             if self._lock is not None:
                 self.hit, self.value = function._lookup(self._key, warn=False)  # computed while we waited?
             if not self.hit:
-                self._parts, self._why = function._miss_parts(self._args, self._kwargs)
+                self._parts, self._why = function._miss_parts(self._args, self._kwargs, self._key)
                 self._call = function._summary.describe(self._args, self._kwargs)
+                self._recording = function._recording()
                 self._started = time.perf_counter()
+                if self._recording is not None:
+                    self._recording.__enter__()
         except BaseException:
             self._release()
             raise
@@ -482,6 +551,9 @@ class Miss:
         self._release()
 
     def _release(self) -> None:
+        recording, self._recording = self._recording, None
+        if recording is not None:
+            recording.stop()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
@@ -489,8 +561,11 @@ class Miss:
     def store(self, result: Any) -> Any:
         """Store the function's ``result``; return what the call returns (stored memmaps with mmap_mode)."""
         self.seconds = time.perf_counter() - self._started
+        recording, self._recording = self._recording, None
+        recorded = recording.finish() if recording is not None else None
         self._function._check_own_changes(self._parts)
-        return self._function._store(self._key, result, self.seconds, self._parts, self._call, self._why)
+        function = self._function
+        return function._store(self._key, result, self.seconds, self._parts, self._call, self._why, recorded)
 
     @property
     def call(self) -> str | None:

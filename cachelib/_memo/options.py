@@ -17,6 +17,7 @@ from typing import Any, TypedDict, cast
 from .._codecs.registry import Compressor
 from .._errors import InvalidOptionError
 from .._format.persistence import MMAP_MODES, resolve_compress
+from .._keys.declared import NOTHING_DECLARED, Declared
 
 __all__ = ["MemoizeArguments", "MemoizeOptions", "checked_mmap_mode", "seconds_of"]
 
@@ -31,6 +32,9 @@ class MemoizeArguments(TypedDict, total=False):
     mmap_mode: str | None
     expires_after: float | datetime.timedelta | None
     track_callees: bool
+    track_runtime: bool
+    track_files: bool
+    depends_on: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +44,9 @@ class MemoizeOptions:
     ``ignore`` names arguments (``"*"``/``"**"`` for the variadic ones) and closure
     variables left out of the key; ``compressor`` is None for raw entries;
     ``expires_after`` is in seconds; ``track_callees=False`` keys on the function's
-    own code only.
+    own code only; ``track_runtime`` and ``track_files`` record, during a miss, the
+    user code that ran and the files read (``_keys.depends``), checked on each hit;
+    ``depends_on`` are the declared dependencies, the cache's and the function's.
     """
 
     ignore: tuple[str, ...] = ()
@@ -48,6 +54,9 @@ class MemoizeOptions:
     mmap_mode: str | None = None
     expires_after: float | None = None
     track_callees: bool = True
+    track_runtime: bool = True
+    track_files: bool = True
+    depends_on: Declared = NOTHING_DECLARED
 
     def updated(self, arguments: Mapping[str, Any]) -> MemoizeOptions:
         """Return these options with ``memoize(**arguments)`` applied (each checked and resolved)."""
@@ -63,8 +72,11 @@ class MemoizeOptions:
             changes["mmap_mode"] = checked_mmap_mode(arguments["mmap_mode"])
         if "expires_after" in arguments:
             changes["expires_after"] = seconds_of(arguments["expires_after"], "expires_after")
-        if "track_callees" in arguments:
-            changes["track_callees"] = bool(arguments["track_callees"])
+        for flag in ("track_callees", "track_runtime", "track_files"):
+            if flag in arguments:
+                changes[flag] = bool(arguments[flag])
+        if "depends_on" in arguments:
+            changes["depends_on"] = self.depends_on + Declared.of(arguments["depends_on"])
         return dataclasses.replace(self, **changes)
 
 

@@ -1,12 +1,14 @@
-"""A short, bounded summary of a call, kept in its entry's metadata for people to read.
+"""Short, bounded summaries of a call and of what its entry depends on, for people to read.
 
 Rule: informational only, never part of a key and never a reason for a call to fail.
-It is computed on a miss only, in bounded time and size: arrays (and anything with a
-``shape``) show as shape and dtype, never their values; containers show their first
-few items; objects whose class has no repr of its own their class name and first
-attributes (``Model(depth=3, ...)``, never ``<Model object at 0x...>``); other values
-their repr, truncated. The summary is printable ASCII (control characters escaped)
-and its JSON form fits in ``LIMIT`` bytes.
+A call's summary is computed on a miss only, in bounded time and size: arrays (and
+anything with a ``shape``) show as shape and dtype, never their values; containers
+show their first few items; objects whose class has no repr of its own their class
+name and first attributes (``Model(depth=3, ...)``, never ``<Model object at 0x...>``);
+other values their repr, truncated. The summary is printable ASCII (control
+characters escaped) and its JSON form fits in ``LIMIT`` bytes. ``depends_summary``
+names, in one line, the files, code, packages and declared dependencies an entry's
+metadata records.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import os
 import reprlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,7 +25,7 @@ import numpy as np
 
 from .._text import printable
 
-__all__ = ["LIMIT", "CallSummary", "describe_value"]
+__all__ = ["LIMIT", "CallSummary", "depends_summary", "describe_value"]
 
 LIMIT = 300  # bytes of the summary's JSON string
 _ITEMS = 4  # items shown of a container
@@ -164,3 +167,40 @@ class CallSummary:
             return bounded(f"{self._name}({', '.join(self._parts(args, kwargs))})")
         except Exception:  # informational only: a call never fails over its summary
             return None
+
+
+# -- saying what an entry depends on ------------------------------------------------------------
+
+_DECLARED = ("file", "environment", "package", "token")
+
+
+def depends_summary(metadata: dict[str, Any], most: int = 3) -> str:
+    """One compact line naming what an entry depends on beyond its arguments and static code.
+
+    For example ``"files data.npy, labels.csv; code plugins.run; package numpy 2.1.0"``;
+    ``""`` when nothing. ``most`` names per kind before a count of the rest.
+    """
+    groups: dict[str, list[str]] = {}
+    items = metadata.get("depends")
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, list) or len(item) < 2:
+            continue
+        kind = {"file": "files", "absent": "files", "dir": "directories"}.get(str(item[0]), "code")
+        if kind == "code":
+            name = f"{item[1]}.{item[2]}" if len(item) > 2 else "?"
+        else:
+            name = os.path.basename(str(item[1]))
+        groups.setdefault(kind, []).append(name + (" (absent)" if item[0] == "absent" else ""))
+    parts = metadata.get("key_parts")
+    for label, value in (parts.items() if isinstance(parts, dict) else ()):
+        kind, _, name = str(label).partition(" ")
+        if kind in _DECLARED:
+            groups.setdefault(f"declared {kind}" if kind != "package" else "packages", []).append(
+                f"{name} {value}" if kind == "package" else name)
+    if metadata.get("depends_complete") is False:
+        groups.setdefault("code", []).append("(recorded in part)")
+    shown = []
+    for kind, names in groups.items():
+        more = f" +{len(names) - most}" if len(names) > most else ""
+        shown.append(f"{kind} {', '.join(names[:most])}{more}")
+    return "; ".join(shown)
