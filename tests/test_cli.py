@@ -104,7 +104,8 @@ def ls_rows(stdout: str) -> list[list[str]]:
     """The rows of ``ls``'s table (after its location line and header), split into cells."""
     lines = stdout.splitlines()
     assert lines[0].startswith("cache at "), lines
-    assert re.split(r"\s{2,}", lines[1].strip()) == ["function", "key", "size", "stored", "used", "call"]
+    header = ["function", "key", "size", "stored", "used", "call [depends on]"]
+    assert re.split(r"\s{2,}", lines[1].strip()) == header
     return [re.split(r"\s{2,}", line.strip(), maxsplit=5) for line in lines[2:]]
 
 
