@@ -37,13 +37,14 @@ def square(x):
 
 @pytest.fixture
 def planted(tmp_path):
-    """A cache with one honest entry and one whose function name, call and metadata carry escapes."""
+    """A cache with one honest entry and one whose function name, call, files and metadata carry escapes."""
     location = tmp_path / "cache"
     cache = cachelib.Cache(location)
     honest = cache.memoize(square)
     honest(3)
     key = "0123456789abcdef" * 2
-    metadata = {"function": EVIL, "call": EVIL, "compute_seconds": 1.0, "key_parts": {EVIL: EVIL}}
+    metadata = {"function": EVIL, "call": EVIL, "compute_seconds": 1.0, "key_parts": {EVIL: EVIL},
+                "depends": [["file", f"/data/{EVIL}", "0" * 32]]}
     cache.entries.put("evil.name-0123456789ab", key, [1, 2], metadata, None,
                       about={"function": EVIL, "identity": "0123456789ab"})
     cache.info()  # counts reach the store now
@@ -82,6 +83,7 @@ def test_json_keeps_the_text_exactly_escaped_by_json(planted, capsys):
     location, honest = planted
     by_function = {entry["function"]: entry for entry in json_of(capsys, location, "ls")["entries"]}
     assert by_function[EVIL]["call"] == EVIL
+    assert by_function[EVIL]["depends"] == f"files {EVIL}"
     assert by_function[honest.name]["call"] == "square(x=3)"
     assert by_function[honest.name]["key"] == honest.cache_key(3)
     info = json_of(capsys, location, "info")
