@@ -26,10 +26,10 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any
 
 MB = 1 << 20
 """Bytes in one mebibyte; every "MB" printed by the benchmarks is a MiB."""

@@ -5,6 +5,8 @@ computes each distinct call once across processes and restarts; ``Memory`` is
 joblib.Memory's interface on a ``Cache``.
 """
 
+import logging as _logging
+
 from ._codecs.registry import Compressor, compressors, register_compressor
 from ._entries.loading import load, verify
 from ._errors import (
@@ -36,6 +38,9 @@ from ._stores.fsspec_store import FsspecStore
 from ._stores.group import GroupStore
 from ._stores.local import LocalStore
 from ._version import __version__
+
+# A library adds no handler of its own: records reach the application's, or nowhere.
+_logging.getLogger("cachelib").addHandler(_logging.NullHandler())
 
 __all__ = [
     "Cache",

@@ -1,33 +1,22 @@
 """The type variables of cachelib's typed decorators.
 
-Rule: nothing here costs a dependency at run time. Type checkers read
-``ParamSpec`` from ``typing_extensions`` (which every checker ships); Python 3.10
-and later have it in ``typing``; on Python 3.9 a plain ``TypeVar`` stands in, since
-there the parameters matter only to type checkers.
+Rule: nothing here costs a dependency at run time: everything comes from ``typing``
+(Python 3.10 and later, the versions cachelib supports).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, TypeVar, Union
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, Union
 
-if TYPE_CHECKING:
-    from typing_extensions import ParamSpec
-elif sys.version_info >= (3, 10):
-    from typing import ParamSpec
-else:  # pragma: no cover - Python 3.9
-
-    def ParamSpec(name: str) -> TypeVar:
-        return TypeVar(name)
-
-
-__all__ = ["Loadable", "MmapMode", "P", "R", "ReadableFile", "Sink", "Source", "T"]
+__all__ = ["Loadable", "MmapMode", "P", "Q", "R", "ReadableFile", "S", "Sink", "Source", "T"]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")  # the parameters of a memoized method once bound (P without self)
 R = TypeVar("R")
+S = TypeVar("S")  # the instance a memoized method is bound to
 T = TypeVar("T")
-MmapMode = Optional[Literal["r", "r+", "c"]]
+MmapMode = Literal["r", "r+", "c"] | None
 
 
 class ReadableFile(Protocol):

@@ -201,8 +201,10 @@ class MotoProcess:
 
 
 def _moto() -> Any:
-    pytest.importorskip("moto.server", reason="S3 tests need moto's server: pip install 'cachelib[test]'")
-    pytest.importorskip("s3fs", reason="S3 tests need s3fs: pip install 'cachelib[s3]'")
+    pytest.importorskip(
+        "moto.server", reason="S3 tests need moto's server: pip install 'cachelib-numpy[test]'"
+    )
+    pytest.importorskip("s3fs", reason="S3 tests need s3fs: pip install 'cachelib-numpy[s3]'")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never look for credentials off-host
     return MotoProcess()
 

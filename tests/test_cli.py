@@ -8,6 +8,7 @@ second or more), and the fast tier keeps one case of each of those.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -93,19 +94,40 @@ def test_info_of_an_empty_location(tmp_path):
     assert "total: 0 entries" in done.stdout
 
 
+def ls_rows(stdout: str) -> list[list[str]]:
+    """The rows of ``ls``'s table (after its location line and header), split into cells."""
+    lines = stdout.splitlines()
+    assert lines[0].startswith("cache at "), lines
+    header = ["function", "key", "size", "stored", "used", "call [depends on]"]
+    assert re.split(r"\s{2,}", lines[1].strip()) == header
+    return [re.split(r"\s{2,}", line.strip(), maxsplit=5) for line in lines[2:]]
+
+
 def test_ls_lists_the_entries_of_one_function(filled):
     location, sq, _ = filled
     done = run(location, "ls", "--func", "square")
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert len(lines) == 3
+    rows = ls_rows(done.stdout)
+    assert len(rows) == 3
     keys = {p.stem for p in entry_files(location / sq.namespace)}
-    listed = {re.match(r"\S+/([0-9a-f]{32})\s", line).group(1) for line in lines}
-    assert listed == keys
-    assert all(line.startswith(sq.namespace + "/") for line in lines)
+    assert {row[1] for row in rows} == keys
+    assert {row[0] for row in rows} == {sq.name}
+    assert all(re.fullmatch(r"\d+\.\d KiB", row[2]) for row in rows), rows  # about 8 KB each
+    assert all(row[3] == "just now" for row in rows), rows
     by_full_name = run(location, "ls", "--func", sq.name)
     assert by_full_name.returncode == 0
-    assert len(by_full_name.stdout.splitlines()) == 3
+    assert len(ls_rows(by_full_name.stdout)) == 3
+
+
+def test_ls_order_is_by_function_then_oldest_first(filled):
+    location, sq, _ = filled
+    listed = json.loads(run(location, "ls", "--json").stdout)["entries"]
+    names = [entry["function"] for entry in listed]
+    assert names == sorted(names)
+    squares = [entry for entry in listed if entry["function"] == sq.name]
+    assert [entry["call"] for entry in squares] == ["square(x=0)", "square(x=1)", "square(x=2)"]
+    text = [row[1] for row in ls_rows(run(location, "ls").stdout)]
+    assert text == [entry["key"] for entry in listed]
 
 
 def test_ls_of_an_unknown_function_fails(filled):
@@ -155,7 +177,7 @@ def test_prune_older_than(filled):
     for path in old:
         stored = path.stat().st_mtime - 3600
         os.utime(path, (stored, stored))
-    done = run(location, "prune", "--older-than", "10m")  # minutes: however long the command takes to start
+    done = run(location, "prune", "--older-than", "30m")  # the old ones are an hour old
     assert done.returncode == 0, done.stderr
     assert not any(p.exists() for p in old)
     assert neg.check_call_in_cache(1)  # stored just now: kept
@@ -242,9 +264,7 @@ def test_ls_without_a_function_lists_every_entry_with_its_call(filled):
     location, _, _ = filled
     done = run(None, "ls", location)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert len(lines) == 4
-    calls = sorted(line.split("  ")[-1] for line in lines)
+    calls = sorted(row[-1] for row in ls_rows(done.stdout))
     assert calls == ["negate(x=1)", "square(x=0)", "square(x=1)", "square(x=2)"]
 
 

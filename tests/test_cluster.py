@@ -21,7 +21,7 @@ from _system import wait_until
 
 import cachelib
 
-pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
+pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib-numpy[fsspec]'")
 
 # Fresh interpreters racing on S3 for seconds. The fast tier keeps one key computed once under a
 # lease (test_remote's test_concurrent_threads_on_a_remote_key_compute_once), a cache on S3
@@ -162,7 +162,7 @@ def _go_without_waiting(process: subprocess.Popen[str]) -> None:
 @pytest.mark.timeout(240)
 def test_dask_workers_share_an_s3_cache(tmp_path: Path, s3_bucket: tuple[str, dict[str, Any]]) -> None:
     """A dask LocalCluster of two worker processes on one S3 cache computes each key once."""
-    distributed = pytest.importorskip("distributed", reason="pip install 'cachelib[dask]'")
+    distributed = pytest.importorskip("distributed", reason="pip install 'cachelib-numpy[dask]'")
     cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
     cloudpickle.register_pickle_by_value(_victims)  # workers cannot import the tests' modules
     bucket, options = s3_bucket
@@ -200,7 +200,7 @@ def _readme_cluster_example() -> str:
 @pytest.mark.timeout(300)
 def test_the_readme_cluster_example_runs(tmp_path: Path, s3_bucket: tuple[str, dict[str, Any]]) -> None:
     """The README's dask example, run as written against the local S3 server, computes and hits."""
-    pytest.importorskip("distributed", reason="pip install 'cachelib[dask]'")
+    pytest.importorskip("distributed", reason="pip install 'cachelib-numpy[dask]'")
     bucket, options = s3_bucket
     script = tmp_path / "example.py"
     script.write_text(_readme_cluster_example())

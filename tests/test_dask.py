@@ -20,7 +20,7 @@ def test_dask_workers_compute_each_key_once(tmp_path: Path) -> None:
     """Mapping a memoized function over repeated keys on two worker processes."""
     # Imported here, not at collection: dask's import takes a second the fast tier does not need.
     distributed = pytest.importorskip(
-        "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib[dask]'"
+        "distributed", reason="the dask test needs the 'dask' extra: pip install 'cachelib-numpy[dask]'"
     )
     cloudpickle = pytest.importorskip("cloudpickle", reason="dask's workers receive tasks via cloudpickle")
     cloudpickle.register_pickle_by_value(_victims)  # workers cannot import the tests' modules

@@ -17,7 +17,7 @@ from _victims import computations, slow
 import cachelib
 from cachelib._stores.local import LocalStore
 
-pytest.importorskip("fsspec", reason="these tests use the memory:// store: pip install 'cachelib[fsspec]'")
+pytest.importorskip("fsspec", reason="the memory:// store needs fsspec: pip install 'cachelib-numpy[fsspec]'")
 from cachelib._stores.fsspec_store import FsspecStore
 from cachelib._stores.leases import Lease
 from cachelib._stores.processes import HOST_ID

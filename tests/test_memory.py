@@ -11,6 +11,7 @@ import datetime
 import logging
 import multiprocessing
 import pickle
+import pprint
 import subprocess
 import sys
 import zlib
@@ -85,10 +86,48 @@ def test_compress_off_writes_raw_entries(location, compress):
     assert stream[:8] == b"\x89CLIB\r\n\x1a"
 
 
-@pytest.mark.parametrize("compress", [10, -1, 1.5, {"zlib": 3}])
-def test_bad_compress_raises_value_error(location, compress):
-    with pytest.raises(ValueError, match="compress"):
-        cachelib.Memory(location, compress=compress)
+@pytest.mark.parametrize("compress", ["3", 10, -1, 1.5, {"zlib": 3}])
+def test_a_compress_joblib_refuses_when_storing_computes_and_warns_at_each_call(location, calls, compress):
+    """As joblib: ``Memory(compress="3")`` is built (librosa passes an environment variable's
+    string); each call computes, warns and stores nothing."""
+    memory = cachelib.Memory(location, compress=compress, verbose=0)  # no error, no warning
+    f = memory.cache(ones)
+    for _ in range(2):
+        with pytest.warns(cachelib.CacheWarning, match=r"compress=.*cannot store results") as caught:
+            np.testing.assert_array_equal(f(3), np.ones(3))
+        assert caught[0].filename == __file__  # attributed to the call
+    assert calls == [3, 3]
+    assert not f.check_call_in_cache(3)
+
+
+def test_memory_creates_its_location_when_built(tmp_path):
+    """As joblib: the location exists once ``Memory(...)`` returns (nilearn checks it)."""
+    location = tmp_path / "deep" / "cache"
+    cachelib.Memory(location, verbose=0)
+    assert location.is_dir()
+    assert (location.stat().st_mode & 0o777) == 0o700
+    assert cachelib.Memory(location, verbose=0).info().entries == 0  # a marked cachelib location
+    assert not (tmp_path / "none").exists()
+    cachelib.Memory(None)
+
+
+def test_memory_and_memorized_func_have_joblibs_logger_methods(memory, caplog):
+    """librosa's cache manager calls ``memory.format(...)`` and ``memory.warn(...)``."""
+    nested = {"a": [1, [2, [3, [4, [5]]]]]}
+    assert memory.format(nested) == pprint.pformat(nested, depth=3)
+    assert memory.format(nested, indent=2) == pprint.pformat(nested, indent=2, depth=3)
+    f = memory.cache(square)
+    assert f.format(nested) == memory.format(nested)
+    with caplog.at_level(logging.DEBUG, logger="cachelib"):
+        memory.warn("careful")
+        f.warn("careful too")
+        memory.debug("details")
+        assert memory.info("noted") is None
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"[{memory!r}]: careful"), ("WARNING", f"[{f!r}]: careful too"),
+        ("DEBUG", f"[{memory!r}]: details"), ("INFO", f"[{memory!r}]: noted"),
+    ]
+    assert isinstance(memory.info(), cachelib.CacheInfo)
 
 
 def test_backend_is_the_second_positional_argument(location, calls):
@@ -199,15 +238,14 @@ def test_cache_of_a_memoized_function_wraps_the_original(memory, calls):
     assert calls == [2]
 
 
-def test_per_function_verbose_overrides_the_memory(location, caplog):
-    """Verbose functions report through the printing ``cachelib.verbose1`` logger, quiet ones not."""
+def test_per_function_verbose_overrides_the_memory(location, capsys):
+    """Verbose functions print (to stderr, through ``cachelib.verbose1``), quiet ones not."""
     chatty = cachelib.Memory(location, verbose=0).cache(square, verbose=1)
     silent = cachelib.Memory(location, verbose=1).cache(ones, verbose=0)
-    with caplog.at_level(logging.DEBUG, logger="cachelib"):
-        silent(3)
-        chatty(7)
-    printed = [r.getMessage() for r in caplog.records if r.name.startswith("cachelib.verbose")]
-    assert len(printed) == 1 and printed[0].startswith("miss square"), printed
+    silent(3)
+    chatty(7)
+    printed = capsys.readouterr().err.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("[cachelib] miss square"), printed
 
 
 def test_eval_memoizes_the_call(memory, calls):

@@ -19,7 +19,8 @@ import sys
 import threading
 import warnings
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,7 +148,7 @@ ROUNDTRIP_CASES: dict[str, Callable[[], Any]] = {
         [np.array(["2000-01-01", "NaT"], f"{o}M8[{u}]") for o in "<>" for u in "YDh"]
         + [np.array([0, 2**62], "M8[ns]")]
     ),
-    "timedelta64": lambda: np.array([0, -5, 2**40, np.timedelta64("NaT")], ">m8[ms]"),
+    "timedelta64": lambda: np.array([0, -5, 2**40, np.timedelta64("NaT", "ms")], ">m8[ms]"),
     "unicode": lambda: np.array(["", "abc", "été", "ünïcödé \U0001f40d"]),
     "unicode-big-endian": lambda: np.array(["\u03b1", "\u03b2\u03b3"], ">U2"),
     "bytes": lambda: np.array([b"", b"a\x00b", b"\xff" * 5]),
@@ -1225,4 +1226,5 @@ def test_arrays_whose_dtypes_print_alike_keep_each_its_own_dtype(tmp_path):
         loaded = cachelib.load(path, mmap_mode=mode)
         assert [a.dtype for a in loaded] == [a.dtype for a in value]
         assert [type(a.dtype) for a in loaded] == [type(a.dtype) for a in value]
-        assert [a.dtype.metadata for a in loaded] == [a.dtype.metadata for a in value]
+        # Empty metadata is no metadata (keys agree); numpy 2.2's own pickle gives datetimes an empty one.
+        assert [a.dtype.metadata or None for a in loaded] == [a.dtype.metadata or None for a in value]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from helpers import run_python
 
-pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib[fsspec]'")
+pytest.importorskip("fsspec", reason="remote caches need fsspec: pip install 'cachelib-numpy[fsspec]'")
 
 MB = 1 << 20
 CHILD = textwrap.dedent('''

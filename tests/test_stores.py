@@ -13,7 +13,7 @@ from store_contract import StoreContract
 from cachelib._stores.local import LocalStore
 
 fsspec_store = pytest.importorskip("cachelib._stores.fsspec_store", reason="fsspec stores need fsspec")
-pytest.importorskip("fsspec", reason="fsspec stores need fsspec: pip install 'cachelib[fsspec]'")
+pytest.importorskip("fsspec", reason="fsspec stores need fsspec: pip install 'cachelib-numpy[fsspec]'")
 
 
 class TestLocalStore(StoreContract):
@@ -111,7 +111,7 @@ def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
     async def forever() -> None:
         await asyncio.sleep(3600)
 
-    s3fs = pytest.importorskip("s3fs", reason="an async filesystem: pip install 'cachelib[s3]'")
+    s3fs = pytest.importorskip("s3fs", reason="an async filesystem: pip install 'cachelib-numpy[s3]'")
     remote = s3fs.S3FileSystem(anon=True, skip_instance_cache=True)
     assert fsspec_compat.run_on_loop(remote, answer, 21) == 42
     with pytest.raises(TimeoutError):  # fsspec's FSTimeoutError, the coroutine cancelled

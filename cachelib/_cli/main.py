@@ -2,8 +2,10 @@
 
 Rule: every command works on a location given as its argument, by ``--location``
 or by ``CACHELIB_LOCATION``: a directory or an fsspec URL (``s3://bucket/prefix``,
-credentials and endpoints from fsspec's usual configuration); prints plain text;
-shows progress only on a terminal; and exits 0 when all is well, 1 when it found
+credentials and endpoints from fsspec's usual configuration); prints text for people
+(every piece of it read from a cache escaped: ``_text.printable``) or, given
+``--json``, one JSON document per the schemas of ``report``; shows progress only on
+a terminal (stderr); and exits 0 when all is well, 1 when it found
 problems or could not do what was asked, 2 on a usage error or a location that
 is not a cachelib location. Every failure is one line on stderr, never a
 traceback, and nothing is reported done that was not.
@@ -13,25 +15,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
+import json
 import os
 import stat
 import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from .._entries import names
 from .._entries.budget import SizeBudget, clean_leftovers, evict
 from .._entries.policy import Entries
 from .._entries.stats import compact_stats
 from .._errors import CacheError, NotACacheError, UnsafeLocationError
-from .._memo.cache import function_info
+from .._memo.cache import function_info, function_name
+from .._memo.info import HEADER
 from .._memo.summary import depends_summary
 from .._sizes import format_size, parse_size
 from .._stores.locations import StoreOptions, is_url, open_store
+from .._text import age, plural, printable, table_lines
 from .._version import __version__
+from .report import JsonList, Table, iso_time
 
 __all__ = ["main"]
 
@@ -78,12 +83,6 @@ def progress(items: Iterable[T], label: str, stream: TextIO | None = None) -> It
         yield item
     if shown:
         out.write(f"\r{label}: {count:,} done\n")
-
-
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
 
 
 def _secret(args: argparse.Namespace) -> bytes | None:
@@ -137,48 +136,78 @@ def cmd_info(args: argparse.Namespace) -> int:
     for namespace in progress(_functions(entries, None), "functions"):
         with contextlib.suppress(CacheError, OSError):
             compact_stats(entries, namespace, wait=1.0)
-        rows.append(function_info(entries, namespace))
-    header = ("function", "entries", "size", "hits", "misses", "saved", "oldest", "newest")
-    table = [header] + [
-        (r.name, f"{r.entries:,}", format_size(r.bytes), f"{r.hits:,}", f"{r.misses:,}",
-         f"{r.saved_seconds:.1f}s", _when(r.oldest), _when(r.newest))
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    print(f"cache at {entries.store.url}")
-    for row in table:
-        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        print("  ".join(cells))
-    total = sum(r.bytes for r in rows)
-    print(f"total: {sum(r.entries for r in rows):,} entries, {format_size(total)}")
+        rows.append((namespace, function_info(entries, namespace)))
+    rows.sort(key=lambda row: (row[1].name, row[0]))
+    total_entries, total_bytes = sum(r.entries for _, r in rows), sum(r.bytes for _, r in rows)
+    if args.json:
+        functions = [{"function": r.name, "directory": namespace, "entries": r.entries, "bytes": r.bytes,
+                      "hits": r.hits, "misses": r.misses, "compute_seconds": r.compute_seconds,
+                      "saved_seconds": r.saved_seconds, "oldest": iso_time(r.oldest),
+                      "newest": iso_time(r.newest)} for namespace, r in rows]
+        json.dump({"location": entries.store.url, "functions": functions, "entries": total_entries,
+                   "bytes": total_bytes}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"cache at {printable(entries.store.url)}")
+    for line in table_lines(HEADER, [r.cells() for _, r in rows], left=[0]):
+        print(line)
+    print(f"total: {plural(total_entries, 'entry')}, {format_size(total_bytes)}")
     return 0
+
+
+_AGE_WIDTH = len("in the future")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     entries = _entries(args)
     namespaces = _functions(entries, args.func)
     if args.func is not None and not namespaces:
-        print(f"cachelib: no function named {args.func!r} in {entries.store.url}; see 'cachelib info'",
-              file=sys.stderr)
+        print(f"cachelib: no function named {printable(repr(args.func))} in {printable(entries.store.url)}; "
+              "see 'cachelib info'", file=sys.stderr)
         return 1
-    for namespace in namespaces:
-        for key, item in entries.entries(namespace):
-            try:
-                metadata = entries.head(namespace, key).metadata
-                call, depends = metadata.get("call", ""), depends_summary(metadata)
-            except (CacheError, OSError, KeyError):
-                call, depends = "(damaged)", ""
-            print(f"{namespace}/{key}  {format_size(item.size):>10}  stored {_when(item.stored)}  "
-                  f"used {_when(item.used)}" + (f"  {call}" if call else "")
-                  + (f"  [depends on: {depends}]" if depends else ""))
+    functions = sorted((function_name(entries, ns), ns) for ns in namespaces)
+    if args.json:
+        listing = JsonList({"location": entries.store.url}, "entries", sys.stdout)
+    else:
+        print(f"cache at {printable(entries.store.url)}")
+        width = max([len(printable(name)) for name, _ in functions] + [0])
+        header = ("function", "key", "size", "stored", "used", "call [depends on]")
+        rows = Table(header, (width, 32, 10, _AGE_WIDTH, _AGE_WIDTH, 0), left=[0, 1], out=sys.stdout)
+    for name, namespace in functions:
+        for key, item in sorted(entries.entries(namespace), key=lambda pair: (pair[1].stored, pair[0])):
+            call, depends, damaged = _described(entries, namespace, key)
+            used = item.used if item.used > item.stored else None
+            if args.json:
+                record = {"function": name, "directory": namespace, "key": key,
+                          "path": _where(entries, namespace, key), "bytes": item.size,
+                          "stored": iso_time(item.stored), "used": iso_time(used), "call": call,
+                          "depends": depends}
+                listing.add({**record, "damaged": True} if damaged else record)
+            else:
+                shown = (call or "") + (f"  [depends on: {depends}]" if depends else "")
+                shown = "(damaged)" if damaged else shown
+                rows.row((name, key, format_size(item.size), age(item.stored), age(used), shown))
+    if args.json:
+        listing.close()
     return 0
+
+
+def _described(entries: Entries, namespace: str, key: str) -> tuple[str | None, str | None, bool]:
+    """An entry's call summary and what it depends on (None if not recorded), and whether it is damaged."""
+    try:
+        metadata = entries.head(namespace, key).metadata
+    except (CacheError, OSError, KeyError):
+        return None, None, True
+    call = metadata.get("call")
+    return (call if isinstance(call, str) and call else None), depends_summary(metadata) or None, False
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
     entries = _entries(args)
     targets = _functions(entries, args.func) if args.func is not None else None
     if targets == []:
-        print(f"cachelib: no function named {args.func!r} in {entries.store.url}", file=sys.stderr)
+        print(f"cachelib: no function named {printable(repr(args.func))} in {printable(entries.store.url)}",
+              file=sys.stderr)
         return 1
     removed = left = 0
     for target in targets if targets is not None else [None]:
@@ -187,7 +216,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
     if targets is None:
         SizeBudget(entries).record(0)
     where = ", ".join(t.rsplit("-", 1)[0] for t in targets) if targets else entries.store.url
-    print(f"cleared {where}: {removed:,} entries removed"
+    print(f"cleared {printable(where)}: {plural(removed, 'entry')} removed"
           + (f", {left:,} files of other members left" if left else ""))
     return 0
 
@@ -206,33 +235,46 @@ def cmd_prune(args: argparse.Namespace) -> int:
             compact_stats(entries, namespace)
     except (CacheError, OSError) as exc:  # eviction is done; statistics stay unfolded, still counted
         reason = getattr(exc, "strerror", None) or exc
-        print(f"cachelib: call statistics not folded: {reason}", file=sys.stderr)
+        print(f"cachelib: call statistics not folded: {printable(reason)}", file=sys.stderr)
     SizeBudget(entries).record(left)
-    print(f"removed {removed:,} entries and {cleaned:,} leftover files; {format_size(left)} left")
+    print(f"removed {plural(removed, 'entry')} and {plural(cleaned, 'leftover file')}; "
+          f"{format_size(left)} left")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     entries = _entries(args)
     bad = removed = checked = 0
+    report = JsonList({"location": entries.store.url}, "damaged", sys.stdout) if args.json else None
     for namespace, key, _ in progress(entries.all_entries(), "verified"):
         checked += 1
         problem = entries.verify(namespace, key)
         if problem is None:
             continue
         bad += 1
+        where = _where(entries, namespace, key)
+        found: dict[str, Any] = {"directory": namespace, "key": key, "path": where, "problem": problem,
+                                 "removed": False}
         if args.fix:
             try:
                 removed += entries.delete(namespace, key)
-                print(f"removed: {_where(entries, namespace, key)}: {problem}")
+                found["removed"] = True
             except OSError as exc:
-                reason = exc.strerror or exc
-                print(f"damaged, not removed ({reason}): {_where(entries, namespace, key)}: {problem}")
+                found["error"] = str(exc.strerror or exc)
+        if report is not None:
+            report.add(found)
+        elif found["removed"]:
+            print(f"removed: {printable(where)}: {printable(problem)}")
         else:
-            print(f"damaged: {_where(entries, namespace, key)}: {problem}")
+            state = f"damaged, not removed ({found['error']})" if "error" in found else "damaged"
+            print(f"{printable(state)}: {printable(where)}: {printable(problem)}")
+    if report is not None:
+        report.close(checked=checked, damaged_count=bad, removed=removed,
+                     signatures_checked=entries.signer is not None)
+        return 1 if bad > removed else 0
     signed = "" if entries.signer is not None else " (signatures not checked: no secret given)"
     fixed = f", {removed:,} removed" if args.fix else ""
-    print(f"{checked:,} entries checked, {bad:,} damaged{fixed}{signed}")
+    print(f"{plural(checked, 'entry')} checked, {bad:,} damaged{fixed}{signed}")
     return 1 if bad > removed else 0
 
 
@@ -261,7 +303,7 @@ _COMMANDS = {
     "verify": ("check every entry's integrity without unpickling (exit 1 if any is damaged)",
                "Check every checksum (and, with the secret, every signature) without unpickling."),
     "demo": ("memoize a real computation and show hits, mmap and info",
-             "Memoize an SVD and an FFT, and show a miss, a hit, a memory-mapped hit and info."),
+             "Memoize an SVD and an FFT (a few seconds): misses, hits, a memory-mapped hit and info."),
 }
 
 
@@ -292,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the cache directory or URL (default: $CACHELIB_LOCATION, else ./cachedir)")
         return sub
 
-    command("info")
+    info = command("info")
     ls = command("ls")
     ls.add_argument("--func", metavar="NAME",
                     help="only this function (as 'info' shows it, or its last part); default: all")
@@ -305,14 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove entries stored longer ago, e.g. 90s, 45m, 12h, 30d, 2w")
     verify = command("verify")
     verify.add_argument("--fix", action="store_true", help="remove damaged entries")
+    for sub in (info, ls, verify):
+        sub.add_argument("--json", action="store_true",
+                         help="print one JSON document (its schema is in the documentation) instead of text")
     demo = command("demo")
-    demo.add_argument("--size", type=int, default=1200, metavar="N",
-                      help="matrix size of the demo's SVD (default 1200)")
+    demo.add_argument("--size", type=int, default=600, metavar="N",
+                      help="matrix size of the demo's SVD (default 600)")
     return parser
 
 
 def _one_line_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
-    print(f"cachelib: warning: {message}", file=sys.stderr)
+    print(f"cachelib: warning: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,16 +380,16 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         return handlers[args.command](args)
     except (UsageError, NotACacheError) as exc:
-        print(f"cachelib: {exc}", file=sys.stderr)
+        print(f"cachelib: {printable(exc)}", file=sys.stderr)
         return 2
     except CacheError as exc:
-        print(f"cachelib: {exc}", file=sys.stderr)
+        print(f"cachelib: {printable(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"cachelib: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"cachelib: {printable(exc.strerror or exc)}{printable(where)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -113,7 +113,7 @@ def _import_optional(module: str, package: str, codec: str) -> Any:
     except ImportError as exc:
         raise MissingDependencyError(
             f"the {codec} codec needs the {package!r} package: "
-            f"pip install {package}  (or pip install 'cachelib[{codec}]')",
+            f"pip install {package}  (or pip install 'cachelib-numpy[{codec}]')",
             package=package,
         ) from exc
 

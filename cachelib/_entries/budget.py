@@ -17,7 +17,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Optional
+from typing import Any
 
 from .._errors import CacheError, CacheWarning, FileAccessError
 from .._sizes import format_size
@@ -31,7 +31,7 @@ logger = logging.getLogger("cachelib")
 Progress = Callable[[Iterable[Any], str], Iterable[Any]]
 
 
-Row = tuple[str, str, Optional[float], float, int]
+Row = tuple[str, str, float | None, float, int]
 """namespace, key, last use (None: a temporary file, unevictable), stored, size."""
 
 

@@ -112,13 +112,19 @@ class Entries:
         """Mark the location and the function's directory as cachelib's before writing in them."""
         if namespace in self._marked:
             return
-        self.store.initialize()
-        for key, data in ((names.LOCATION_MARKER, _LOCATION_TEXT), (names.function_marker(namespace), about)):
-            if not self.store.exists(key):
-                payload = data if isinstance(data, bytes) else json.dumps(data).encode()
-                with contextlib.suppress(FileExistsError), self.store.write(key, exclusive=True) as writer:
-                    writer.file.write(payload)
+        self.prepare()
+        self._create_once(names.function_marker(namespace), json.dumps(about).encode())
         self._marked.add(namespace)
+
+    def prepare(self) -> None:
+        """Create the location and mark it as cachelib's (as a first write would)."""
+        self.store.initialize()
+        self._create_once(names.LOCATION_MARKER, _LOCATION_TEXT)
+
+    def _create_once(self, key: str, payload: bytes) -> None:
+        if not self.store.exists(key):
+            with contextlib.suppress(FileExistsError), self.store.write(key, exclusive=True) as writer:
+                writer.file.write(payload)
 
     def location_state(self) -> str:
         """Return "absent", "cache" (a marked cachelib location) or "foreign".

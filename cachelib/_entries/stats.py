@@ -4,7 +4,8 @@ Rule: counting can never hurt a call. Each process counts in memory; the
 process's background worker (``_stores.background``) writes, about a second after
 a call and at exit, what was counted since the last write as a new small object of its own,
 ``names.counts`` (host, pid, token and sequence number), through the store's atomic
-write. An I/O failure costs those counts and one warning, nothing else; nothing
+write. An I/O failure costs those counts and one warning, nothing else (and not even
+the warning when the location was deleted meanwhile: nothing is recreated); nothing
 is mapped, so nobody can make a call fault by truncating a file; the caller never
 waits for the store. A killed process loses at most its last second.
 
@@ -180,6 +181,9 @@ class StatsRecorder:
             with self._entries.store.write(name) as writer:
                 writer.file.write(json.dumps(asdict(pending)).encode())
         except Exception as exc:  # statistics never make a call fail
+            if _location_gone(self._entries):
+                _live.discard(self)  # deleted after use (a TemporaryDirectory): nothing to count into
+                return
             _warn_once(f"write {self._entries.store.url}", f"cachelib could not record call statistics in "
                        f"{self._entries.store.url!r} ({exc}); those counts are lost")
             return
@@ -187,6 +191,14 @@ class StatsRecorder:
         if self._sequence % _COMPACT_EVERY == 0:
             with contextlib.suppress(Exception):
                 compact_stats(self._entries, self._namespace, wait=0.0)
+
+
+def _location_gone(entries: Entries) -> bool:
+    """True if the location no longer exists (its marker is gone): its counts are dropped quietly."""
+    try:
+        return not entries.store.exists(names.LOCATION_MARKER)
+    except Exception:  # a location that cannot even be looked at is not known to be gone
+        return False
 
 
 _live: weakref.WeakSet[StatsRecorder] = weakref.WeakSet()

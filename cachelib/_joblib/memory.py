@@ -3,12 +3,15 @@
 Rule: a translation layer only. Every option is turned into the ``Cache`` and
 ``MemoizedFunction`` option that means the same (``compress=3`` is zlib level 3, as
 in joblib; ``mmap_mode=False`` is "the Memory's own"), and every call goes through
-the one call path of ``_memo.memoized``. What differs from joblib on purpose is listed in
-the README's "Coming from joblib" table.
+the one call path of ``_memo.memoized``. Where joblib acts at a given moment, so does
+this layer: ``Memory(...)`` creates its location; a ``compress`` joblib would refuse
+only when storing makes each call compute, warn and store nothing. What differs
+from joblib on purpose is listed in the README's "Coming from joblib" table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -20,11 +23,13 @@ from typing import Any, Generic, cast, overload
 
 from .._codecs.registry import Compressor
 from .._entries.policy import Missing
-from .._errors import CacheError, InvalidOptionError
+from .._errors import CacheError, InvalidOptionError, warn
+from .._format.persistence import resolve_compress
 from .._memo.cache import Cache, CacheInfo, logger, verbose_logger
 from .._memo.memoized import AsyncMemoizedFunction, MemoizedFunction, Miss
 from .._memo.options import MemoizeOptions
 from .._typing import P, R
+from .logger import JoblibLogger
 from .shelve import MemorizedResult, NotMemorizedResult
 
 __all__ = ["AsyncMemorizedFunc", "MemorizedFunc", "Memory", "NotMemorizedFunc", "expires_after"]
@@ -87,6 +92,19 @@ def joblib_compress(compress: Any) -> Any:
     )
 
 
+def _joblib_codec(compress: Any) -> tuple[Any, str | None]:
+    """The codec of joblib's ``compress``, or (no codec, why not) for a value joblib accepts here.
+
+    joblib takes any ``compress`` in ``Memory(...)`` and refuses a bad one only when it
+    stores a result: each call then computes, warns and stores nothing. So does
+    cachelib (librosa passes an environment variable's string, such as ``"3"``).
+    """
+    try:
+        return resolve_compress(joblib_compress(compress)), None
+    except InvalidOptionError as exc:
+        return False, f"Memory(compress={compress!r}) cannot store results: {exc}"
+
+
 def joblib_metadata(metadata: dict[str, Any], stored: float) -> dict[str, Any]:
     """An entry's metadata under joblib's names: ``duration``, ``time``, plus ``call`` and ``function``."""
     seconds = metadata.get("compute_seconds")
@@ -94,7 +112,7 @@ def joblib_metadata(metadata: dict[str, Any], stored: float) -> dict[str, Any]:
             "call": metadata.get("call"), "function": metadata.get("function")}
 
 
-class MemorizedFunc(MemoizedFunction[P, R]):
+class MemorizedFunc(MemoizedFunction[P, R], JoblibLogger):
     """What ``Memory.cache`` returns: a ``MemoizedFunction`` with joblib's ``MemorizedFunc`` methods.
 
     ``call_and_shelve`` returns a ``MemorizedResult`` without loading a stored result;
@@ -138,6 +156,10 @@ class MemorizedFunc(MemoizedFunction[P, R]):
         return verbose_logger(self._verbose)
 
     @property
+    def _chatty(self) -> bool:
+        return bool(self._verbose)
+
+    @property
     def func(self) -> Callable[P, R]:
         """The original, undecorated function (joblib's name for ``__wrapped__``)."""
         return self.__wrapped__
@@ -165,6 +187,13 @@ class MemorizedFunc(MemoizedFunction[P, R]):
         if not self._is_valid(key):
             return False, None
         return super()._lookup(key, warn)
+
+    def _store(self, key: str, result: Any, seconds: float, *args: Any, **kwargs: Any) -> Any:
+        reason = getattr(self.options, "unusable_compress", None)
+        if reason is not None:  # as joblib: computed, returned, not stored
+            warn(f"{self.__qualname__}: {reason}; the result is returned but not stored")
+            return result
+        return super()._store(key, result, seconds, *args, **kwargs)
 
     def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Return True if this call's result is stored and its validation callback accepts it."""
@@ -282,6 +311,7 @@ class JoblibOptions(MemoizeOptions):
 
     verbose: int | None = None
     cache_validation_callback: Validator | None = None
+    unusable_compress: str | None = None  # why the Memory's compress cannot store anything
 
     @classmethod
     def over(
@@ -337,11 +367,12 @@ def _joblib_construction(
     verbose = 1 if given["verbose"] is None else given["verbose"]
     memory = Memory(location, backend=given.get("backend", "local"), mmap_mode=given.get("mmap_mode"),
                     compress=given.get("compress", False), verbose=verbose)
-    return memory.as_cache, _function_options(memory.as_cache, given.get("ignore"), given["verbose"], False,
-                                              given["cache_validation_callback"])
+    function_options = _function_options(memory.as_cache, given.get("ignore"), given["verbose"], False,
+                                         given["cache_validation_callback"])
+    return memory.as_cache, dataclasses.replace(function_options, unusable_compress=memory._unusable_compress)
 
 
-class Memory:
+class Memory(JoblibLogger):
     """joblib.Memory's constructor and methods, on a ``cachelib.Cache``.
 
     ``location=None`` caches nothing. ``backend`` must be ``"local"``;
@@ -380,8 +411,11 @@ class Memory:
         self.mmap_mode = mmap_mode
         self.verbose = verbose
         self.timestamp = time.time()
-        self.as_cache = Cache(location, compress=joblib_compress(compress), mmap_mode=mmap_mode,
-                              verbose=verbose, **options)
+        codec, self._unusable_compress = _joblib_codec(compress)
+        self.as_cache = Cache(location, compress=codec, mmap_mode=mmap_mode, verbose=verbose, **options)
+        if self.as_cache.entries is not None:  # joblib creates the location here, not at the first store
+            with contextlib.suppress(CacheError, OSError):  # an unusable one warns at the first call
+                self.as_cache.entries.prepare()
 
     def __repr__(self) -> str:
         return f"Memory(location={self.location})"
@@ -434,6 +468,7 @@ class Memory:
         if isinstance(func, MemoizedFunction):
             func = func.__wrapped__
         options = _function_options(self.as_cache, ignore, verbose, mmap_mode, cache_validation_callback)
+        options = dataclasses.replace(options, unusable_compress=self._unusable_compress)
         return self.as_cache._wrap(func, (MemorizedFunc, AsyncMemorizedFunc), options)
 
     def eval(self, func: Callable[..., R], *args: Any, **kwargs: Any) -> R:
@@ -459,6 +494,18 @@ class Memory:
             bytes_limit=bytes_limit, items_limit=items_limit, age_limit=age_limit
         )
 
-    def info(self) -> CacheInfo:
-        """Entries, bytes, hits, misses and time saved, per function (``Cache.info``)."""
+    @overload
+    def info(self) -> CacheInfo: ...
+
+    @overload
+    def info(self, msg: str) -> None: ...
+
+    def info(self, msg: str | None = None) -> CacheInfo | None:
+        """Entries, bytes, hits, misses and time saved, per function (``Cache.info``).
+
+        Given a message, logs it instead, as joblib's ``Memory.info(msg)`` does.
+        """
+        if msg is not None:
+            JoblibLogger.info(self, msg)
+            return None
         return self.as_cache.info()

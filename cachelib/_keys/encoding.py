@@ -38,7 +38,7 @@ import math
 import struct
 import types
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Optional, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import xxhash
@@ -65,7 +65,7 @@ _MAX_DEPTH = 100_000  # containers open at once: deeper is a value that never en
 _FLUSH = 1 << 16  # small encodings are batched into one update
 TREE_MIN = 1 << 22  # arrays of at least this many bytes are hashed as a tree, on every core
 
-D = TypeVar("D", bytes, Optional[bytes])  # what ``Hasher._checked`` computes and keeps
+D = TypeVar("D", bytes, bytes | None)  # what ``Hasher._checked`` computes and keeps
 _pack_q = struct.Struct("<q").pack
 _pack_Q = struct.Struct("<Q").pack
 _pack_d = struct.Struct("<d").pack

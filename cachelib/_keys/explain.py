@@ -105,7 +105,7 @@ def explain_miss(parts: Mapping[str, str], stored: Iterable[Mapping[str, str]]) 
         elif len(found) == best and found not in nearest:
             nearest.append(found)
     if count == 0:
-        return "no entry of this function is stored yet (or none records its key parts)"
+        return "nothing stored for this function yet"
     if best == 0:
         return "an entry with the same key parts is stored: the call hits, unless that entry expired"
     if len(nearest) == 1:

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, overload
@@ -23,9 +24,10 @@ from .._entries.stats import compact_stats, read_stats
 from .._errors import CacheError, CacheWarning, InvalidOptionError
 from .._format.persistence import resolve_compress
 from .._keys.declared import Declared
-from .._sizes import parse_size
+from .._sizes import format_size, parse_size
 from .._stores.base import Store
 from .._stores.locations import StoreOptions, open_store
+from .display import describe_options, html_fields
 from .info import CacheInfo, FunctionInfo
 from .memoized import AsyncMemoizedFunction, MemoizedFunction, memoized
 from .options import MemoizeArguments, MemoizeOptions, checked_mmap_mode, seconds_of
@@ -46,8 +48,9 @@ class Cache:
 
     ``location=None`` disables caching: memoized functions just call through.
     ``compress`` and ``mmap_mode`` are defaults each ``memoize`` may override;
-    ``verbose`` makes this cache print (1 misses, 2 hits too); records always go to
-    the ``cachelib`` logger family, quiet unless configured.
+    ``verbose`` makes this cache print to stderr (1 misses, 2 hits too), through
+    loggers of its own that never reach the application's handlers a second time;
+    a quiet cache's records go to the ``cachelib`` logger, silent unless configured.
     ``lock_timeout`` bounds how long a caller waits for another process computing
     the same call; after it the caller computes anyway, or raises ``LockTimeout``
     with ``on_lock_timeout="raise"``. ``lock="soft"`` suits filesystems without
@@ -120,6 +123,14 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({self.location!r})"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: where the cache stores, its defaults and the functions memoized so far."""
+        fields = [("location", self.location or "none: functions just call"),
+                  *describe_options(self.compressor, self.mmap_mode, self.expires_after),
+                  ("bytes_limit", format_size(self.bytes_limit) if self.bytes_limit is not None else "none"),
+                  ("functions", ", ".join(sorted(self._functions)) or "none memoized yet")]
+        return html_fields("cachelib.Cache", fields)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle settings only: a worker's cache registers its own functions."""
@@ -299,25 +310,50 @@ def _check_no_store_options(location: Any, share: Any, fsync: Any, storage_optio
         )
 
 
-def verbose_logger(verbose: int) -> logging.Logger:
-    """The ``cachelib`` logger, or for ``verbose`` 1 or more a printing child of it.
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (a notebook's, pytest's capture, a redirect)."""
 
-    ``cachelib.verbose1`` prints misses, ``cachelib.verbose2`` hits too.
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("[cachelib] %(message)s"))
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def verbose_logger(verbose: int) -> logging.Logger:
+    """The ``cachelib`` logger, or for ``verbose`` 1 or more a child of it that prints to stderr.
+
+    ``cachelib.verbose1`` prints misses, ``cachelib.verbose2`` hits too. They do not
+    propagate: whatever handlers the application set up (``logging.basicConfig``, a
+    notebook's, a dask worker's) never print a verbose line a second time. An
+    application that wants these lines in its own handlers adds them to those loggers.
     """
     if not verbose:
         return logger
     level = min(int(verbose), 2)
     chatty = logging.getLogger(f"cachelib.verbose{level}")
     if not chatty.handlers:
-        chatty.addHandler(logging.StreamHandler())
+        chatty.addHandler(_Stderr())
         chatty.setLevel(logging.DEBUG if level > 1 else logging.INFO)
+        chatty.propagate = False
     return chatty
+
+
+def function_name(entries: Entries, namespace: str) -> str:
+    """A function's qualified name, as its marker records it (else its directory's name)."""
+    name = entries.about(namespace).get("function")
+    return name if isinstance(name, str) and name else namespace.rsplit("-", 1)[0]
 
 
 def function_info(entries: Entries, namespace: str) -> FunctionInfo:
     """Summarise one function: entries on disk and recorded calls."""
-    name = entries.about(namespace).get("function")
-    info = FunctionInfo(name if isinstance(name, str) and name else namespace.rsplit("-", 1)[0])
+    info = FunctionInfo(function_name(entries, namespace))
     for _, item in entries.entries(namespace):
         info.entries += 1
         info.bytes += item.size

@@ -6,7 +6,7 @@ just stored it), computes, publishes, and lets go: one path (``Miss``) for sync
 calls, ``async def`` calls and ``Memory.call``, with the function run by the caller
 so that one cachelib frame stands between a call and the function. The function's
 own exceptions are never cached, and a failure to store warns but still returns
-the result.
+the result. A verbose function's long loads and stores show progress (``progress``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, Protocol, TypeVar, cast, overload
+from typing import Any, Concatenate, Generic, Protocol, TypeVar, cast, overload
 
 from .._codecs.registry import Compressor
 from .._entries.policy import Entries, Missing, Stale
@@ -36,10 +36,14 @@ from .._keys.calls import CallKeyer, function_identity, unwrap
 from .._keys.depends import Recorded, Recording, Validator, note_hit, recording_now
 from .._keys.explain import explain_miss
 from .._keys.files import ignore_files_under
-from .._typing import P, R
+from .._sizes import format_size
+from .._text import duration
+from .._typing import P, Q, R, S, T
+from .display import Explanation, describe_options, html_fields
 from .info import FunctionInfo
 from .options import MemoizeOptions
 from .pickling import reduce_wrapper
+from .progress import showing_progress
 from .summary import CallSummary
 
 __all__ = ["AsyncMemoizedFunction", "CacheSettings", "MemoizedFunction", "Miss", "memoized"]
@@ -123,6 +127,16 @@ class MemoizedFunction(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<MemoizedFunction {self.__qualname__} in {self.cache!r}>"
 
+    def _repr_html_(self) -> str:
+        """A notebook's view: the function, where it stores, its options, and what it has stored."""
+        options = self.options
+        fields = [("function", self.name), ("cache", self.cache.location or "none: calls compute"),
+                  *describe_options(options.compressor, options.mmap_mode, options.expires_after),
+                  ("ignore", ", ".join(options.ignore) or "-")]
+        if self.cache.entries is not None:
+            fields.append(("stored", str(self.cache_info()).split(": ", 1)[-1]))
+        return html_fields(f"cachelib: memoized {self.__qualname__}", fields)
+
     def __reduce__(self) -> Any:
         """Pickle by name, or by value where other processes cannot import it (``_memo.pickling``).
 
@@ -149,7 +163,9 @@ class MemoizedFunction(Generic[P, R]):
     def __get__(self: M, instance: None, owner: type | None = None) -> M: ...
 
     @overload
-    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., R]: ...
+    def __get__(
+        self: MemoizedFunction[Concatenate[S, Q], T], instance: S, owner: type | None = None
+    ) -> Callable[Q, T]: ...
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """Bind like a function, so that decorated methods receive ``self``."""
@@ -167,6 +183,11 @@ class MemoizedFunction(Generic[P, R]):
     def logger(self) -> logging.Logger:
         """Where this function reports its hits and misses (its cache's logger)."""
         return self.cache.logger
+
+    @property
+    def _chatty(self) -> bool:
+        """Whether the user asked this function for output (``verbose``): long loads and stores show."""
+        return bool(self.cache.verbose)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -207,10 +228,11 @@ class MemoizedFunction(Generic[P, R]):
         if entries is None:
             return False, None
         try:
-            metadata, result = entries.get(
-                self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after,
-                check=self._check_depends,
-            )
+            with showing_progress("loading", self.__qualname__, self._chatty):
+                metadata, result = entries.get(
+                    self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after,
+                    check=self._check_depends,
+                )
         except Stale as exc:
             self._stale = (key, exc.reason)
             return False, None
@@ -232,7 +254,7 @@ class MemoizedFunction(Generic[P, R]):
             note_hit(metadata.get("depends"), unwrap(self.__wrapped__), self._keyer.follow)
         logger = self.logger
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("hit %s in %.6f s", self.__qualname__, time.perf_counter() - started)
+            logger.debug("hit %s: loaded in %s", self.__qualname__, duration(time.perf_counter() - started))
         return True, result
 
     def _check_depends(self, metadata: dict[str, Any]) -> str | None:
@@ -329,10 +351,11 @@ class MemoizedFunction(Generic[P, R]):
         if recorded is not None and not recorded.complete:
             metadata["depends_complete"] = False
         try:
-            size, returned = self._entries.put(
-                self.namespace, key, result, metadata, self.compressor,
-                about=self._about, mmap_mode=self.mmap_mode,
-            )
+            with showing_progress("storing", call or self.__qualname__, self._chatty):
+                size, returned = self._entries.put(
+                    self.namespace, key, result, metadata, self.compressor,
+                    about=self._about, mmap_mode=self.mmap_mode,
+                )
         except SerializationError as exc:
             raise SerializationError(
                 f"the result of {self.__qualname__} (a {type(result).__module__}."
@@ -350,10 +373,9 @@ class MemoizedFunction(Generic[P, R]):
                 stacklevel=3,
             )
             return result
-        self.logger.info(
-            "miss %s (%s): computed in %.3f s, stored %d bytes in %.3f s",
-            self.__qualname__, why or "not stored yet", seconds, size, time.perf_counter() - started,
-        )
+        stored_in = duration(time.perf_counter() - started)
+        self.logger.info("miss %s: %s; computed in %s, stored %s in %s", call or self.__qualname__,
+                         why or "not stored yet", duration(seconds), format_size(size), stored_in)
         self.cache._after_store(size)
         return returned
 
@@ -415,7 +437,7 @@ class MemoizedFunction(Generic[P, R]):
             parts = self._keyer.key_parts(args, kwargs)
             key = self._key(args, kwargs)
         except UnhashableError as exc:
-            return f"the call cannot be keyed: {exc}"
+            return Explanation(f"the call cannot be keyed: {exc}")
         entries = self.cache.entries
         if entries is not None and not self._refused:
             try:
@@ -424,8 +446,8 @@ class MemoizedFunction(Generic[P, R]):
                 pass
             else:
                 stale = self._check_depends(head.metadata)
-                return "the call hits: its entry is stored" if stale is None else stale
-        return explain_miss(parts, self._stored_key_parts())
+                return Explanation("the call hits: its entry is stored" if stale is None else stale)
+        return Explanation(explain_miss(parts, self._stored_key_parts()))
 
     def _stored_key_parts(self) -> Iterator[dict[str, str]]:
         """Yield the key parts recorded by this function's most recent entries (newest first).

@@ -3,9 +3,12 @@
 Rule: informational only, never part of a key and never a reason for a call to fail.
 A call's summary is computed on a miss only, in bounded time and size: arrays (and
 anything with a ``shape``) show as shape and dtype, never their values; containers
-show their first few items; other values their repr, truncated. The summary is ASCII
-and its JSON form fits in ``LIMIT`` bytes. ``depends_summary`` names, in one line,
-the files, code, packages and declared dependencies an entry's metadata records.
+show their first few items; objects whose class has no repr of its own their class
+name and first attributes (``Model(depth=3, ...)``, never ``<Model object at 0x...>``);
+other values their repr, truncated. The summary is printable ASCII (control
+characters escaped) and its JSON form fits in ``LIMIT`` bytes. ``depends_summary``
+names, in one line, the files, code, packages and declared dependencies an entry's
+metadata records.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+
+from .._text import printable
 
 __all__ = ["LIMIT", "CallSummary", "depends_summary", "describe_value"]
 
@@ -54,7 +59,20 @@ class _Short(reprlib.Repr):
         if shape is not None:
             dtype = getattr(x, "dtype", None)
             return f"{type(x).__name__}(shape={shape}" + (f", dtype={dtype})" if dtype is not None else ")")
+        if getattr(type(x), "__repr__", None) is object.__repr__ and not isinstance(x, type):
+            return self._object(x, level)
         return super().repr1(x, level)
+
+    def _object(self, x: Any, level: int) -> str:
+        """An object without a repr of its own: ``Model(depth=3, alpha=0.5, ...)`` from its attributes."""
+        attributes = getattr(x, "__dict__", None)
+        if not isinstance(attributes, dict) or not attributes or level <= 0:
+            return f"{type(x).__name__}(...)" if attributes or level <= 0 else f"{type(x).__name__}()"
+        public = [(k, v) for k, v in itertools.islice(attributes.items(), 64) if not str(k).startswith("_")]
+        inner = [f"{k}={self.repr1(v, level - 1)}" for k, v in public[:_ITEMS]]
+        if len(public) > _ITEMS or len(public) < len(attributes):
+            inner.append("...")
+        return f"{type(x).__name__}({', '.join(inner)})"
 
     def _container(self, x: Any, level: int) -> str:
         base = next(kind for kind in _CONTAINERS if isinstance(x, kind))
@@ -104,8 +122,8 @@ def describe_value(value: Any) -> str:
 
 
 def bounded(text: str, limit: int = LIMIT) -> str:
-    """Return ``text`` as ASCII, cut so that its JSON string fits in ``limit`` bytes."""
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    """Return ``text`` as printable ASCII, cut so that its JSON string fits in ``limit`` bytes."""
+    text = printable(text.encode("ascii", "backslashreplace").decode("ascii"))
     while len(json.dumps(text)) > limit:
         excess = len(json.dumps(text)) - limit
         text = text[: max(len(text) - excess - 3, 0)] + "..."

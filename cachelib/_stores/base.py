@@ -35,7 +35,7 @@ import contextlib
 import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import IO, Optional, Protocol
+from typing import IO, Protocol
 
 from .._errors import CorruptFileError, InvalidOptionError
 from .._typing import Sink
@@ -67,7 +67,7 @@ class ItemInfo:
 Probe = tuple[Hashable, int, float]
 """A cheap look at an object: (an identity that changes whenever its bytes may have, size, last use)."""
 
-Unfinished = tuple[Optional[str], bool]
+Unfinished = tuple[str | None, bool]
 """A temporary object of a write: (the key it was to become, or None if unknown; whether its
 writer is certainly gone)."""
 

@@ -39,8 +39,8 @@ __all__ = ["FsspecStore"]
 
 _READ_BUFFER = 1 << 20  # small reads (headers, records) share one ranged read of this size
 _CONDITIONAL = frozenset({"s3", "s3a", "memory"})  # backends whose exclusive creates are atomic
-_INSTALL = {"s3": "cachelib[s3]", "s3a": "cachelib[s3]", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
-            "abfs": "adlfs"}
+_INSTALL = {"s3": "cachelib-numpy[s3]", "s3a": "cachelib-numpy[s3]", "gs": "gcsfs", "gcs": "gcsfs",
+            "az": "adlfs", "abfs": "adlfs"}
 _FORCED_OPTIONS = {"s3": {"use_listings_cache": False}, "s3a": {"use_listings_cache": False}}
 _memory_lock = threading.Lock()  # memory:// is one process's dict: its creates are made atomic here
 
@@ -50,7 +50,8 @@ def _fsspec() -> Any:
         import fsspec
     except ImportError:
         raise MissingDependencyError(
-            "a cache on a URL needs fsspec: pip install 'cachelib[fsspec]' (or 'cachelib[s3]' for S3)",
+            "a cache on a URL needs fsspec: pip install 'cachelib-numpy[fsspec]' "
+            "(or 'cachelib-numpy[s3]' for S3)",
             package="fsspec",
         ) from None
     return fsspec
