@@ -10,10 +10,7 @@ holds one per name at its default level.
 from __future__ import annotations
 
 import abc
-import bz2
-import gzip
 import importlib
-import lzma
 import os
 import threading
 import zlib
@@ -193,11 +190,15 @@ class Gzip(Compressor):
     default_level = 3
 
     def open_writer(self, fileobj: Any) -> CodecWriter:
+        import gzip  # each codec's module is loaded when the codec is first used
+
         # No file name and mtime=0: equal values give equal files.
         writer = gzip.GzipFile(filename="", fileobj=fileobj, mode="wb", compresslevel=self.level, mtime=0)
         return writer
 
     def open_reader(self, fileobj: Any) -> CodecReader:
+        import gzip
+
         return gzip.GzipFile(fileobj=fileobj, mode="rb")
 
 
@@ -211,9 +212,13 @@ class Bz2(Compressor):
     default_level = 9
 
     def open_writer(self, fileobj: Any) -> CodecWriter:
+        import bz2
+
         return bz2.BZ2File(fileobj, mode="wb", compresslevel=self.level)
 
     def open_reader(self, fileobj: Any) -> CodecReader:
+        import bz2
+
         return bz2.BZ2File(fileobj, mode="rb")
 
 
@@ -225,13 +230,17 @@ class Xz(Compressor):
     magic = b"\xfd7zXZ\x00"
     levels = range(0, 10)
     default_level = 6
-    _format = lzma.FORMAT_XZ
+    _format = "FORMAT_XZ"  # the name of the lzma module's constant
 
     def open_writer(self, fileobj: Any) -> CodecWriter:
-        return lzma.LZMAFile(fileobj, mode="wb", format=self._format, preset=self.level)
+        import lzma
+
+        return lzma.LZMAFile(fileobj, mode="wb", format=getattr(lzma, self._format), preset=self.level)
 
     def open_reader(self, fileobj: Any) -> CodecReader:
-        return lzma.LZMAFile(fileobj, mode="rb", format=self._format)
+        import lzma
+
+        return lzma.LZMAFile(fileobj, mode="rb", format=getattr(lzma, self._format))
 
 
 class Lzma(Xz):
@@ -240,7 +249,7 @@ class Lzma(Xz):
     name = "lzma"
     extension = ".lzma"
     magic = b"\x5d\x00\x00"
-    _format = lzma.FORMAT_ALONE
+    _format = "FORMAT_ALONE"
 
 
 def _zstd_backend() -> Any:

@@ -9,8 +9,6 @@ header and metadata, and every byte of its raw stream as the reader consumes it
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Any
 
 from .._errors import InvalidOptionError
@@ -36,9 +34,14 @@ class Signer:
 
     def new(self, context: str) -> Any:
         """Return a fresh HMAC already fed with the entry's name ``context``."""
+        import hashlib
+        import hmac  # only where entries are signed: not part of ``import cachelib``
+
         return hmac.new(self._secret, context.encode(), hashlib.sha256)
 
     @staticmethod
     def matches(mac: Any, tag: bytes) -> bool:
         """True if ``mac``'s digest is ``tag`` (compared in constant time)."""
+        import hmac
+
         return hmac.compare_digest(mac.digest(), tag)

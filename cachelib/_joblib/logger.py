@@ -9,7 +9,6 @@ joblib.Memory (librosa's cache manager) call these.
 from __future__ import annotations
 
 import logging
-import pprint
 
 __all__ = ["JoblibLogger"]
 
@@ -23,6 +22,8 @@ class JoblibLogger:
 
     def format(self, obj: object, indent: int = 0) -> str:
         """Return the pretty-printed representation of ``obj`` (nested ``depth`` levels deep)."""
+        import pprint  # only where a message is formatted
+
         return pprint.pformat(obj, indent=indent, depth=self.depth)
 
     def warn(self, msg: str) -> None:

@@ -27,9 +27,7 @@ items of keyword-default dicts, which can change in place).
 from __future__ import annotations
 
 import datetime
-import decimal
 import enum
-import fractions
 import functools
 import importlib
 import importlib.util
@@ -88,14 +86,20 @@ _SKIPPED_CLASS_ATTRIBUTES = frozenset({
 })
 _PLAIN = (
     type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis), datetime.date, datetime.time,
-    datetime.timedelta, datetime.timezone, decimal.Decimal, fractions.Fraction, uuid.UUID,
+    datetime.timedelta, datetime.timezone, uuid.UUID,
 )
+# Plain too, named rather than imported (``import cachelib`` does not load them): a value of
+# one exists only once its module is loaded, and its class is then that module's own.
+_PLAIN_ELSEWHERE = {"decimal": "Decimal", "fractions": "Fraction"}
 
 
 def _is_plain(value: Any, depth: int = 0) -> bool:
     """True for immutable data that holds no code: hashed once, identity-checked after."""
     kind = type(value)
     if kind in _PLAIN:
+        return True
+    home = _PLAIN_ELSEWHERE.get(kind.__module__)
+    if home is not None and kind is getattr(sys.modules.get(kind.__module__), home, None):
         return True
     if isinstance(value, np.generic):
         return not isinstance(value, (np.void, np.object_))

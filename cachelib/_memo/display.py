@@ -8,7 +8,6 @@ happens here: callers hand over what to show.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +19,8 @@ _OPEN = '<table class="cachelib" style="border-collapse: collapse; text-align: r
 
 
 def _cell(tag: str, value: object, left: bool = False) -> str:
+    import html  # only in a notebook: not part of ``import cachelib``
+
     align = ' style="text-align: left"' if left else ""
     return f"<{tag}{align}>{html.escape(str(value))}</{tag}>"
 

@@ -11,7 +11,9 @@ waits for them and the queue for at most ``EXIT_WAIT`` seconds in all, then
 abandons what is left; it does so as soon as the main thread returns (``threading``'s
 exit callbacks, which run before ``concurrent.futures`` and fsspec's executors shut
 down), again at ``atexit`` for what came later, and, as multiprocessing and loky
-workers leave by ``os._exit``, after multiprocessing's finalizers. Once the
+workers leave by ``os._exit``, after multiprocessing's finalizers (registered when the
+thread starts in a process that has loaded multiprocessing, as every such worker has
+before it runs a task). Once the
 interpreter is shutting down (``_lifecycle``) nothing is queued or delayed: work
 handed over runs in the caller, so a call made by a thread that outlives the main
 thread, or by an ``atexit`` handler, is synced and counted before it returns.
@@ -22,8 +24,8 @@ import atexit
 import collections
 import concurrent.futures.thread  # noqa: F401 - its exit callback must be registered before ours
 import contextlib
-import multiprocessing.util
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +64,7 @@ class Worker:
         self._busy = 0  # jobs taken off the queue and not finished yet
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._finalizer_pid: int | None = None  # the process whose multiprocessing finalizer runs ``exit``
         self._exit_deadline: float | None = None  # set by the first exit: later ones share its time
 
     # -- handing work over ------------------------------------------------------------------
@@ -144,7 +147,19 @@ class Worker:
         except RuntimeError:  # interpreter shutdown: no new threads
             return False
         self._thread = thread
+        self._exit_with_multiprocessing()
         return True
+
+    def _exit_with_multiprocessing(self) -> None:
+        """Have a multiprocessing worker, which leaves by ``os._exit``, run ``exit`` after its finalizers.
+
+        Once per process: a forked worker's registry is emptied before it runs a task, and
+        its thread, started afresh, registers again.
+        """
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None and self._finalizer_pid != os.getpid():
+            util.Finalize(None, self.exit, exitpriority=0)
+            self._finalizer_pid = os.getpid()
 
     def _loop(self) -> None:
         while True:
@@ -241,21 +256,6 @@ def _quietly(call: Callable[[], None]) -> None:
 worker = Worker()
 """The process's worker, shared by every store and cache."""
 
-
-class _ExitHook:
-    """Runs ``worker.exit`` at the exit of multiprocessing workers, which leave by ``os._exit``.
-
-    multiprocessing empties the finalizer registry of a forked worker, then runs its
-    after-fork callbacks: this one registers the finalizer again there.
-    """
-
-    def register(self, _: object = None) -> None:
-        multiprocessing.util.Finalize(None, worker.exit, exitpriority=0)
-
-
-_exit_hook = _ExitHook()
-_exit_hook.register()
-multiprocessing.util.register_after_fork(_exit_hook, _ExitHook.register)
 _register_threading_exit = getattr(threading, "_register_atexit", None)
 if _register_threading_exit is not None:
     _register_threading_exit(worker.exit)  # when the main thread returns, before executors shut down

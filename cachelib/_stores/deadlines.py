@@ -16,9 +16,7 @@ into ``FileAccessError`` (credentials, configuration), never a raw exception.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -72,7 +70,10 @@ class RemoteTimeouts:
 
 def _kind(exc: BaseException) -> str | None:
     """"timeout", "unreachable" or "client" for an error of a stalled or misconfigured store; else None."""
-    if isinstance(exc, (asyncio.TimeoutError, socket.timeout, TimeoutError)):
+    if isinstance(exc, TimeoutError):  # socket.timeout too, and asyncio's on Python >= 3.11
+        return "timeout"
+    asyncio = sys.modules.get("asyncio.exceptions")  # only a loaded asyncio raises its own
+    if asyncio is not None and isinstance(exc, asyncio.TimeoutError):
         return "timeout"
     botocore = sys.modules.get("botocore.exceptions")
     if botocore is not None:

@@ -18,8 +18,6 @@ import stat
 import time
 from typing import Protocol
 
-from filelock import lock_descriptor, unlock_descriptor
-
 from .._errors import CorruptFileError
 from .base import KeyLock, check_key
 from .trust import Rules, not_followed
@@ -91,6 +89,8 @@ class FileLock(KeyLock):
             parent.close()
 
     def acquire(self, timeout: float) -> bool:
+        from filelock import lock_descriptor, unlock_descriptor  # loaded by the first lock, not the import
+
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
@@ -116,6 +116,8 @@ class FileLock(KeyLock):
         with contextlib.suppress(OSError):
             if self._still_named(os.fstat(fd)):
                 os.unlink(self._parts[-1], dir_fd=self._parent_fd)
+        from filelock import unlock_descriptor
+
         with contextlib.suppress(OSError):
             unlock_descriptor(fd)
         self._drop()

@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 
 __all__ = ["HOST_ID", "PID_SCOPE", "WRITER_TAG", "process_alive", "writer_gone", "writer_id"]
 
-HOST_ID = os.environ.get("CACHELIB_HOST_ID") or socket.gethostname()
+HOST_ID = os.environ.get("CACHELIB_HOST_ID") or os.uname().nodename  # what gethostname(2) returns
 
 
 def _pid_scope() -> str:
