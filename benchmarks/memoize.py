@@ -30,6 +30,14 @@ Scenarios (sizes are divided by ten with ``--quick``):
    ``[::2]`` view (md5 is slow; throughput does not depend on size at this scale),
    and raw ``xxhash.xxh3_128`` over the contiguous buffer as an upper bound.
    Throughput is logical bytes (``nbytes`` of the hashed array or view) per second.
+7. ``start``: a program's first moments, each in a fresh interpreter that has
+   imported numpy already (a numpy program does): ``import`` times the library's
+   import; ``first miss`` times, in that interpreter, wrapping ``small_args`` (from
+   a module file) and its first call, which computes and stores; ``first hit`` the
+   same in the next fresh interpreter, which finds the entry. 15 interpreters of
+   each kind alternate between the libraries' runs. Every package's bytecode is
+   compiled first (``compileall``), as ``pip install`` does, so that no library pays
+   for compiling its source.
 
 How: every (scenario, library) pair runs in its own fresh child process ("spawn"
 start method, ``_harness.run_isolated``), one child at a time, each with its own
@@ -74,6 +82,7 @@ import argparse
 import gc
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -438,6 +447,54 @@ class Scenario:
     runner: Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 
+START_PROGRAM = """
+import json, sys, time
+import numpy
+sys.path.insert(0, {module_dir!r})
+start = time.perf_counter()
+import {library}
+imported = time.perf_counter()
+import startup
+if {library!r} == "cachelib":
+    memoized = cachelib.Cache({cache!r}).memoize(startup.small_args)
+else:
+    memoized = joblib.Memory({cache!r}, verbose=0).cache(startup.small_args)
+value = memoized(3, 4.0, "abc")
+called = time.perf_counter()
+assert value == startup.small_args(3, 4.0, "abc")
+print(json.dumps([imported - start, called - imported]))
+"""
+
+
+def run_start(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Scenario 7: import, first miss and first hit, each in fresh interpreters."""
+    import compileall
+    import inspect
+    import subprocess
+
+    library = task["library"]
+    package = importlib.import_module(library)
+    compileall.compile_dir(os.path.dirname(package.__file__ or ""), quiet=1)
+    module_dir = os.path.join(task["dir"], "module")
+    os.makedirs(module_dir, exist_ok=True)
+    with open(os.path.join(module_dir, "startup.py"), "w") as module:
+        module.write(inspect.getsource(small_args))
+    compileall.compile_dir(module_dir, quiet=1)
+    environment = dict(os.environ)
+    environment.pop("PYTHONDONTWRITEBYTECODE", None)
+    times: dict[str, list[float]] = {"import": [], "first miss": [], "first hit": []}
+    for run in range(task["repeats"]):
+        cache = os.path.join(task["dir"], f"cache-{run}")
+        program = START_PROGRAM.format(module_dir=module_dir, library=library, cache=cache)
+        for kind in ("first miss", "first hit"):
+            done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                                  env=environment, check=True, timeout=120)
+            imported, called = json.loads(done.stdout.strip().splitlines()[-1])
+            times["import"].append(imported)
+            times[kind].append(called)
+    return [record(task, seconds, variant=kind) for kind, seconds in times.items()]
+
+
 MEMOIZERS = ("cachelib", "joblib", "diskcache", "cachier")
 SCENARIOS = (
     Scenario("hit-small", 1, "hit, f(3, 4.0, 'abc')", "us", MEMOIZERS, run_hit_small),
@@ -453,6 +510,7 @@ SCENARIOS = (
     Scenario("hit-big", 4, "hit, load {size} result", "s", (*MEMOIZERS, "readinto"), run_hit_big),
     Scenario("hit-mmap", 5, "hit, {size} result, mmap_mode='r'", "ms", ("cachelib", "joblib"), run_hit_mmap),
     Scenario("hash", 6, "hash", "s", ("cachelib", "joblib", "xxhash"), run_hash),
+    Scenario("start", 7, "fresh interpreter:", "ms", ("cachelib", "joblib"), run_start),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 SCALING = ("hit-array-arg", "store-big", "hit-big", "hash")
@@ -529,7 +587,7 @@ def make_task(
     """Describe one child's work: sizes and repeat counts for ``scenario`` (at ``threads``)."""
     quick = options.quick
     elements = (HASH_ELEMENTS if scenario.name == "hash" else BIG_ELEMENTS) // options.scale
-    repeats = {"hit-array-arg": 5, "store-big": 5, "hit-big": 5, "hit-mmap": 7, "hash": 5}.get(
+    repeats = {"hit-array-arg": 5, "store-big": 5, "hit-big": 5, "hit-mmap": 7, "hash": 5, "start": 15}.get(
         scenario.name, 3
     )
     if scenario.name == "hash" and library == "joblib":
@@ -803,6 +861,14 @@ def target_lines(records: list[dict[str, Any]]) -> list[str]:
          lambda v: v <= 1.2, "{:.2f}x"),
     ]
     lines += [_target(*check) for check in checks]
+    lines.append(
+        _target(
+            "import: no slower than joblib's",
+            ratio_of("start", variant="import"),
+            lambda v: v >= 1,
+            "{:.2f}x faster",
+        )
+    )
     lines.append(
         _target(
             "hit with mmap_mode='r': < 5 ms",
