@@ -36,7 +36,7 @@ import xxhash
 from .._codecs.registry import Compressor
 from .._errors import CorruptFileError, UnsupportedFormatError
 from .._format.persistence import check_stream, parse_stream, sniff, stream_value
-from .._format.reader import Mapping, Parsed, ReadPlan
+from .._format.reader import Mapping, Parsed, ReadPlan, positional
 from .._format.records import write_stream
 from .._stores.durability import written_since_boot
 from .._typing import Sink
@@ -123,6 +123,10 @@ class _Region:
 
     def seekable(self) -> bool:
         return True
+
+    def positional(self) -> tuple[int, int] | None:
+        """Descriptor and offset of this position in a plain file (``reader.positional``)."""
+        return positional(self._fileobj)
 
     def tell(self) -> int:
         return self._position - self._start

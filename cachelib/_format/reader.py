@@ -20,15 +20,18 @@ bytes included: that is how a signature covers exactly the bytes that are used.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import io
+import os
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xxhash
 
+from .._codecs.pool import submit, thread_count
 from .._errors import CorruptFileError, DeserializationError, UnsupportedFormatError
 from .dtypes import byte_view
 from .records import (
@@ -318,8 +321,43 @@ class RecordReader:
             array = np.empty(length, np.uint8)
         except MemoryError:
             raise CorruptFileError(f"array record at offset {start} claims {length} bytes") from None
-        self._fill(byte_view(array), hasher)
+        at = positional(self._source) if length >= PARALLEL_READ and thread_count() > 1 else None
+        if at is not None:
+            self._fill_at(byte_view(array), *at, hasher)
+        else:
+            self._fill(byte_view(array), hasher)
         return array
+
+    def _fill_at(self, view: memoryview, fd: int, offset: int, hasher: Any) -> None:
+        """Fill ``view`` with the pool's ``pread``s of the file ``fd`` from ``offset``, then seek past it.
+
+        The pieces are read in parallel and checked in order, so the checksum and the
+        tap see the bytes as ``_fill`` would; a short read is a truncated file.
+        """
+        starts = range(0, view.nbytes, IO_CHUNK)
+        reads = [submit(_pread_into, fd, view[begin : begin + IO_CHUNK], offset + begin) for begin in starts]
+        try:
+            for begin, read in zip(starts, reads):
+                piece = view[begin : begin + IO_CHUNK]
+                try:
+                    got = read.result()
+                except OSError as exc:
+                    raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
+                if got < piece.nbytes:
+                    raise CorruptFileError(
+                        f"the file is truncated: it ends {view.nbytes - begin - got} bytes into a "
+                        f"{view.nbytes}-byte read at offset {self._position + begin + got}"
+                    )
+                if hasher is not None:
+                    hasher.update(piece)
+                if self._tap is not None:
+                    self._tap(piece)
+        finally:
+            for read in reads:
+                read.cancel()
+            concurrent.futures.wait(reads)  # none writes into ``view`` once this returns
+        self._source.seek(view.nbytes, io.SEEK_CUR)
+        self._position += view.nbytes
 
     def _read_end(self, start: int, padding: int, length: int, hasher: Any) -> None:
         if padding or length != END.size:
@@ -404,6 +442,38 @@ class RecordReader:
         self._keep_arrays = False
         while self._next_record():
             self._chunk = memoryview(b"")
+
+
+PARALLEL_READ = 32 << 20
+"""Arrays of at least this many bytes in a plain file are read by the pool's threads at once."""
+
+
+def positional(source: Any) -> tuple[int, int] | None:
+    """``(descriptor, offset)`` of a plain file's current position, for ``pread``; None for other streams.
+
+    A stream that is a window on a plain file (an entry's) says so by a ``positional``
+    method of its own; codecs' readers, pipes and remote files are read in order.
+    """
+    own = getattr(source, "positional", None)
+    if own is not None:
+        return cast("tuple[int, int] | None", own())
+    if type(source) not in (io.BufferedReader, io.FileIO):
+        return None
+    try:
+        return source.fileno(), source.tell()
+    except (OSError, ValueError):  # a pipe, a closed file
+        return None
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``fd`` at ``offset``; return how many bytes the file had there."""
+    filled = 0
+    while filled < view.nbytes:
+        count = os.preadv(fd, [view[filled:]], offset + filled)
+        if not count:
+            break
+        filled += count
+    return filled
 
 
 def _unpickled(load: Callable[[], Any]) -> Any:
