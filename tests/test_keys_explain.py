@@ -136,3 +136,25 @@ def test_a_verbose_cache_logs_why_it_missed(tmp_path, capsys):
     capsys.readouterr()
     work(2)
     assert capsys.readouterr().err.startswith("[cachelib] miss work(x=2): argument `x` changed; computed in ")
+
+
+@pytest.mark.parametrize("hostile", ["\x1b]0;owned\x07", "\x1b[2J", "a\rb", "x\u202ey", "line\nbreak"])
+def test_names_from_stored_entries_reach_the_reader_escaped(hostile):
+    """Another user of a shared cache writes the entries that ``explain`` and ``verbose`` quote."""
+    stored = {f"file {hostile}.csv": "1", f"package {hostile}": "1.0", "argument x": "1"}
+    parts = {"argument x": "2", f"package {hostile}": "2.0"}
+    line = explain_miss(parts, [stored])
+    assert line.isprintable() and hostile not in line
+    assert "no longer depends on file" in line and "argument `x` changed" in line
+
+
+def test_a_foreign_global_in_another_users_entry_is_named_escaped():
+    import io
+    import pickle
+
+    from cachelib._format.unpickling import RestrictedUnpickler
+
+    data = pickle.dumps(1, protocol=4)[:2] + b"\x8c\x06os\x1b[2J\x8c\x06system\x93."
+    with pytest.raises(cachelib.DeserializationError) as raised:
+        RestrictedUnpickler(io.BytesIO(data)).load()
+    assert "\x1b" not in str(raised.value) and "os\\x1b[2J.system" in str(raised.value)

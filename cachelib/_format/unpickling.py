@@ -14,6 +14,7 @@ import pickle
 from typing import Any
 
 from .._errors import DeserializationError
+from .._text import printable
 
 __all__ = ["PLAIN_DATA", "RestrictedUnpickler"]
 
@@ -50,6 +51,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in PLAIN_DATA or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
         raise DeserializationError(
-            f"the entry was written by another user and names {module}.{name}; cachelib rebuilds "
+            f"the entry was written by another user and names {printable(module)}.{printable(name)}; "
+            "cachelib rebuilds "
             "only plain data and numpy arrays from other users' entries, so it recomputes this one"
         )

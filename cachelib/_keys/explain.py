@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from .._text import printable
+
 __all__ = ["explain_miss"]
 
 _MOST_NEAREST = 3  # entries described when several are equally near
@@ -108,7 +110,9 @@ def explain_miss(parts: Mapping[str, str], stored: Iterable[Mapping[str, str]]) 
         return "nothing stored for this function yet"
     if best == 0:
         return "an entry with the same key parts is stored: the call hits, unless that entry expired"
+    # Names and paths come from entries, which another user of a shared cache may have
+    # written: what a terminal would act on is shown escaped, wherever the line is printed.
     if len(nearest) == 1:
-        return "; ".join(nearest[0])
+        return printable("; ".join(nearest[0]))
     alternatives = " | ".join("; ".join(found) for found in nearest[:_MOST_NEAREST])
-    return f"{alternatives} (each against one of the {len(nearest)} nearest entries)"
+    return printable(f"{alternatives} (each against one of the {len(nearest)} nearest entries)")
