@@ -18,6 +18,7 @@ from _system import memory_capped
 from helpers import NonSeekable, assert_same, codec_params, dumped_bytes, peak_rss_growth, reset_peak_rss
 
 import cachelib
+from cachelib._codecs import frames
 from cachelib._codecs import pool as _pool
 
 pytestmark = pytest.mark.timeout(120)
@@ -261,3 +262,83 @@ def test_frames_in_flight_stay_within_the_memory_bounds(codec, tmp_path, monkeyp
     bound = 0.05 * array.nbytes + 64e6
     assert dumped[0] <= bound, f"dump added {dumped[0] / 1e6:.0f} MB"
     assert loaded[0] <= array.nbytes + bound, f"load added {loaded[0] / 1e6:.0f} MB"
+
+
+# -- large arrays: frames decoded straight into the array -------------------------------------
+
+
+@functools.cache
+def _big_value() -> dict:
+    """Arrays of several frames each: frames that fit whole are decoded into the array itself."""
+    rng = np.random.default_rng(1)
+    smooth = np.round(np.cumsum(rng.standard_normal(3 * FRAME // 8 + 999)), 1)
+    return {"head": np.arange(100), "smooth": smooth, "noise": rng.standard_normal(2 * FRAME // 8 + 12345),
+            "tail": ["x"] * 10}
+
+
+def _frame_starts(data: bytes) -> list[int]:
+    """Where each zstd frame of ``data`` begins."""
+    starts, at = [], data.find(MAGIC["zstd"])
+    while at >= 0:
+        starts.append(at)
+        at = data.find(MAGIC["zstd"], at + 1)
+    return starts
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_large_arrays_decode_into_themselves_at_any_thread_count(threads, monkeypatch):
+    monkeypatch.setenv(_pool.THREADS_VARIABLE, threads)
+    direct: list[int] = []
+    original = frames.FrameReader._readinto_directly
+
+    def spy(self, view):
+        direct.append(original(self, view))
+        return direct[-1]
+
+    monkeypatch.setattr(frames.FrameReader, "_readinto_directly", spy)
+    data = dumped_bytes(_big_value(), "zstd")
+    assert_same(cachelib.load(io.BytesIO(data)), _big_value())
+    assert_same(cachelib.load(NonSeekable(data)), _big_value())
+    assert sum(direct) >= 2 * (_big_value()["smooth"].nbytes + _big_value()["noise"].nbytes) - 8 * FRAME
+
+
+@pytest.mark.parametrize("where", [0.2, 0.5, 0.8])
+def test_a_damaged_frame_inside_a_large_array_is_corrupt(where, monkeypatch):
+    monkeypatch.setenv(_pool.THREADS_VARIABLE, "2")
+    data = bytearray(dumped_bytes(_big_value(), "zstd"))
+    starts = _frame_starts(bytes(data))
+    frame = starts[int(where * (len(starts) - 1))]
+    data[frame + 100 : frame + 140] = bytes(40)  # inside its compressed blocks
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(io.BytesIO(bytes(data)))
+
+
+@pytest.mark.parametrize("delta", [-1000, 1000])
+def test_a_lying_frame_inside_a_large_array_is_corrupt(delta, monkeypatch):
+    monkeypatch.setenv(_pool.THREADS_VARIABLE, "2")
+    data = bytearray(dumped_bytes(_big_value(), "zstd"))
+    third = _frame_starts(bytes(data))[2]
+    field = _content_size_field(bytes(data), third, "zstd")
+    width = field.stop - field.start
+    size = int.from_bytes(data[field], "little") - (256 if width == 2 else 0)
+    data[field] = (size + delta).to_bytes(width, "little")
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(io.BytesIO(bytes(data)))
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+def test_a_large_array_cut_short_is_corrupt(fraction):
+    data = dumped_bytes(_big_value(), "zstd")
+    with pytest.raises(cachelib.CorruptFileError):
+        cachelib.load(io.BytesIO(data[: int(len(data) * fraction)]))
+
+
+def test_large_arrays_then_a_streamed_frame():
+    """Frames decoded into the array, then one without a content size: the codec's stream ends it."""
+    raw = dumped_bytes(_big_value())
+    whole = io.BytesIO()
+    writer = cachelib.compressors["zstd"].open_writer(whole)
+    writer.write(raw[: 3 * FRAME + 1000])
+    writer.close()
+    data = whole.getvalue() + _stream_compressed("zstd", raw[3 * FRAME + 1000 :])
+    assert_same(cachelib.load(io.BytesIO(data)), _big_value())

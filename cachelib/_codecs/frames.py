@@ -8,7 +8,10 @@ frame of its codec, with its content size, and frames simply follow each other
 a few frames, whatever its size.
 
 A reader finds each frame's end by walking its block headers (no decompression),
-then decompresses frames on the pool, in order. A frame it cannot take whole (no
+then decompresses frames on the pool, in order: into buffers of its own, copied out
+as they are read, or, for a read large enough to hold whole frames (a large array)
+and a codec that decodes into a given buffer (zstd), straight into that read's
+memory. A frame it cannot take whole (no
 content size, or a content size above ``FRAME_LIMIT``: files written by other
 tools) hands the rest of the stream to the codec's streaming reader.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import collections
 import struct
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -281,6 +284,7 @@ class FrameReader:
     """A read-only file object (``readinto``) over consecutive frames, decompressed on the pool."""
 
     preferred_read_size = 4 << 20  # what a reader may ask for at once: the frames are in memory anyway
+    reads_whole = True  # a large ``readinto`` is filled by decoding frames straight into it
 
     def __init__(self, source: Any, codec: FrameCodec) -> None:
         self._scanner = _Scanner(source)
@@ -299,15 +303,10 @@ class FrameReader:
         # Off the pool, one frame beyond the one being read (the allocator reuses their buffers).
         ahead = thread_count() + 1 if codec.decode_on_pool else 2
         while not self._walked and len(self._flight) < ahead:
-            found = codec.walk(self._scanner)
+            found = self._next_frame()
             if found is None:
-                self._walked = True
                 return
             frame, content = found
-            if content is None or content > FRAME_LIMIT:
-                self._stream = codec.stream(_Rest(frame, self._scanner.rest()))
-                self._walked = True
-                return
             if content < _INLINE or not codec.decode_on_pool:
                 future: Future[Any] = Future()
                 future.set_result(codec.decompress(frame, content))
@@ -318,6 +317,17 @@ class FrameReader:
             else:
                 self._flight.append((submit(codec.decompress, frame, content), None))
 
+    def _next_frame(self) -> tuple[bytes, int] | None:
+        """The next frame and its content size; None at the end, or where the codec's streaming
+        reader takes over (a frame without a size, or too large to take whole)."""
+        found = self._codec.walk(self._scanner)
+        if found is not None and found[1] is not None and found[1] <= FRAME_LIMIT:
+            return found[0], found[1]
+        if found is not None:
+            self._stream = self._codec.stream(_Rest(found[0], self._scanner.rest()))
+        self._walked = True
+        return None
+
     def _take_slot(self, size: int) -> bytearray:
         """A spare buffer of at least ``size`` bytes, or a new one."""
         for i, slot in enumerate(self._spare):
@@ -327,6 +337,10 @@ class FrameReader:
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
+        if view.nbytes >= 2 * FRAME_BYTES and self._codec.decompress_into is not None and not self._walked:
+            filled = self._readinto_directly(view)
+            if filled:
+                return filled
         while not self._current:
             if self._slot is not None:  # consumed: nothing views it any more
                 self._spare.append(self._slot)
@@ -344,6 +358,55 @@ class FrameReader:
         self._current = self._current[n:]
         return n
 
+    def _readinto_directly(self, view: memoryview) -> int:
+        """Fill a large ``view``: what is decoded already is copied, the frames that fit whole
+        are decoded straight into it on the pool (no copy), the next frame into a buffer."""
+        filled = self._copy_decoded(view)
+        codec = self._codec
+        decompress_into = cast(Callable[[bytes, memoryview], None], codec.decompress_into)
+        ahead = thread_count() + 1
+        direct: collections.deque[Future[Any]] = collections.deque()
+        try:
+            while not self._walked and filled < view.nbytes:
+                found = self._next_frame()
+                if found is None:
+                    break
+                frame, content = found
+                if content > view.nbytes - filled:  # the rest of it comes with the next read
+                    slot = self._take_slot(content)
+                    self._flight.append((submit(_decode_into, decompress_into, frame, slot, content), slot))
+                    break
+                if len(direct) >= ahead:
+                    direct.popleft().result()
+                direct.append(submit(_decode_into, decompress_into, frame, view[filled : filled + content],
+                                     content))
+                filled += content
+            while direct:
+                direct.popleft().result()
+        finally:
+            for future in direct:
+                future.cancel()
+            wait(direct)  # nothing writes into ``view`` once this returns
+        return filled + self._copy_decoded(view[filled:])
+
+    def _copy_decoded(self, view: memoryview) -> int:
+        """Copy into ``view`` what is decoded already: the current frame, then the frames in flight."""
+        filled = 0
+        while filled < view.nbytes:
+            if not self._current:
+                if self._slot is not None:
+                    self._spare.append(self._slot)
+                    self._slot = None
+                if not self._flight:
+                    break
+                future, self._slot = self._flight.popleft()
+                self._current = memoryview(future.result())
+            n = min(view.nbytes - filled, self._current.nbytes)
+            view[filled : filled + n] = self._current[:n]
+            self._current = self._current[n:]
+            filled += n
+        return filled
+
     def read(self, size: int = -1) -> bytes:
         buffer = bytearray(size if size >= 0 else self.preferred_read_size)
         return bytes(buffer[: self.readinto(buffer)])
@@ -358,8 +421,8 @@ class FrameReader:
             self._stream = None
 
 
-def _decode_into(decompress_into: Callable[[bytes, memoryview], None], frame: bytes, slot: bytearray,
-                 size: int) -> memoryview:
+def _decode_into(decompress_into: Callable[[bytes, memoryview], None], frame: bytes,
+                 slot: bytearray | memoryview, size: int) -> memoryview:
     """Decompress ``frame`` into the first ``size`` bytes of ``slot``; return that view."""
     out = memoryview(slot)[:size]
     decompress_into(frame, out)

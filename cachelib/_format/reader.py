@@ -134,6 +134,8 @@ class RecordReader:
     def __init__(self, source: Any, plan: ReadPlan = PLAIN, read_size: int = IO_CHUNK) -> None:
         self._source = source
         self._read_size = read_size
+        # A source that fills large reads best in one call (frames decoded straight into them).
+        self._reads_whole = getattr(source, "reads_whole", False) is True
         mapping = plan.mapping
         self._mapping = mapping.file if mapping is not None else None
         self._mapping_offset = mapping.offset if mapping is not None else 0
@@ -168,8 +170,9 @@ class RecordReader:
         """Fill ``view`` from the source, or raise CorruptFileError if it ends first."""
         total = view.nbytes
         got = 0
+        step = total if self._reads_whole else self._read_size
         while got < total:
-            part = view[got : got + self._read_size]
+            part = view[got : got + step]
             try:
                 n = self._source.readinto(part)
             except CorruptFileError:
