@@ -51,7 +51,7 @@ def test_a_dump_file_loads_the_same_at_any_thread_count(tmp_path, value, threads
 
 
 def test_the_pool_reads_a_large_array_of_a_plain_file(tmp_path, value, monkeypatch):
-    """The threshold is honoured: the pool's threads do the reading when there are two."""
+    """The threshold is honoured: the pool's threads take part in the reading when there are two."""
     monkeypatch.setenv(pool.THREADS_VARIABLE, "2")
     path = tmp_path / "value"
     cachelib.dump(value, path)
@@ -64,7 +64,7 @@ def test_the_pool_reads_a_large_array_of_a_plain_file(tmp_path, value, monkeypat
 
     monkeypatch.setattr(reader, "_pread_into", spy)
     np.testing.assert_array_equal(cachelib.load(path)["big"], value["big"])
-    assert readers and threading.current_thread().name not in readers
+    assert readers - {threading.current_thread().name}  # pool threads read (the caller may help)
 
 
 @pytest.mark.parametrize("where", [0.0, 0.5, 0.999])

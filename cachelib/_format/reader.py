@@ -334,8 +334,9 @@ class RecordReader:
     def _fill_at(self, view: memoryview, fd: int, offset: int, hasher: Any) -> None:
         """Fill ``view`` with the pool's ``pread``s of the file ``fd`` from ``offset``, then seek past it.
 
-        The pieces are read in parallel and checked in order, so the checksum and the
-        tap see the bytes as ``_fill`` would; a short read is a truncated file.
+        The pieces are read in parallel (this thread reads each piece it reaches before a
+        pool thread has started it) and checked in order, so the checksum and the tap see
+        the bytes as ``_fill`` would; a short read is a truncated file.
         """
         starts = range(0, view.nbytes, IO_CHUNK)
         reads = [submit(_pread_into, fd, view[begin : begin + IO_CHUNK], offset + begin) for begin in starts]
@@ -343,7 +344,9 @@ class RecordReader:
             for begin, read in zip(starts, reads):
                 piece = view[begin : begin + IO_CHUNK]
                 try:
-                    got = read.result()
+                    # A piece no pool thread has started yet is read here: a busy or
+                    # descheduled pool thread never leaves this one waiting.
+                    got = _pread_into(fd, piece, offset + begin) if read.cancel() else read.result()
                 except OSError as exc:
                     raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
                 if got < piece.nbytes:
