@@ -3,11 +3,12 @@
 Rule: every request these objects make runs under the store's ``Stalls`` guard and,
 on an asynchronous filesystem, within its ``operation`` timeout (``_stores.deadlines``),
 so that a read or an upload of any size never waits on a stalled endpoint for longer
-than one bound per request. On S3 they make their own requests: a read streams one
-version (GET bound to the ETag opened by ``If-Match``), and an upload is cachelib's
-own multipart upload, completed (``If-None-Match: *`` when exclusive) only by
-``commit`` and aborted by ``discard``. Elsewhere a read goes through the
-filesystem's file object by ranges of at most a part.
+than one bound per request. On S3 they make their own requests: opening an object
+is one GET of all of it, read front to back, and any later request is bound by
+``If-Match`` to the ETag that GET returned (a read never mixes two versions); an
+upload is cachelib's own multipart upload, completed (``If-None-Match: *`` when
+exclusive) only by ``commit`` and aborted by ``discard``. Elsewhere a read goes
+through the filesystem's file object by ranges of at most a part.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any
 from .deadlines import Stalls
 from .fsspec_compat import bounded, run_on_loop
 
-__all__ = ["PART_SIZE", "Ranges", "RemoteObject", "S3Body", "S3Parts"]
+__all__ = ["PART_SIZE", "SKIP_AHEAD", "Ranges", "RemoteObject", "S3Body", "S3Parts"]
 
 PART_SIZE = 8 << 20  # bytes per uploaded part and per ranged read (S3's minimum part is 5 MiB)
+SKIP_AHEAD = 1 << 20  # bytes an S3 read skips through its response rather than make a request
 
 
 class RemoteObject(io.RawIOBase):
@@ -85,35 +87,64 @@ class Ranges(RemoteObject):
 class S3Body(RemoteObject):
     """One version of an S3 object, streamed by GET requests from the position read.
 
-    A request covers the rest of the object and is read a part at a time; a seek
-    elsewhere drops it and the next read starts another. ``If-Match`` binds every
-    request to the ETag opened.
+    ``open`` makes the first request, a GET of the whole object whose response says
+    its size and ETag, so that reading it front to back takes that one request. A read
+    a little ahead of the response (at most ``SKIP_AHEAD`` bytes) reads on through it;
+    a read elsewhere drops it and starts another, bound by ``If-Match`` to the ETag
+    opened. Each part read fills the caller's buffer in one turn of the event loop.
     """
 
-    def __init__(self, fs: Any, bucket: str, key: str, etag: str, size: int, stalls: Stalls) -> None:
+    def __init__(
+        self, fs: Any, bucket: str, key: str, etag: str, size: int, stalls: Stalls, response: Any = None
+    ) -> None:
         super().__init__(size)
         self._fs = fs
         self._bucket = bucket
         self._key = key
         self._etag = etag
         self._stalls = stalls
-        self._body: Any = None
-        self._body_at = -1
+        self._body: Any = None if response is None else response["Body"]
+        self._body_at = -1 if response is None else 0
+
+    @classmethod
+    def open(cls, fs: Any, bucket: str, key: str, stalls: Stalls) -> tuple[S3Body, dict[str, Any]]:
+        """GET the object: its body positioned at 0, and its info (``size``, ``ETag``, ``LastModified``).
+
+        ``FileNotFoundError`` if there is none.
+        """
+        with stalls.guard():
+            response = fs.call_s3("get_object", Bucket=bucket, Key=key,
+                                  **bounded(fs, stalls.timeouts.operation))
+        info = {"type": "file", "size": int(response["ContentLength"]), "ETag": response.get("ETag"),
+                "LastModified": response.get("LastModified")}
+        return cls(fs, bucket, key, info["ETag"], info["size"], stalls, response), info
+
+    def _timeout(self) -> float:
+        return self._stalls.timeouts.operation
 
     def _request(self) -> None:
         self._drop()
         with self._stalls.guard():
             response = self._fs.call_s3(
                 "get_object", Bucket=self._bucket, Key=self._key, IfMatch=self._etag,
-                Range=f"bytes={self._position}-", **bounded(self._fs, self._stalls.timeouts.operation),
+                Range=f"bytes={self._position}-", **bounded(self._fs, self._timeout()),
             )
         self._body, self._body_at = response["Body"], self._position
 
     def _drop(self) -> None:
         body, self._body = self._body, None
         if body is not None:
-            with contextlib.suppress(Exception):
-                body.close()
+            with contextlib.suppress(Exception):  # on the loop: the response is the loop's
+                run_on_loop(self._fs, _close, body, timeout=self._timeout())
+
+    def _reach(self) -> None:
+        """Make the response's next byte the one at the position read (skipping a little, or a GET)."""
+        ahead = self._position - self._body_at
+        if self._body is not None and 0 < ahead <= SKIP_AHEAD:
+            with self._stalls.guard():
+                self._body_at += run_on_loop(self._fs, _skip, self._body, ahead, timeout=self._timeout())
+        if self._body is None or self._body_at != self._position:
+            self._request()
 
     def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` up to the end of the object."""
@@ -121,28 +152,53 @@ class S3Body(RemoteObject):
         wanted = min(view.nbytes, max(self._size - self._position, 0))
         got = 0
         while got < wanted:
-            if self._body is None or self._body_at != self._position:
-                self._request()
+            part = view[got : got + min(wanted - got, PART_SIZE)]
             try:
+                self._reach()
                 with self._stalls.guard():
-                    data = run_on_loop(self._fs, self._body.read, min(wanted - got, PART_SIZE),
-                                       timeout=self._stalls.timeouts.operation)
+                    count = run_on_loop(self._fs, _fill, self._body, part, timeout=self._timeout())
             except BaseException:
                 self._drop()  # a read cut short leaves the response unusable
                 raise
-            if not data:
+            if not count:
                 self._drop()
                 missing = self._size - self._position
                 raise OSError(f"s3://{self._bucket}/{self._key} ended {missing} bytes early")
-            view[got : got + len(data)] = data
-            got += len(data)
-            self._position += len(data)
+            got += count
+            self._position += count
             self._body_at = self._position
         return got
 
     def close(self) -> None:
         self._drop()
         super().close()
+
+
+async def _fill(body: Any, view: memoryview) -> int:
+    """Read a response's body into ``view`` until it is full or the body ends; return the bytes read."""
+    got = 0
+    while got < view.nbytes:
+        data = await body.read(view.nbytes - got)
+        if not data:
+            break
+        view[got : got + len(data)] = data
+        got += len(data)
+    return got
+
+
+async def _skip(body: Any, count: int) -> int:
+    """Read and drop up to ``count`` bytes of a response's body; return how many."""
+    skipped = 0
+    while skipped < count:
+        data = await body.read(count - skipped)
+        if not data:
+            break
+        skipped += len(data)
+    return skipped
+
+
+async def _close(body: Any) -> None:
+    body.close()
 
 
 class S3Parts:
