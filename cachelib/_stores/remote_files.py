@@ -6,23 +6,28 @@ so that a read or an upload of any size never waits on a stalled endpoint for lo
 than one bound per request. On S3 they make their own requests: opening an object
 is one GET of all of it, read front to back, and any later request is bound by
 ``If-Match`` to the ETag that GET returned (a read never mixes two versions); an
-upload is cachelib's own multipart upload, completed (``If-None-Match: *`` when
-exclusive) only by ``commit`` and aborted by ``discard``. Elsewhere a read goes
-through the filesystem's file object by ranges of at most a part.
+upload is cachelib's own multipart upload, up to ``IN_FLIGHT`` parts on their way at
+once (each request bounded on the loop, whether waited on or not), completed
+(``If-None-Match: *`` when exclusive) only by ``commit`` and aborted by ``discard``
+once no part is on its way. Elsewhere a read goes through the filesystem's file
+object by ranges of at most a part.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import io
 from typing import Any
 
 from .deadlines import Stalls
-from .fsspec_compat import bounded, run_on_loop
+from .fsspec_compat import bounded, run_on_loop, start_s3_call
 
-__all__ = ["PART_SIZE", "SKIP_AHEAD", "Ranges", "RemoteObject", "S3Body", "S3Parts"]
+__all__ = ["IN_FLIGHT", "PART_SIZE", "SKIP_AHEAD", "Ranges", "RemoteObject", "S3Body", "S3Parts"]
 
 PART_SIZE = 8 << 20  # bytes per uploaded part and per ranged read (S3's minimum part is 5 MiB)
+IN_FLIGHT = 2  # parts an upload sends at once (each holds a buffer of PART_SIZE)
 SKIP_AHEAD = 1 << 20  # bytes an S3 read skips through its response rather than make a request
 
 
@@ -205,7 +210,9 @@ class S3Parts:
     """A multipart upload of one S3 object: parts sent as they fill, published by ``commit``.
 
     It has the interface of an uncommitted fsspec file (``write``, ``close``,
-    ``commit``, ``discard``), with every request bounded.
+    ``commit``, ``discard``), with every request bounded. What is written is copied
+    once, into a part buffer; a full buffer is sent as it is while the next one fills,
+    up to ``IN_FLIGHT`` parts at once (the buffers are reused once their part is sent).
     """
 
     def __init__(self, fs: Any, bucket: str, key: str, exclusive: bool, stalls: Stalls) -> None:
@@ -214,7 +221,11 @@ class S3Parts:
         self._key = key
         self._exclusive = exclusive
         self._stalls = stalls
-        self._pending = bytearray()
+        self._part: bytearray | None = None  # the buffer being filled
+        self._filled = 0
+        self._free: list[bytearray] = []  # buffers whose part was sent
+        self._sending: collections.deque[tuple[concurrent.futures.Future[Any], int, bytearray]] = (
+            collections.deque())
         self._parts: list[dict[str, Any]] = []
         self._upload_id: str | None = None
 
@@ -224,26 +235,55 @@ class S3Parts:
                                     **bounded(self._fs, self._stalls.timeouts.operation))
 
     def write(self, data: Any) -> int:
-        """Add ``data``; send every whole part."""
+        """Add ``data``; send every part it fills."""
         view = memoryview(data).cast("B")
-        self._pending += view
-        while len(self._pending) >= PART_SIZE:
-            self._send(bytes(self._pending[:PART_SIZE]))
-            del self._pending[:PART_SIZE]
+        done = 0
+        while done < view.nbytes:
+            if self._part is None:
+                self._part = self._buffer()
+            count = min(PART_SIZE - self._filled, view.nbytes - done)
+            self._part[self._filled : self._filled + count] = view[done : done + count]
+            self._filled += count
+            done += count
+            if self._filled == PART_SIZE:
+                part, self._part, self._filled = self._part, None, 0
+                self._send(_PartBody(part), part)
         return view.nbytes
 
-    def _send(self, part: bytes) -> None:
+    def _buffer(self) -> bytearray:
+        """A free part buffer: a new one while fewer than ``IN_FLIGHT`` parts are out, else the oldest's."""
+        if not self._free and len(self._sending) >= IN_FLIGHT:
+            self._wait_oldest()
+        return self._free.pop() if self._free else bytearray(PART_SIZE)
+
+    def _send(self, body: bytes | _PartBody, buffer: bytearray | None) -> None:
+        """Start sending the next part (``buffer``, if any, is reused once it is sent)."""
         if self._upload_id is None:
             self._upload_id = self._call("create_multipart_upload")["UploadId"]
-        number = len(self._parts) + 1
-        response = self._call("upload_part", UploadId=self._upload_id, PartNumber=number, Body=part)
+        number = len(self._parts) + len(self._sending) + 1
+        with self._stalls.guard():
+            future = start_s3_call(self._fs, "upload_part", self._stalls.timeouts.operation,
+                                   Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                   PartNumber=number, Body=body)
+        self._sending.append((future, number, buffer if buffer is not None else bytearray()))
+
+    def _wait_oldest(self) -> None:
+        future, number, buffer = self._sending.popleft()
+        with self._stalls.guard():
+            response = _result(future, self._stalls.timeouts.operation)
         self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        if buffer:
+            self._free.append(buffer)
 
     def close(self) -> None:
-        """Send the last part (shorter than the others); the upload stays open until ``commit``."""
-        if self._pending or not self._parts:
-            self._send(bytes(self._pending))
-            self._pending = bytearray()
+        """Send the last part (shorter than the others) and wait for every part; ``commit`` publishes."""
+        if self._filled or not (self._parts or self._sending):
+            last = bytes(self._part[: self._filled]) if self._part is not None else b""
+            self._part, self._filled = None, 0
+            self._send(last, None)
+        while self._sending:
+            self._wait_oldest()
+        self._part, self._free = None, []
 
     def commit(self) -> None:
         """Publish the object; ``FileExistsError`` if exclusive and one exists."""
@@ -253,8 +293,49 @@ class S3Parts:
         self._upload_id = None
 
     def discard(self) -> None:
-        """Abort the upload: S3 drops the parts sent."""
+        """Abort the upload once no part is on its way (S3 drops the parts sent)."""
         upload_id, self._upload_id = self._upload_id, None
-        self._pending = bytearray()
+        self._part, self._filled, self._free = None, 0, []
+        sending, self._sending = self._sending, collections.deque()
+        for future, _, _ in sending:
+            future.cancel()
+        for future, _, _ in sending:
+            with contextlib.suppress(Exception):  # cancelled, failed, or sent after all
+                _result(future, self._stalls.timeouts.operation)
         if upload_id is not None:
             self._call("abort_multipart_upload", UploadId=upload_id)
+
+
+class _PartBody(RemoteObject):
+    """A part buffer as the file a request sends, read in place.
+
+    botocore sends ``bytes`` through a ``BytesIO`` and aiohttp refuses a large
+    ``bytearray``: either would be one more copy of every part.
+    """
+
+    def __init__(self, buffer: bytearray) -> None:
+        super().__init__(len(buffer))
+        self._view = memoryview(buffer)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = min(self._position, self._size)
+        end = self._size if size is None or size < 0 else min(start + size, self._size)
+        self._position = end
+        return self._view[start:end].tobytes()
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(memoryview(buffer).nbytes)
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+
+def _result(future: concurrent.futures.Future[Any], timeout: float) -> Any:
+    """The result of a request started on the loop, bounded there; here too, a second later."""
+    try:
+        return future.result(timeout=timeout + 1.0 if timeout else None)
+    except concurrent.futures.TimeoutError:  # the loop itself did not answer (TimeoutError from 3.11 on)
+        future.cancel()
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
