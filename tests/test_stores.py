@@ -80,8 +80,10 @@ def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
     """The behaviour ``_stores.fsspec_compat`` takes from fsspec's private API, on the installed fsspec:
     paths stripped of their protocol, parents, files that appear only at ``commit()`` (and never
     after ``discard()``; memory:// is written in one piece instead, and S3's uploads are
-    checked against moto in test_remote), coroutines run on a filesystem's loop, within a timeout."""
+    checked against moto in test_remote), coroutines run on a filesystem's loop, within a timeout, and S3
+    requests started there without waiting."""
     import asyncio
+    import inspect
 
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
@@ -118,3 +120,18 @@ def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
         fsspec_compat.run_on_loop(remote, forever, timeout=0.2)
     assert fsspec_compat.bounded(remote, 5.0) == {"timeout": 5.0}  # its blocking methods take it
     assert fsspec_compat.bounded(local, 5.0) == {}  # a synchronous filesystem would take it as its own
+    assert inspect.iscoroutinefunction(s3fs.S3FileSystem._call_s3)  # the coroutine behind call_s3
+
+    async def echo(method: str, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        return method, kwargs
+
+    async def stalled(method: str, **kwargs: Any) -> None:
+        await asyncio.sleep(3600)
+
+    remote._call_s3 = echo  # the instance's own: what start_s3_call runs, on the loop
+    started = fsspec_compat.start_s3_call(remote, "head_object", 5.0, Key="k")
+    assert started.result(5) == ("head_object", {"Key": "k"})
+    remote._call_s3 = stalled
+    with pytest.raises(asyncio.TimeoutError):  # cancelled on the loop after its timeout
+        fsspec_compat.start_s3_call(remote, "head_object", 0.2, Key="k").result(5)

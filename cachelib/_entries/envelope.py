@@ -234,6 +234,7 @@ def read_head(fileobj: Any, size: int) -> EntryHead:
 
 
 def _read_trailer(fileobj: Any, size: int, head: EntryHead) -> tuple[int, bytes]:
+    """Read and check the trailer, the entry's last bytes (after its stream: reading stays sequential)."""
     fileobj.seek(size - TRAILER.size)
     data = fileobj.read(TRAILER.size)
     if len(data) != TRAILER.size:
@@ -241,27 +242,25 @@ def _read_trailer(fileobj: Any, size: int, head: EntryHead) -> tuple[int, bytes]
     magic, raw_length, tag = TRAILER.unpack(data)
     if magic != TRAILER_MAGIC or (not head.signed and any(tag)):
         raise CorruptFileError("the entry is truncated or damaged: its trailer is invalid")
-    fileobj.seek(head.stream_offset)
     return raw_length, tag
 
 
 class _Authenticator:
     """Feeds the MAC with what the reader consumes; checks it when the reader is done."""
 
-    def __init__(self, signer: Signer, context: str, head: EntryHead, raw_length: int, tag: bytes) -> None:
+    def __init__(self, signer: Signer, context: str, head: EntryHead) -> None:
         self._mac = signer.new(context)
         self._mac.update(head.raw)
-        self._raw_length = raw_length
-        self._tag = tag
         self._count = 0
 
     def tap(self, view: memoryview) -> None:
         self._mac.update(view)
         self._count += view.nbytes
 
-    def check(self) -> None:
-        self._mac.update(struct.pack("<Q", self._raw_length))
-        if self._count != self._raw_length or not Signer.matches(self._mac, self._tag):
+    def check(self, raw_length: int, tag: bytes) -> None:
+        """Check the MAC against the trailer's ``raw_length`` and ``tag``."""
+        self._mac.update(struct.pack("<Q", raw_length))
+        if self._count != raw_length or not Signer.matches(self._mac, tag):
             raise CorruptFileError("the entry's signature does not match: it was altered, forged or moved")
 
 
@@ -294,6 +293,9 @@ def _remember_checked(identity: tuple[int, ...]) -> None:
 class _Opened:
     """An entry's stream, positioned, with how to read it and what to do once it is read."""
 
+    fileobj: Any
+    size: int
+    head: EntryHead
     stream: Any
     compressor: Compressor | None
     plan: ReadPlan
@@ -301,9 +303,10 @@ class _Opened:
     unsettled: tuple[int, ...] | None  # a file whose mapped arrays this read checks
 
     def done(self) -> None:
-        """After a complete read: check the signature; remember a file whose arrays were checked."""
+        """After a complete read: check the trailer and the signature, remember a checked file."""
+        raw_length, tag = _read_trailer(self.fileobj, self.size, self.head)
         if self.authenticator is not None:
-            self.authenticator.check()
+            self.authenticator.check(raw_length, tag)
         if self.unsettled is not None:
             _remember_checked(self.unsettled)
 
@@ -313,14 +316,15 @@ def _open(
 ) -> _Opened:
     """Position ``fileobj`` at the stream of the entry ``head`` describes, and resolve its read plan.
 
-    With ``mmap_mode`` the arrays of a raw stream are mapped from ``fileobj``'s own
-    descriptor (the caller decides that nobody else can write it); those of an entry
-    published before it was durable are checked once per file and process.
+    The trailer is read once the stream is (``_Opened.done``), so that a remote file is
+    read front to back in one request. With ``mmap_mode`` the arrays of a raw stream
+    are mapped from ``fileobj``'s own descriptor (the caller decides that nobody else
+    can write it); those of an entry published before it was durable are checked once
+    per file and process.
     """
     if signer is not None and not head.signed:
         raise CorruptFileError("the entry is not signed, and this cache requires signatures")
-    raw_length, tag = _read_trailer(fileobj, size, head)
-    authenticator = _Authenticator(signer, context, head, raw_length, tag) if signer is not None else None
+    authenticator = _Authenticator(signer, context, head) if signer is not None else None
     stream, compressor = sniff(_Region(fileobj, head.stream_offset, size - TRAILER.size))
     mapping = unsettled = None
     if mmap_mode is not None and compressor is None:
@@ -332,7 +336,7 @@ def _open(
         mapping=mapping, size=size - TRAILER.size - head.stream_offset,
         tap=authenticator.tap if authenticator is not None else None, edited_ok=False,
     )
-    return _Opened(stream, compressor, plan, authenticator, unsettled)
+    return _Opened(fileobj, size, head, stream, compressor, plan, authenticator, unsettled)
 
 
 def read_entry(fileobj: Any, size: int, head: EntryHead, *, mmap_mode: str | None = None) -> Any:

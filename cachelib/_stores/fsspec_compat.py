@@ -9,10 +9,12 @@ with fsspec 2024.12.0 (the lower bound in setup.cfg) to 2026.9.0.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["bounded", "open_uncommitted", "parent", "run_on_loop", "strip_protocol"]
+__all__ = ["bounded", "open_uncommitted", "parent", "run_on_loop", "start_s3_call", "strip_protocol"]
 
 
 def strip_protocol(filesystem_class: Any, url: str) -> str:
@@ -48,6 +50,21 @@ def run_on_loop(fs: Any, function: Callable[..., Any], *args: Any, timeout: floa
     from fsspec.asyn import sync
 
     return sync(fs.loop, function, *args, timeout=timeout)
+
+
+def start_s3_call(fs: Any, method: str, timeout: float, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    """Start one S3 request on an S3 filesystem's event loop without waiting for it: its future.
+
+    s3fs's ``_call_s3``, the coroutine behind ``call_s3`` (the same arguments, and the
+    same errors: boto's translated to ``OSError``s), run on ``fs.loop`` as
+    ``run_on_loop`` does; after ``timeout`` seconds (0: none) the request is cancelled
+    and the future fails with ``asyncio.TimeoutError``.
+    """
+
+    async def request() -> Any:
+        return await asyncio.wait_for(fs._call_s3(method, **kwargs), timeout or None)
+
+    return asyncio.run_coroutine_threadsafe(request(), fs.loop)
 
 
 def bounded(fs: Any, timeout: float) -> dict[str, Any]:

@@ -4,10 +4,11 @@ Rule: an object appears whole or not at all, and what a reader opened is what it
 reads. A small object is sent in one request; a large one is streamed as a
 multipart upload that is completed only when its writer's block ends without an
 exception (aborted otherwise), so memory stays at a few parts whatever its size.
-On S3 a read streams the object from the position read, by GET requests bound to
-the version opened (``If-Match`` its ETag: a replaced object fails the read, it
-never mixes two versions); elsewhere it fetches ranges of at most a part, large
-reads straight into the caller's buffer either way (``remote_files``). Exclusive
+On S3 opening an object is one GET of all of it (its response gives the size and
+the version, no HEAD), read front to back; a read elsewhere is a GET bound to the
+version opened (``If-Match`` its ETag: a replaced object fails the read, it never
+mixes two versions); elsewhere it fetches ranges of at most a part, large reads
+straight into the caller's buffer either way (``remote_files``). Exclusive
 writes are conditional creates (``If-None-Match: *``, fsspec's ``mode="create"``/
 ``"xb"``) where the backend is known to make them atomic (S3; memory:// within one
 process); elsewhere they are a check before the write and ``conditional_writes`` is
@@ -204,13 +205,14 @@ class FsspecStore(Store):
             except FileNotFoundError:
                 raise KeyError(key) from None
             return Readable(io.BytesIO(data), len(data), own=True, mappable=False)
-        if self._s3:
-            info = self._info(key)
+        if self._s3:  # one GET, no HEAD: its response says the size and the version opened
             bucket, _, name = path.partition("/")
-            size = int(info["size"])
-            body = S3Body(self.fs, bucket, name, info["ETag"], size, self._stalls)
+            try:
+                body, info = S3Body.open(self.fs, bucket, name, self._stalls)
+            except FileNotFoundError:
+                raise KeyError(key) from None
             stream = io.BufferedReader(body, buffer_size=_READ_BUFFER)
-            return Readable(stream, size, own=True, mappable=False, identity=_identity(info))
+            return Readable(stream, int(info["size"]), own=True, mappable=False, identity=_identity(info))
         try:
             with self._stalls.guard():
                 remote = self.fs.open(path, "rb", cache_type="none", block_size=PART_SIZE)
