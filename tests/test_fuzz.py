@@ -60,11 +60,7 @@ def _mutate(data: bytes, steps: list[tuple[str, int, Any]]) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.timeout(300)
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(sample=st.sampled_from(sorted(SAMPLES)), steps=st.lists(mutation, min_size=1, max_size=4))
-def test_a_mutated_file_loads_right_or_raises_a_cache_error(sample: str, steps: list) -> None:
-    """Any mutation ends in the original value or a CacheError: never a crash or a wrong value."""
+def _loads_right_or_raises_a_cache_error(sample: str, steps: list) -> None:
     data = _mutate(SAMPLES[sample], steps)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -73,6 +69,17 @@ def test_a_mutated_file_loads_right_or_raises_a_cache_error(sample: str, steps: 
         except cachelib.CacheError:
             return
     assert_same(loaded, VALUE, f"the value a mutated {sample} file loaded")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("examples", [100, pytest.param(400, marks=pytest.mark.slow)])  # 400: see [100]
+def test_a_mutated_file_loads_right_or_raises_a_cache_error(examples: int) -> None:
+    """Any mutation ends in the original value or a CacheError: never a crash or a wrong value."""
+    settings(max_examples=examples, deadline=2000, suppress_health_check=[HealthCheck.too_slow])(
+        given(sample=st.sampled_from(sorted(SAMPLES)), steps=st.lists(mutation, min_size=1, max_size=4))(
+            _loads_right_or_raises_a_cache_error
+        )
+    )()
 
 
 @pytest.mark.timeout(120)

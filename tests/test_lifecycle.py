@@ -160,8 +160,8 @@ def call():
 
 if how == "thread":
     def after_main():
-        time.sleep(0.3)  # the main thread has returned by now
-        assert threading._SHUTTING_DOWN
+        while not threading._SHUTTING_DOWN:  # until the main thread has returned
+            time.sleep(0.01)
         call()
     threading.Thread(target=after_main).start()
 else:

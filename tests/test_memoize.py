@@ -843,7 +843,12 @@ def test_check_call_in_cache_on_unusable_location_is_false(tmp_path):
 # --- expiry ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("expiry", [0.5, datetime.timedelta(seconds=0.5)], ids=["seconds", "timedelta"])
+# Each case sleeps past its expiry: the slow timedelta case's quick counterpart is
+# test_expiry_reads_the_time_stored_inside_the_entry, whose expiry is a timedelta.
+@pytest.mark.parametrize("expiry", [
+    pytest.param(0.5, id="seconds"),
+    pytest.param(datetime.timedelta(seconds=0.5), id="timedelta", marks=pytest.mark.slow),  # see above
+])
 def test_expired_entry_is_recomputed(cache, location, expiry, calls):
 
     @cache.memoize(expires_after=expiry)
@@ -866,7 +871,7 @@ def test_expired_entry_is_recomputed(cache, location, expiry, calls):
 def test_expiry_reads_the_time_stored_inside_the_entry(cache, location, calls):
     """Touching an expired entry, or restoring an old copy of it, does not revive it."""
 
-    @cache.memoize(expires_after=0.5)
+    @cache.memoize(expires_after=datetime.timedelta(seconds=0.5))
     def f(x):
         CALLS.append(x)
         return x

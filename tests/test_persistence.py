@@ -1172,11 +1172,17 @@ def _many_small_arrays(count: int) -> list[np.ndarray]:
     return arrays
 
 
-def test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records(tmp_path):
+# The writer takes its room from records.INBAND_ROOM when it starts: the quick case shrinks it
+# to 2,000 arrays' worth (``room``, in arrays), the same switch from in band to records; the
+# slow case, the real room (131,072 arrays), is the quick case's code on 67 times as many arrays.
+@pytest.mark.parametrize("room", [2000, pytest.param(None, id="INBAND_ROOM", marks=pytest.mark.slow)])
+def test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records(tmp_path, monkeypatch, room):
     """Past the room for in-band bookkeeping, small arrays are array records (and mapped by mmap_mode)."""
-    from cachelib._format.records import INBAND_COST, INBAND_ROOM
+    from cachelib._format import records
 
-    fits = INBAND_ROOM // INBAND_COST
+    if room is not None:
+        monkeypatch.setattr(records, "INBAND_ROOM", room * records.INBAND_COST)
+    fits = records.INBAND_ROOM // records.INBAND_COST
     value = _many_small_arrays(fits + 3000)
     path = tmp_path / "many.pkl"
     cachelib.dump(value, path)
@@ -1189,8 +1195,8 @@ def test_more_small_arrays_than_go_in_band_round_trip_and_the_rest_are_records(t
     mapped = cachelib.load(path, mmap_mode="r")
     kinds = [type(array) is np.memmap for array in mapped]
     assert not any(kinds[:fits])  # the first ones in band
-    room = INBAND_ROOM + sum(array.nbytes for array in value) // 20  # each array adds a twentieth
-    assert fits <= kinds.count(False) <= room // INBAND_COST < len(value)
+    bound = records.INBAND_ROOM + sum(array.nbytes for array in value) // 20  # each array adds a twentieth
+    assert fits <= kinds.count(False) <= bound // records.INBAND_COST < len(value)
     assert not any(array.flags.writeable for array in mapped)
 
 
