@@ -9,7 +9,6 @@ with fsspec 2024.12.0 (the lower bound in setup.cfg) to 2026.9.0.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +59,8 @@ def start_s3_call(fs: Any, method: str, timeout: float, **kwargs: Any) -> concur
     ``run_on_loop`` does; after ``timeout`` seconds (0: none) the request is cancelled
     and the future fails with ``asyncio.TimeoutError``.
     """
+
+    import asyncio  # an S3 filesystem runs one loop already: not part of ``import cachelib``
 
     async def request() -> Any:
         return await asyncio.wait_for(fs._call_s3(method, **kwargs), timeout or None)
