@@ -23,7 +23,7 @@ from _system import arena, fork_cli, owned_dir, run_as, users
 from helpers import slow_except
 
 import cachelib
-from cachelib._keys import files
+from cachelib._keys import depends, files
 
 __all__ = ["arena", "users"]  # the fixtures, imported so that the tests here can use them
 
@@ -402,6 +402,30 @@ def test_the_content_of_a_large_file_is_hashed_once_per_identity(tmp_path, summe
         files.file_tree = original
     assert hashed == [data.stat().st_size] * 2
     assert len(summed.computed) == 1
+
+
+def test_a_file_recorded_racy_is_hashed_once_settled_then_checked_by_a_stat(tmp_path, summed, monkeypatch):
+    """Written just before the call, a file's identity does not vouch for it in the entry; once this
+    process has hashed it settled, that identity does, and any change to it is still a miss."""
+    data = tmp_path / "fresh.bin"
+    data.write_bytes(np.arange(1000, dtype=np.int64).tobytes())
+    assert summed(str(data)) == 499500  # recorded while racy
+    (item,) = [i for m in _metadata(summed.cache) for i in m["depends"] if i[0] == "file"]
+    assert item[8], "the file was written just before the call: recorded racy"
+    _settle(data)
+    files._known.clear()  # as in a fresh process
+    hashed, looked_closer = [], []
+    original, closer = files.file_tree, depends.check_file_item
+    monkeypatch.setattr(files, "file_tree", lambda fd, size: hashed.append(size) or original(fd, size))
+    monkeypatch.setattr(depends, "check_file_item", lambda item: looked_closer.append(1) or closer(item))
+    for _ in range(4):
+        assert summed(str(data)) == 499500
+    assert hashed == [8000] and len(summed.computed) == 1  # one hash, then stats
+    assert looked_closer == [1]  # only the first hit looks past the stat
+    with open(data, "r+b") as handle:  # same size, same bytes count: only the times say so
+        handle.write(np.int64(7).tobytes())
+    assert summed(str(data)) == 499500 + 7
+    assert len(summed.computed) == 2
 
 
 def _settle(path) -> None:

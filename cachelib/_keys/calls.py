@@ -141,6 +141,7 @@ class CallKeyer:
         self._strict = strict
         self._track = track_callees
         self._declared = declared
+        self._declares = bool(declared)  # tested at every call
         self._where = getattr(func, "__qualname__", None) or full_name(func)
         target = unwrap(func)
         # A plain function is keyed through its parts (fast); anything else is hashed whole.
@@ -294,7 +295,7 @@ class CallKeyer:
         """Return the cache key of one call (32 hex digits)."""
         values = self.bound_values(args, kwargs)
         flat = scalars_encoding(values)
-        declared = self._declared.digest() if self._declared else b""
+        declared = self._declared.digest() if self._declares else b""
         if flat is not None:
             return xxhash.xxh3_128_hexdigest(self._prefix + self._state(None) + declared + flat)
         hasher = Hasher(self._follow)

@@ -353,7 +353,8 @@ def _content(path: str, info: os.stat_result) -> str | None:
 
 
 def unchanged_file(item: list[Any], uid: int) -> bool:
-    """The hit path: True if a file item recorded settled has the same identity and owner ``uid``.
+    """The hit path: True if a file item has the same identity and owner ``uid``, and was recorded
+    settled or has been hashed settled by this process since (same identity, same digest).
 
     One ``stat``; False sends the item to ``check_file_item``, which says why or looks closer.
     """
@@ -361,8 +362,15 @@ def unchanged_file(item: list[Any], uid: int) -> bool:
         info = os.stat(item[1])
     except OSError:
         return False
-    return (info.st_mtime_ns == item[3] and info.st_ctime_ns == item[4] and info.st_size == item[2]
-            and info.st_ino == item[5] and info.st_dev == item[6] and info.st_uid == uid and not item[8])
+    if not (info.st_mtime_ns == item[3] and info.st_ctime_ns == item[4] and info.st_size == item[2]
+            and info.st_ino == item[5] and info.st_dev == item[6] and info.st_uid == uid):
+        return False
+    if not item[8]:
+        return True
+    # Recorded while it could still change unseen: its content vouches for it, once this
+    # process has hashed it settled with this very identity.
+    known = _known.get(item[1])
+    return known is not None and known[1] == item[7] and known[0] == _identity(info)
 
 
 def check_file_item(item: list[Any]) -> str | None:

@@ -115,6 +115,7 @@ class MemoizedFunction(Generic[P, R]):
         self._about = {"function": self.name, "identity": identity}
         self._recorder = StatsRecorder(cache.entries, self.namespace)
         self._refused = False  # the location (or this function's directory) cannot be trusted
+        self._check = self._check_depends  # bound once: handed to every lookup
         self._checked_changes = False  # whether a miss was checked for changing its own state
         if self.mmap_mode is not None and self.compressor is not None:
             warnings.warn(
@@ -223,16 +224,19 @@ class MemoizedFunction(Generic[P, R]):
 
     def _lookup(self, key: str, warn: bool = True) -> tuple[bool, Any]:
         """Return (True, result) on a hit, (False, None) on a miss; damaged entries miss."""
-        started = time.perf_counter()
-        entries = self.cache.entries
+        cache = self.cache
+        entries = cache.entries
         if entries is None:
             return False, None
+        logger = cache.logger
+        debug = logger.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if debug else 0.0
         try:
-            with showing_progress("loading", self.__qualname__, self._chatty):
-                metadata, result = entries.get(
-                    self.namespace, key, mmap_mode=self.options.mmap_mode, max_age=self.options.expires_after,
-                    check=self._check_depends,
-                )
+            if cache.verbose:  # long loads show their progress
+                with showing_progress("loading", self.__qualname__, True):
+                    metadata, result = self._get(entries, key)
+            else:
+                metadata, result = self._get(entries, key)
         except Stale as exc:
             self._stale = (key, exc.reason)
             return False, None
@@ -252,10 +256,15 @@ class MemoizedFunction(Generic[P, R]):
         self._recorder.record_hit(_seconds(metadata))
         if recording_now():  # a call that records depends on what this hit depended on
             note_hit(metadata.get("depends"), unwrap(self.__wrapped__), self._keyer.follow)
-        logger = self.logger
-        if logger.isEnabledFor(logging.DEBUG):
+        if debug:
             logger.debug("hit %s: loaded in %s", self.__qualname__, duration(time.perf_counter() - started))
         return True, result
+
+    def _get(self, entries: Entries, key: str) -> tuple[dict[str, Any], Any]:
+        """The entry of ``key``: its metadata and result (``Missing``, ``Stale`` or damage otherwise)."""
+        options = self.options
+        return entries.get(self.namespace, key, mmap_mode=options.mmap_mode, max_age=options.expires_after,
+                           check=self._check)
 
     def _check_depends(self, metadata: dict[str, Any]) -> str | None:
         """None if what the entry's call recorded still holds (code run, files read), else what changed."""
