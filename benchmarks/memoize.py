@@ -70,7 +70,9 @@ Usage::
 
 ``--rounds N`` runs the whole schedule N times, so that each library's runs are
 spread over the run instead of bunched (the machine may be shared and noisy), and
-pools the timings of all rounds before taking medians.
+pools the timings of all rounds before taking medians. Every other round runs a
+scenario's libraries in reverse order: on the benchmark VM, the first large write or
+allocation after a pause costs more for whichever process makes it.
 
 ``--threads 1,2,all`` (the default): cachelib's scenarios 2, 3, 4 and 6 run once per
 thread count (``CACHELIB_THREADS`` set in the child; "all" is the cores the process
@@ -654,7 +656,11 @@ def run_all(options: Options, directory: str) -> tuple[list[dict[str, Any]], lis
     for round_number in range(1, options.rounds + 1):
         for name in options.scenarios:
             scenario = BY_NAME[name]
-            for library in scenario.libraries:
+            # Every other round runs the libraries in reverse: on this VM the first large write
+            # or allocation after a pause is slow for whoever makes it (memory the host took
+            # back), so no library may always be first.
+            order = scenario.libraries if round_number % 2 else tuple(reversed(scenario.libraries))
+            for library in order:
                 if not (available(library) and _base(library) in options.libraries):
                     continue
                 for threads in threads_of(options, name, library):

@@ -5,7 +5,8 @@ Scenarios (each variant in a fresh "spawn" child, one at a time; ``--quick`` shr
 1. ``hit-small``: a hit with small scalar arguments (``f(3, 4.0, "abc")``), each of
    20,000 hits timed alone; median in microseconds. Variants: the defaults (run-time
    recording and file tracking on) and both turned off.
-2. ``hit-files``: a hit of a function that read 0 or 10 files during its miss; the hit
+2. ``hit-files``: a hit of a function that read 0 or 10 files during its miss (settled, written
+   200 ms before; or racy, written just before, whose content a process hashes once); the hit
    checks each recorded file (one ``stat``). Target: 10 files cost at most 15 us more.
 3. ``miss-python``: a miss whose compute is a pure-Python loop calling small user
    helpers 10^6 times; the memoized call against the plain call of the same function
@@ -151,7 +152,7 @@ def child_hit_small(code: str | None, options: dict[str, Any], count: int) -> di
     return {"us": _hits(lambda: f(3, 4.0, "abc"), count)}
 
 
-def child_hit_files(code: str | None, files: int, count: int) -> dict[str, Any]:
+def child_hit_files(code: str | None, files: int, count: int, settle: bool = True) -> dict[str, Any]:
     cachelib = _setup(code)
     folder = tempfile.mkdtemp(prefix="cl-bench-")
     paths = []
@@ -159,8 +160,9 @@ def child_hit_files(code: str | None, files: int, count: int) -> dict[str, Any]:
         path = os.path.join(folder, f"input{i}.bin")
         with open(path, "wb") as handle:
             handle.write(os.urandom(4096))
-        os.utime(path, ns=(time.time_ns() - 10**10,) * 2)  # settled, as inputs usually are
         paths.append(path)
+    if settle:  # settled before the call, as inputs usually are (written more than 50 ms before)
+        time.sleep(0.2)
     cache = cachelib.Cache(os.path.join(folder, "cache"), fsync=False)
     f = cache.memoize(read_files)
     key = tuple(paths)
@@ -260,6 +262,7 @@ def schedule(quick: bool) -> list[tuple[str, str, Any, tuple[Any, ...]]]:
         ("hit-small", "recording off", child_hit_small, (OFF, hits)),
         ("hit-files", "0 files", child_hit_files, (0, hits)),
         ("hit-files", "10 files", child_hit_files, (10, hits)),
+        ("hit-files", "10 racy files", child_hit_files, (10, hits, False)),
         ("miss-python", "recording on", child_miss, ("python", {}, runs)),
         ("miss-python", "recording off", child_miss, ("python", OFF, runs)),
         ("miss-numpy", "recording on", child_miss, ("numpy", {}, runs)),
