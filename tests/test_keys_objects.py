@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from unittest import mock
 
 import pytest
@@ -100,6 +101,58 @@ def test_enum_members_hash_by_value_even_without_a_name():
     assert h(Level(8)) != h(Level(0))
     assert h(Color.RED) == h(Color.CRIMSON)
     assert h(Permission.READ | Permission.WRITE) == h(Permission(3))
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+    SAFE = "safe"
+
+    def _missing_(cls, value):  # a method of the user's own: part of the class's code
+        return None
+
+
+def test_a_users_enum_is_keyed_by_members_and_code_without_its_bookkeeping(cache):
+    """The enum machinery's tables (``_member_map_`` and the like, which hold the members
+    themselves) are derived from the members: walking them only recursed, and warned."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "left out of its key" warning
+        assert h(Mode.FAST) != h(Mode.SAFE)
+        assert h(Level.LOW) == h(Level.LOW) and h(Color.RED) == h(Color.CRIMSON)
+
+        namespace = {"enum": enum, "__name__": "test_keys_objects_enum_edit"}
+        source = "class Speed(enum.Enum):\n    SLOW = {}\n\ndef pick(x):\n    return x * Speed.SLOW.value\n"
+        exec(source.format(1), namespace)
+        pick = cache.memoize(namespace["pick"])
+        assert pick(3) == 3
+        exec(source.format(2), namespace)  # the enum redefined with another value: a miss
+        pick = cache.memoize(namespace["pick"])
+        assert pick(3) == 6
+
+
+_ENUM_SCRIPT = """
+import enum, json, warnings, cachelib
+caught = warnings.catch_warnings(record=True).__enter__()
+warnings.simplefilter("always")
+
+class Flavour(enum.Enum):
+    PLAIN = 1
+    SWEET = 2
+
+class Weight(enum.IntFlag):
+    LIGHT = 1
+    HEAVY = 2
+
+print(json.dumps([cachelib.hash(Flavour.PLAIN) != cachelib.hash(Flavour.SWEET),
+                  cachelib.hash(Weight.LIGHT | Weight.HEAVY) == cachelib.hash(Weight(3)),
+                  [str(warning.message) for warning in caught]]))
+"""
+
+
+def test_an_enum_of_a_script_hashes_without_warnings(tmp_path):
+    """In ``__main__``, walking the enum's tables recursed through its members and warned."""
+    script = tmp_path / "flavours.py"
+    script.write_text(_ENUM_SCRIPT)
+    assert run_python(script) == [True, True, []]
 
 
 # --- torch ------------------------------------------------------------------------------------

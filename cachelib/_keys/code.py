@@ -34,6 +34,7 @@ __all__ = [
     "code_digests",
     "full_name",
     "global_references",
+    "home_module",
     "imported_references",
     "is_user_class",
     "is_user_file",
@@ -151,6 +152,14 @@ def is_user_class(cls: type) -> bool:
     return module is None  # code run by exec under a module name of its own
 
 
+def home_module(obj: Any) -> str | None:
+    """The module an object says it comes from; a builtin type's slot (``int.__format__``) by its type's."""
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        module = getattr(getattr(obj, "__objclass__", None), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
 def reference(obj: Any) -> str | None:
     """Return ``module.qualname`` of a function, class, ufunc or builtin that names it, else None.
 
@@ -158,7 +167,7 @@ def reference(obj: Any) -> str | None:
     reducer gives cannot stand for another object: two ``np.frompyfunc`` ufuncs, a
     class made at run time).
     """
-    module = getattr(obj, "__module__", None)
+    module = home_module(obj)
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(qualname, str):
         qualname = getattr(obj, "__name__", None)

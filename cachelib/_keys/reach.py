@@ -52,6 +52,7 @@ from .code import (
     code_digests,
     full_name,
     global_references,
+    home_module,
     imported_references,
     is_user_class,
     is_user_file,
@@ -84,6 +85,12 @@ _SKIPPED_CLASS_ATTRIBUTES = frozenset({
     "__abstractmethods__", "__protocol_attrs__", "__non_callable_proto_members__", "_is_protocol",
     "__callable_proto_members_only__", "_is_runtime_protocol",
 })
+# An enum's own bookkeeping, derived from its members (which are walked, by name and value).
+_SKIPPED_ENUM_ATTRIBUTES = _SKIPPED_CLASS_ATTRIBUTES | {
+    "_member_map_", "_value2member_map_", "_member_names_", "_new_member_", "_use_args_", "_member_type_",
+    "_value_repr_", "_unhashable_values_", "_sort_order_", "_boundary_", "_flag_mask_", "_singles_mask_",
+    "_all_bits_", "_inverted_",
+}
 _PLAIN = (
     type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis), datetime.date, datetime.time,
     datetime.timedelta, datetime.timezone, uuid.UUID,
@@ -352,7 +359,8 @@ class _Walk:
             return
         self.seen.add(id(cls))
         namespace = vars(cls)
-        names = [name for name in namespace if name not in _SKIPPED_CLASS_ATTRIBUTES]
+        skipped = _SKIPPED_ENUM_ATTRIBUTES if isinstance(cls, enum.EnumMeta) else _SKIPPED_CLASS_ATTRIBUTES
+        names = [name for name in namespace if name not in skipped]
         if names:
             values = tuple(namespace[name] for name in names)
             self.checks.append((_pair_getter(names), namespace, values * (2 if len(names) == 1 else 1)))
@@ -376,7 +384,7 @@ def _is_library(obj: Any) -> bool:
     A wrapper made by ``functools.wraps`` says it comes from the module of what it wraps:
     a user's helper under a library decorator is not a library object.
     """
-    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    module = sys.modules.get(home_module(obj) or "")
     return module is not None and not is_user_module(module) and not is_user_class(type(obj))
 
 
