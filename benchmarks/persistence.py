@@ -1274,6 +1274,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": [[r["workload"], r["config"]] for r in records],
         }
         records = merge_records(previous["results"], records)
+        tail = tail if tail is not None else previous.get("tail")  # kept unless measured again
         info = {**previous["machine"], "updates": [*previous["machine"].get("updates", []), update]}
         run_options = previous["options"]
     sizes = data_sizes(records)
