@@ -116,7 +116,7 @@ def test_the_fsspec_privates_cachelib_relies_on(tmp_path: Path) -> None:
     s3fs = pytest.importorskip("s3fs", reason="an async filesystem: pip install 'cachelib-numpy[s3]'")
     remote = s3fs.S3FileSystem(anon=True, skip_instance_cache=True)
     assert fsspec_compat.run_on_loop(remote, answer, 21) == 42
-    with pytest.raises(TimeoutError):  # fsspec's FSTimeoutError, the coroutine cancelled
+    with pytest.raises(asyncio.TimeoutError):  # fsspec's FSTimeoutError (builtin TimeoutError from 3.11)
         fsspec_compat.run_on_loop(remote, forever, timeout=0.2)
     assert fsspec_compat.bounded(remote, 5.0) == {"timeout": 5.0}  # its blocking methods take it
     assert fsspec_compat.bounded(local, 5.0) == {}  # a synchronous filesystem would take it as its own

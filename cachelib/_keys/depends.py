@@ -217,13 +217,20 @@ def _unit_of(module: types.ModuleType, code: types.CodeType, qualname: str) -> t
 
     A closure a factory made is found by the global holding it (its captured values
     count); otherwise the function or class the qualified name starts with, if the
-    code is its own or nested in it.
+    code is its own or nested in it (on Python 3.10, whose code has no qualified name,
+    the global whose code it is or holds).
     """
     namespace = vars(module)
-    if _LOCALS in qualname:
+    known_name = hasattr(code, "co_qualname")  # Python 3.10: code knows its name, not its class
+    if _LOCALS in qualname or not known_name:
         for global_name, value in list(namespace.items()):
             if any(function.__code__ is code for function in _functions_in(value)):
                 return global_name, value
+    if not known_name:
+        for global_name, value in list(namespace.items()):
+            if code in _nested(_own_codes(value)):
+                return global_name, value
+        return "", _ABSENT
     unit_name = qualname.split(".", 1)[0]
     unit = namespace.get(unit_name, _ABSENT)
     if unit is _ABSENT or code not in _nested(_own_codes(unit)):
