@@ -342,17 +342,28 @@ class FrameReader:
             if filled:
                 return filled
         while not self._current:
-            if self._slot is not None:  # consumed: nothing views it any more
-                self._spare.append(self._slot)
-                self._slot = None
+            self._release_slot()
             self._top_up()
-            if self._flight:
-                future, self._slot = self._flight.popleft()
-                self._current = memoryview(future.result())
-            elif self._stream is not None:
-                return int(self._stream.readinto(view) or 0)
-            else:
-                return 0
+            if not self._take_decoded():
+                return int(self._stream.readinto(view) or 0) if self._stream is not None else 0
+        return self._copy_current(view)
+
+    def _release_slot(self) -> None:
+        """The current frame is consumed: nothing views its buffer any more, which is reused."""
+        if self._slot is not None:
+            self._spare.append(self._slot)
+            self._slot = None
+
+    def _take_decoded(self) -> bool:
+        """Make the oldest frame in flight the current one (waiting for it); False if none is."""
+        if not self._flight:
+            return False
+        future, self._slot = self._flight.popleft()
+        self._current = memoryview(future.result())
+        return True
+
+    def _copy_current(self, view: memoryview) -> int:
+        """Copy the start of the current frame into ``view``; return how many bytes."""
         n = min(view.nbytes, self._current.nbytes)
         view[:n] = self._current[:n]
         self._current = self._current[n:]
@@ -394,17 +405,10 @@ class FrameReader:
         filled = 0
         while filled < view.nbytes:
             if not self._current:
-                if self._slot is not None:
-                    self._spare.append(self._slot)
-                    self._slot = None
-                if not self._flight:
+                self._release_slot()
+                if not self._take_decoded():
                     break
-                future, self._slot = self._flight.popleft()
-                self._current = memoryview(future.result())
-            n = min(view.nbytes - filled, self._current.nbytes)
-            view[filled : filled + n] = self._current[:n]
-            self._current = self._current[n:]
-            filled += n
+            filled += self._copy_current(view[filled:])
         return filled
 
     def read(self, size: int = -1) -> bytes:

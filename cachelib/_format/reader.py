@@ -173,12 +173,7 @@ class RecordReader:
         step = total if self._reads_whole else self._read_size
         while got < total:
             part = view[got : got + step]
-            try:
-                n = self._source.readinto(part)
-            except CorruptFileError:
-                raise
-            except Exception as exc:
-                raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
+            n = self._readinto(part)
             if not n:
                 raise CorruptFileError(
                     f"the file is truncated: it ends {total - got} bytes into a "
@@ -191,21 +186,25 @@ class RecordReader:
             got += n
         self._position += total
 
+    def _readinto(self, part: Any) -> int:
+        """One ``readinto`` of the source (0 at its end); what breaks it is a CorruptFileError."""
+        try:
+            return int(self._source.readinto(part) or 0)
+        except CorruptFileError:
+            raise
+        except Exception as exc:
+            raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
+
     def _read(self, size: int, hasher: Any = None) -> bytearray:
         buffer = bytearray(size)
         if hasher is None and self._tap is None and size <= self._read_size:
             # The common small read (a record header, a small array) in one call.
-            try:
-                got = self._source.readinto(buffer)
-            except CorruptFileError:
-                raise
-            except Exception as exc:
-                raise CorruptFileError(f"the stream cannot be read: {exc}") from exc
+            got = self._readinto(buffer)
             if got == size:
                 self._position += size
                 return buffer
-            self._position += got or 0
-            self._fill(memoryview(buffer)[got or 0 :])
+            self._position += got
+            self._fill(memoryview(buffer)[got:])
             return buffer
         self._fill(memoryview(buffer), hasher)
         return buffer
